@@ -1,0 +1,37 @@
+# spinelab: two commands do all the set-up. `make demo` and `make test`.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TASK ?= all
+
+.PHONY: setup test demo bench lint clean
+
+setup: $(STAMP)
+
+# Torch and torchvision come first and alone: this machine serves exactly these two from a local
+# wheel cache; any other pair downloads gigabytes or leaves torchvision broken (see README).
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+test: setup
+	$(BIN)/ruff check src tests bench
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+demo: setup
+	$(BIN)/python -m spinelab.demo --task $(TASK) --out demo_out
+
+bench: setup
+	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/synth.py
+	$(BIN)/python bench/predict.py
+
+lint: setup
+	$(BIN)/ruff check src tests bench
+
+clean:
+	rm -rf demo_out .pytest_cache

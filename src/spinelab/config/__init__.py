@@ -1,0 +1,1 @@
+"""Validated experiment configs: pydantic schemas with every default, YAML loading and dotted overrides."""

@@ -1,0 +1,186 @@
+"""Every config field of every pipeline, with its default, in one place (pydantic, ``extra="forbid"``).
+
+Recipe files under ``configs/`` hold only what differs from these defaults. The resolved config is
+written into each run folder and is the input contract at inference time (window, sizes, slices).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "StrictModel",
+    "ModelConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "TrainerConfig",
+    "DataConfig",
+    "InferConfig",
+    "CervicalStage1Config",
+    "CervicalStage2Config",
+    "CervicalConfig",
+    "LumbarStage1Config",
+    "LumbarStage2Config",
+    "LumbarConfig",
+    "ExperimentConfig",
+]
+
+
+class StrictModel(BaseModel):
+    """Base: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class ModelConfig(StrictModel):
+    """Which registered architecture to build and how.
+
+    ``pretrained_path`` points at a local backbone checkpoint (timm state dict); nothing is downloaded.
+    """
+
+    name: str
+    backbone: str = "resnet18"
+    pretrained_path: Path | None = None
+    hidden: int = 128
+    drop_rate: float = 0.1
+
+
+class OptimConfig(StrictModel):
+    """AdamW with linear warm-up then cosine decay (the seeds' schedule)."""
+
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    warmup_frac: float = 0.1
+    min_lr_frac: float = 0.01
+
+
+class TrainConfig(StrictModel):
+    """Loop settings for one stage."""
+
+    epochs: int = 10
+    batch_size: int = 4
+    accumulate: int = 1
+    ema: float | None = 0.99
+    grad_clip: float | None = 5.0
+    num_workers: int = 0
+    limit_train_batches: int | float | None = None
+    limit_val_batches: int | float | None = None
+    seed: int = 42
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+
+
+class TrainerConfig(StrictModel):
+    """Passed to ``lightning.Trainer``: devices, strategy and precision are the Trainer's business."""
+
+    accelerator: str = "auto"
+    devices: str | int = "auto"
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str = "32-true"
+    log_every_n_steps: int = 10
+    deterministic: bool = False
+
+
+class DataConfig(StrictModel):
+    """Where the dataset, its volume cache and derived labels live."""
+
+    dataset_dir: Path = Path("data/cervical")
+    cache_dir: Path | None = None
+    derived_dir: Path | None = None
+    folds: int = 5
+    fold_seed: int = 42
+    drop_studies: list[str] = Field(default_factory=list)
+
+
+class InferConfig(StrictModel):
+    """Inference defaults; the CLI can override each."""
+
+    device: str = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    channels_last: bool = True
+    compile: bool = False
+    tta_flip: bool = True
+    batch_size: int = 16
+
+
+class CervicalStage1Config(StrictModel):
+    """Slice-level vertebra localisation: 2.5D CNN + BiGRU over slices -> C1-C7 ratios and the C1-C7 box."""
+
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig(name="cervical_slice_localizer"))
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=12, batch_size=2))
+    windows: list[tuple[float, float]] = Field(default_factory=lambda: [(400.0, 1800.0)])
+    image_size: int = 256
+    seq_len: int = 32
+    infer_offsets: int = 4
+    ratio_threshold: float = 0.3
+    smooth_window: int = 5
+    box_threshold: float = 0.5
+    crop_margin: float = 0.1
+    ratio_weight: float = 1.0
+    box_weight: float = 0.5
+
+
+class CervicalStage2Config(StrictModel):
+    """Per-vertebra fracture classifier: N slices per vertebra as 2.5D triplets, CNN + BiGRU + attention."""
+
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig(name="cervical_fracture_classifier"))
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=15, batch_size=2))
+    windows: list[tuple[float, float]] = Field(default_factory=lambda: [(400.0, 1800.0)])
+    image_size: int = 256
+    n_slices: int = 24
+    overall: Literal["learned", "noisy_or"] = "learned"
+    range_jitter: float = 0.1
+
+
+class CervicalConfig(StrictModel):
+    """RSNA 2022 cervical fracture detection: the two-stage slice recipe."""
+
+    task: Literal["cervical"] = "cervical"
+    experiment: str = "default"
+    data: DataConfig = Field(default_factory=DataConfig)
+    stage1: CervicalStage1Config = Field(default_factory=CervicalStage1Config)
+    stage2: CervicalStage2Config = Field(default_factory=CervicalStage2Config)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    infer: InferConfig = Field(default_factory=InferConfig)
+
+
+class LumbarStage1Config(StrictModel):
+    """Level localisation: sagittal heatmaps for the level points, axial slice-to-level assignment."""
+
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig(name="lumbar_point_heatmap"))
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=15, batch_size=4))
+    image_size: int = 256
+    in_slices: int = 3
+    heatmap_stride: int = 4
+    sigma: float = 2.0
+
+
+class LumbarStage2Config(StrictModel):
+    """Grading: crops around the points, condition/level embeddings, sagittal + axial fusion."""
+
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig(name="lumbar_roi_grader"))
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=15, batch_size=8))
+    crop_size: int = 64
+    crop_mm: float = 40.0
+    in_slices: int = 3
+    point_jitter_mm: float = 2.0
+    series_policy: Literal["first", "all"] = "first"
+    any_severe_weight: float = 1.0
+
+
+class LumbarConfig(StrictModel):
+    """RSNA 2024 lumbar degenerative grading: level points then ROI grading."""
+
+    task: Literal["lumbar"] = "lumbar"
+    experiment: str = "default"
+    data: DataConfig = Field(default_factory=lambda: DataConfig(dataset_dir=Path("data/lumbar")))
+    stage1: LumbarStage1Config = Field(default_factory=LumbarStage1Config)
+    stage2: LumbarStage2Config = Field(default_factory=LumbarStage2Config)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    infer: InferConfig = Field(default_factory=InferConfig)
+
+
+ExperimentConfig = Annotated[CervicalConfig | LumbarConfig, Field(discriminator="task")]

@@ -1,0 +1,5 @@
+"""Models: one registry, ``create_model(name, **kwargs)``, timm 2D backbones and sequence/attention heads."""
+
+from spinelab.models.registry import create_model, list_models, register_model
+
+__all__ = ["create_model", "list_models", "register_model"]

@@ -1,0 +1,96 @@
+"""The two RSNA 2022 architectures: a slice localiser and a per-vertebra fracture classifier.
+
+Both expose ``forward_features`` and ``forward_head`` (timm's contract) and return dicts of logits so the
+losses and the predictor can name what they use.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from spinelab.models.backbones import create_backbone
+from spinelab.models.heads import AttentionPool, SliceSequenceEncoder
+
+__all__ = ["SliceLocalizer", "FractureClassifier"]
+
+
+class SliceLocalizer(nn.Module):
+    """2.5D CNN + BiGRU over slices -> per slice: C1-C7 ratios, C1-C7 union box, box presence.
+
+    Input ``x`` ``(B, T, C, H, W)`` (T slices, each a C-slice stack), ``pos`` ``(B, T)`` slice position in
+    [0, 1] along the study. Output dict: ``ratio`` logits ``(B, T, 7)``, ``box`` ``(B, T, 4)`` as
+    normalised (x0, y0, x1, y1) after a sigmoid, ``has_box`` logits ``(B, T)``.
+    """
+
+    def __init__(self, *, backbone: str = "resnet18", in_chans: int = 3, hidden: int = 128,
+                 pretrained_path: str | Path | None = None, drop_rate: float = 0.1, n_vertebrae: int = 7):
+        super().__init__()
+        cnn = create_backbone(backbone, in_chans=in_chans, pretrained_path=pretrained_path)
+        self.encoder = SliceSequenceEncoder(cnn, hidden=hidden, drop_rate=drop_rate)
+        self.n_vertebrae = n_vertebrae
+        self.head = nn.Linear(self.encoder.out_features, n_vertebrae + 5)
+
+    def forward_features(self, x: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
+        return self.encoder(x, pos)
+
+    def forward_head(self, feats: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = self.head(feats)
+        n = self.n_vertebrae
+        return {"ratio": out[..., :n], "box": torch.sigmoid(out[..., n:n + 4]), "has_box": out[..., n + 4]}
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        return self.forward_head(self.forward_features(x, pos))
+
+
+class FractureClassifier(nn.Module):
+    """Per-vertebra slice sequences -> vertebra fracture logits and a patient-level logit.
+
+    Input ``x`` ``(B, V, S, C, H, W)``: V vertebrae (7), S steps of C-slice stacks each; ``mask`` ``(B, V)``
+    marks vertebrae that were found. Each vertebra goes through CNN -> BiGRU -> attention pooling; a
+    learned vertebra-identity embedding is added; ``overall="learned"`` pools the seven embeddings with
+    attention for ``patient_overall``, ``"noisy_or"`` combines the vertebra probabilities instead.
+    Output dict: ``vertebra`` logits ``(B, V)``, ``overall`` logit ``(B,)``.
+    """
+
+    def __init__(self, *, backbone: str = "resnet18", in_chans: int = 3, hidden: int = 128,
+                 pretrained_path: str | Path | None = None, drop_rate: float = 0.1, n_vertebrae: int = 7,
+                 overall: str = "learned"):
+        super().__init__()
+        if overall not in ("learned", "noisy_or"):
+            raise ValueError(f"overall must be 'learned' or 'noisy_or', got {overall!r}")
+        cnn = create_backbone(backbone, in_chans=in_chans, pretrained_path=pretrained_path)
+        self.encoder = SliceSequenceEncoder(cnn, hidden=hidden, drop_rate=drop_rate)
+        f = self.encoder.out_features
+        self.pool = AttentionPool(f)
+        self.vertebra_embedding = nn.Parameter(torch.zeros(n_vertebrae, f))
+        self.vertebra_head = nn.Linear(f, 1)
+        self.overall_mode = overall
+        self.overall_pool = AttentionPool(f)
+        self.overall_head = nn.Linear(f, 1)
+
+    def forward_features(self, x: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, V, S, C, H, W)`` -> vertebra embeddings ``(B, V, F)``."""
+        b, v = x.shape[:2]
+        seq = self.encoder(x.flatten(0, 1), None if pos is None else pos.flatten(0, 1))
+        emb = self.pool(seq).view(b, v, -1)
+        return emb + self.vertebra_embedding[:v]
+
+    def forward_head(self, emb: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        vert = self.vertebra_head(emb).squeeze(-1)
+        if self.overall_mode == "noisy_or":
+            # log(1 - prod(1 - p)) as a logit: sum of log(1-p) is the log probability of "no fracture".
+            log_none = torch.nn.functional.logsigmoid(-vert)
+            if mask is not None:
+                log_none = log_none * mask
+            log_none = log_none.sum(-1).clamp(max=-1e-6)
+            overall = torch.log(-torch.expm1(log_none)) - log_none
+        else:
+            overall = self.overall_head(self.overall_pool(emb, mask)).squeeze(-1)
+        return {"vertebra": vert, "overall": overall}
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        return self.forward_head(self.forward_features(x, pos), mask)

@@ -1,0 +1,46 @@
+"""Registered architectures: the seeds' designs and tiny ``test_*`` variants for CPU tests.
+
+This module is the explicit import list of the registry: every builder is defined or imported here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from spinelab.models.cervical import FractureClassifier, SliceLocalizer
+from spinelab.models.registry import register_model
+
+__all__ = [
+    "cervical_slice_localizer",
+    "cervical_fracture_classifier",
+    "test_cervical_slice_localizer",
+    "test_cervical_fracture_classifier",
+]
+
+
+@register_model
+def cervical_slice_localizer(**kwargs: Any) -> nn.Module:
+    """Stage 1 of the RSNA 2022 recipe (default backbone resnet18; seeds used convnext_tiny/resnest50d)."""
+    return SliceLocalizer(**kwargs)
+
+
+@register_model
+def cervical_fracture_classifier(**kwargs: Any) -> nn.Module:
+    """Stage 2 of the RSNA 2022 recipe (default backbone resnet18; seeds used convnext_tiny/effnetv2_s)."""
+    return FractureClassifier(**kwargs)
+
+
+@register_model
+def test_cervical_slice_localizer(**kwargs: Any) -> nn.Module:
+    """Tiny stage-1 variant for CPU tests."""
+    kwargs = {"backbone": "test_resnet", "hidden": 16, **kwargs}
+    return SliceLocalizer(**kwargs)
+
+
+@register_model
+def test_cervical_fracture_classifier(**kwargs: Any) -> nn.Module:
+    """Tiny stage-2 variant for CPU tests."""
+    kwargs = {"backbone": "test_resnet", "hidden": 16, **kwargs}
+    return FractureClassifier(**kwargs)

@@ -1,0 +1,84 @@
+"""``Stage``: what one trainable step of a pipeline contributes (data, model, loss, predictions, metric).
+
+Every pipeline stage of every task is a ``Stage`` subclass; the loop, devices, precision, checkpoints,
+EMA, logging and out-of-fold predictions are shared (``spinelab.train.module`` / ``spinelab.train.run``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from spinelab.config.schema import ModelConfig, TrainConfig
+from spinelab.models import create_model
+
+__all__ = ["Stage"]
+
+
+class Stage(ABC):
+    """One trainable step of a pipeline.
+
+    Args:
+        cfg: the full experiment config (stages read their own section and the data section).
+        run_dir: the run folder (stages may read what earlier stages wrote there).
+    """
+
+    #: folder name inside the run folder, e.g. ``"stage1"``.
+    name: str = "stage"
+
+    def __init__(self, cfg: Any, run_dir: Path) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+
+    # --- what subclasses provide ------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def model_config(self) -> ModelConfig:
+        """The ``model`` section of this stage."""
+
+    @property
+    @abstractmethod
+    def train_config(self) -> TrainConfig:
+        """The ``train`` section of this stage."""
+
+    @abstractmethod
+    def datasets(self, fold: int | None) -> tuple[Dataset, Dataset | None]:
+        """Training and validation datasets for ``fold`` (``None``: all data, no validation)."""
+
+    @abstractmethod
+    def forward(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Run the model on a batch and return its named outputs."""
+
+    @abstractmethod
+    def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Named loss terms; key ``"loss"`` is optimised."""
+
+    @abstractmethod
+    def predictions(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> pd.DataFrame:
+        """Rows of out-of-fold predictions (with ids and targets) for a validation batch."""
+
+    # --- optional hooks ---------------------------------------------------------------------------
+    def evaluate(self, predictions: pd.DataFrame) -> dict[str, float]:
+        """Validation metrics from the concatenated ``predictions`` rows (default: none)."""
+        return {}
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """Extra builder arguments beyond the ``model`` section (e.g. input channels)."""
+        return {}
+
+    def collate_fn(self) -> Callable[[list[Any]], Any] | None:
+        """A custom collate function, or ``None`` for torch's default."""
+        return None
+
+    def build_model(self) -> nn.Module:
+        """Create the stage's model from the registry."""
+        mc = self.model_config
+        return create_model(mc.name, backbone=mc.backbone, pretrained_path=mc.pretrained_path,
+                            hidden=mc.hidden, drop_rate=mc.drop_rate, **self.model_kwargs())
