@@ -1,4 +1,4 @@
-"""The two competition metrics (RSNA 2022 cervical, RSNA 2024 lumbar), submission frames and constant baselines.
+"""The two competition metrics (RSNA 2022 cervical, RSNA 2024 lumbar), submission frames, constant baselines.
 
 Both metrics follow seed-systems.md section 1 exactly:
 
@@ -65,8 +65,9 @@ def _ids_text(ids: Sequence[str]) -> str:
     return f"{shown}{more}"
 
 
-def _check_submission(sub: pd.DataFrame, expected: Sequence[str], value_cols: Sequence[str],
-                      source: str | Path) -> pd.DataFrame:
+def _check_submission(
+    sub: pd.DataFrame, expected: Sequence[str], value_cols: Sequence[str], source: str | Path
+) -> pd.DataFrame:
     """Validate a Kaggle-format submission and return its values indexed by row id in ``expected`` order.
 
     Args:
@@ -79,7 +80,8 @@ def _check_submission(sub: pd.DataFrame, expected: Sequence[str], value_cols: Se
         Float frame indexed by ``row_id`` with ``value_cols``, rows in ``expected`` order.
 
     Raises:
-        InputError: wrong columns, duplicate / missing / extra row ids, non-numeric, NaN or out-of-range values.
+        InputError: wrong columns, duplicate / missing / extra row ids, non-numeric, NaN or out-of-range
+            values.
     """
     want = ["row_id", *value_cols]
     if sorted(map(str, sub.columns)) != sorted(want):
@@ -112,7 +114,9 @@ def _check_submission(sub: pd.DataFrame, expected: Sequence[str], value_cols: Se
     return values.astype(np.float64).loc[list(expected)]
 
 
-def _split_row_ids(row_ids: Iterable[str], suffixes: Sequence[str], source: str | Path) -> list[tuple[str, str]]:
+def _split_row_ids(
+    row_ids: Iterable[str], suffixes: Sequence[str], source: str | Path
+) -> list[tuple[str, str]]:
     """Split ``<study>_<suffix>`` row ids on a known suffix (study ids may themselves hold underscores)."""
     out: list[tuple[str, str]] = []
     bad: list[str] = []
@@ -139,22 +143,35 @@ def _cervical_truth(solution: pd.DataFrame, source: str | Path) -> pd.DataFrame:
             dup = studies[studies.duplicated()].unique().tolist()
             raise InputError(source, f"{len(dup)} studies appear more than once: {_ids_text(dup)}")
         y = solution[list(CERVICAL_TARGETS)].to_numpy()
-        long = pd.DataFrame({
-            "study": np.repeat(studies.to_numpy(), len(CERVICAL_TARGETS)),
-            "target": np.tile(np.array(CERVICAL_TARGETS, dtype=object), len(studies)),
-            "y": y.reshape(-1),
-        })
+        long = pd.DataFrame(
+            {
+                "study": np.repeat(studies.to_numpy(), len(CERVICAL_TARGETS)),
+                "target": np.tile(np.array(CERVICAL_TARGETS, dtype=object), len(studies)),
+                "y": y.reshape(-1),
+            }
+        )
         long["row_id"] = long["study"] + "_" + long["target"]
     elif {"row_id", "fractured"} <= set(solution.columns):
         row_ids = solution["row_id"].astype(str)
         if row_ids.duplicated().any():
-            raise InputError(source, f"duplicate row ids: {_ids_text(row_ids[row_ids.duplicated()].tolist())}")
+            raise InputError(
+                source, f"duplicate row ids: {_ids_text(row_ids[row_ids.duplicated()].tolist())}"
+            )
         parts = _split_row_ids(row_ids, CERVICAL_TARGETS, source)
-        long = pd.DataFrame({"row_id": row_ids.to_numpy(), "study": [p[0] for p in parts],
-                             "target": [p[1] for p in parts], "y": solution["fractured"].to_numpy()})
+        long = pd.DataFrame(
+            {
+                "row_id": row_ids.to_numpy(),
+                "study": [p[0] for p in parts],
+                "target": [p[1] for p in parts],
+                "y": solution["fractured"].to_numpy(),
+            }
+        )
     else:
-        raise InputError(source, "solution must have StudyInstanceUID + C1..C7 + patient_overall "
-                                 f"(train.csv) or row_id + fractured; got {list(map(str, solution.columns))}")
+        raise InputError(
+            source,
+            "solution must have StudyInstanceUID + C1..C7 + patient_overall "
+            f"(train.csv) or row_id + fractured; got {list(map(str, solution.columns))}",
+        )
     y = pd.to_numeric(long["y"], errors="coerce")
     bad = long.loc[~y.isin([0, 1]), "row_id"].tolist()
     if bad:
@@ -163,8 +180,14 @@ def _cervical_truth(solution: pd.DataFrame, source: str | Path) -> pd.DataFrame:
     return long
 
 
-def cervical_score(solution: pd.DataFrame, submission: pd.DataFrame, *, normalisation: str = "row",
-                   submission_name: str | Path = "submission", solution_name: str | Path = "solution") -> float:
+def cervical_score(
+    solution: pd.DataFrame,
+    submission: pd.DataFrame,
+    *,
+    normalisation: str = "row",
+    submission_name: str | Path = "submission",
+    solution_name: str | Path = "solution",
+) -> float:
     """RSNA 2022 weighted multi-label log loss.
 
     Args:
@@ -220,7 +243,9 @@ def cervical_submission_frame(probs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"row_id": row_ids, "fractured": values.reshape(-1)})
 
 
-def cervical_prevalence_constant(train_df: pd.DataFrame, *, studies: Sequence[str] | None = None) -> pd.DataFrame:
+def cervical_prevalence_constant(
+    train_df: pd.DataFrame, *, studies: Sequence[str] | None = None
+) -> pd.DataFrame:
     """The per-column prevalence baseline: each target predicted as its training positive rate.
 
     Args:
@@ -232,7 +257,9 @@ def cervical_prevalence_constant(train_df: pd.DataFrame, *, studies: Sequence[st
     """
     prevalence = train_df[list(CERVICAL_TARGETS)].astype(np.float64).mean(axis=0)
     ids = [str(s) for s in (train_df["StudyInstanceUID"] if studies is None else studies)]
-    probs = pd.DataFrame(np.tile(prevalence.to_numpy(), (len(ids), 1)), index=ids, columns=list(CERVICAL_TARGETS))
+    probs = pd.DataFrame(
+        np.tile(prevalence.to_numpy(), (len(ids), 1)), index=ids, columns=list(CERVICAL_TARGETS)
+    )
     return cervical_submission_frame(probs)
 
 
@@ -276,7 +303,7 @@ def lumbar_grade_matrix(train_df: pd.DataFrame, *, source: str | Path = "train.c
 
 
 def _lumbar_truth(solution: pd.DataFrame, source: str | Path) -> tuple[list[str], pd.DataFrame]:
-    """All row ids the submission must hold, and the labelled rows ``row_id, study, column, grade, weight``."""
+    """All row ids the submission must hold, and the labelled rows (row_id, study, column, grade, weight)."""
     cols = lumbar_columns()
     if "study_id" in solution.columns:
         studies = solution["study_id"].astype(str)
@@ -285,17 +312,21 @@ def _lumbar_truth(solution: pd.DataFrame, source: str | Path) -> tuple[list[str]
             raise InputError(source, f"{len(dup)} studies appear more than once: {_ids_text(dup)}")
         grades = lumbar_grade_matrix(solution, source=source)
         all_ids = [rid for s in studies for rid in lumbar_row_ids(s)]
-        long = pd.DataFrame({
-            "row_id": all_ids,
-            "study": np.repeat(studies.to_numpy(), len(cols)),
-            "column": np.tile(np.array(cols, dtype=object), len(studies)),
-            "grade": grades.reshape(-1),
-        })
+        long = pd.DataFrame(
+            {
+                "row_id": all_ids,
+                "study": np.repeat(studies.to_numpy(), len(cols)),
+                "column": np.tile(np.array(cols, dtype=object), len(studies)),
+                "grade": grades.reshape(-1),
+            }
+        )
         long["weight"] = np.where(long["grade"] >= 0, 2.0 ** long["grade"].clip(lower=0), 0.0)
     elif {"row_id", *LUMBAR_GRADES} <= set(solution.columns):
         row_ids = solution["row_id"].astype(str)
         if row_ids.duplicated().any():
-            raise InputError(source, f"duplicate row ids: {_ids_text(row_ids[row_ids.duplicated()].tolist())}")
+            raise InputError(
+                source, f"duplicate row ids: {_ids_text(row_ids[row_ids.duplicated()].tolist())}"
+            )
         all_ids = row_ids.tolist()
         parts = _split_row_ids(all_ids, cols, source)
         onehot = solution[list(LUMBAR_GRADES)].apply(pd.to_numeric, errors="coerce").to_numpy()
@@ -305,11 +336,21 @@ def _lumbar_truth(solution: pd.DataFrame, source: str | Path) -> tuple[list[str]
             weight = pd.to_numeric(solution["sample_weight"], errors="coerce").fillna(0.0).to_numpy()
         else:
             weight = np.where(grade >= 0, 2.0 ** np.clip(grade, 0, None), 0.0)
-        long = pd.DataFrame({"row_id": all_ids, "study": [p[0] for p in parts], "column": [p[1] for p in parts],
-                             "grade": grade, "weight": np.where(grade >= 0, weight, 0.0)})
+        long = pd.DataFrame(
+            {
+                "row_id": all_ids,
+                "study": [p[0] for p in parts],
+                "column": [p[1] for p in parts],
+                "grade": grade,
+                "weight": np.where(grade >= 0, weight, 0.0),
+            }
+        )
     else:
-        raise InputError(source, "solution must have study_id + the 25 condition_level columns (train.csv) or "
-                                 f"row_id + {list(LUMBAR_GRADES)}; got {list(map(str, solution.columns))}")
+        raise InputError(
+            source,
+            "solution must have study_id + the 25 condition_level columns (train.csv) or "
+            f"row_id + {list(LUMBAR_GRADES)}; got {list(map(str, solution.columns))}",
+        )
     long = long[long["grade"] >= 0].reset_index(drop=True)
     if long.empty:
         raise InputError(source, "the solution holds no labelled rows")
@@ -323,9 +364,13 @@ def _weighted_nll(y_index: np.ndarray, probs: np.ndarray, weight: np.ndarray) ->
     return float(np.sum(weight * -np.log(picked)) / np.sum(weight))
 
 
-def lumbar_score_details(solution: pd.DataFrame, submission: pd.DataFrame, *,
-                         submission_name: str | Path = "submission",
-                         solution_name: str | Path = "solution") -> dict[str, float]:
+def lumbar_score_details(
+    solution: pd.DataFrame,
+    submission: pd.DataFrame,
+    *,
+    submission_name: str | Path = "submission",
+    solution_name: str | Path = "solution",
+) -> dict[str, float]:
     """RSNA 2024 metric with its parts.
 
     Args:
@@ -356,9 +401,18 @@ def lumbar_score_details(solution: pd.DataFrame, submission: pd.DataFrame, *,
         details[group] = _weighted_nll(grade[mask], probs[mask], weight[mask]) if mask.any() else float("nan")
     spinal = (truth["group"] == "spinal").to_numpy()
     if spinal.any():
-        per_study = pd.DataFrame({"study": truth.loc[spinal, "study"].to_numpy(),
-                                  "y": (grade[spinal] == 2).astype(np.float64),
-                                  "p": probs[spinal, 2], "w": weight[spinal]}).groupby("study", sort=False).max()
+        per_study = (
+            pd.DataFrame(
+                {
+                    "study": truth.loc[spinal, "study"].to_numpy(),
+                    "y": (grade[spinal] == 2).astype(np.float64),
+                    "p": probs[spinal, 2],
+                    "w": weight[spinal],
+                }
+            )
+            .groupby("study", sort=False)
+            .max()
+        )
         p_any = np.clip(per_study["p"].to_numpy(), CLIP_EPS, 1.0 - CLIP_EPS)
         y_any = per_study["y"].to_numpy()
         loss = -(y_any * np.log(p_any) + (1.0 - y_any) * np.log(1.0 - p_any))
@@ -370,14 +424,20 @@ def lumbar_score_details(solution: pd.DataFrame, submission: pd.DataFrame, *,
     return details
 
 
-def lumbar_score(solution: pd.DataFrame, submission: pd.DataFrame, *, submission_name: str | Path = "submission",
-                 solution_name: str | Path = "solution") -> float:
+def lumbar_score(
+    solution: pd.DataFrame,
+    submission: pd.DataFrame,
+    *,
+    submission_name: str | Path = "submission",
+    solution_name: str | Path = "solution",
+) -> float:
     """RSNA 2024 weighted log loss: mean of spinal, foraminal, subarticular and any_severe_spinal losses.
 
     See ``lumbar_score_details`` for the arguments; raises ``InputError`` for a malformed submission.
     """
-    return lumbar_score_details(solution, submission, submission_name=submission_name,
-                                solution_name=solution_name)["score"]
+    return lumbar_score_details(
+        solution, submission, submission_name=submission_name, solution_name=solution_name
+    )["score"]
 
 
 def lumbar_submission_frame(probs: Mapping[str | int, np.ndarray] | pd.DataFrame) -> pd.DataFrame:
@@ -400,8 +460,10 @@ def lumbar_submission_frame(probs: Mapping[str | int, np.ndarray] | pd.DataFrame
         missing = [c for c in wide if c not in probs.columns]
         if missing:
             raise ValueError(f"probabilities lack {len(missing)} columns, e.g. {missing[:3]}")
-        items = [(str(s), row.reshape(len(cols), len(LUMBAR_GRADES)))
-                 for s, row in zip(probs.index, probs[wide].to_numpy(dtype=np.float64), strict=True)]
+        items = [
+            (str(s), row.reshape(len(cols), len(LUMBAR_GRADES)))
+            for s, row in zip(probs.index, probs[wide].to_numpy(dtype=np.float64), strict=True)
+        ]
     else:
         items = [(str(s), np.asarray(a, dtype=np.float64)) for s, a in probs.items()]
     blocks = []
@@ -416,8 +478,9 @@ def lumbar_submission_frame(probs: Mapping[str | int, np.ndarray] | pd.DataFrame
     return pd.concat(blocks, ignore_index=True)
 
 
-def lumbar_weight_optimal_constant(train_df: pd.DataFrame, *,
-                                   studies: Sequence[str | int] | None = None) -> pd.DataFrame:
+def lumbar_weight_optimal_constant(
+    train_df: pd.DataFrame, *, studies: Sequence[str | int] | None = None
+) -> pd.DataFrame:
     """The best constant under the weighted loss: per group, ``p_k ∝ w_k n_k`` with weights 1/2/4.
 
     Minimising ``sum_k w_k n_k (-log p_k)`` subject to ``sum p = 1`` gives ``p_k = w_k n_k / sum_j w_j n_j``.
@@ -451,8 +514,9 @@ def _read_csv(path: Path, what: str) -> pd.DataFrame:
         raise InputError(path, f"{what} file not found")
     try:
         # Ids stay strings: a lumbar study_id must not become an int and a UID must not lose digits.
-        return pd.read_csv(path, dtype={"row_id": str, "study_id": str, "StudyInstanceUID": str},
-                           keep_default_na=True)
+        return pd.read_csv(
+            path, dtype={"row_id": str, "study_id": str, "StudyInstanceUID": str}, keep_default_na=True
+        )
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise InputError(path, f"cannot parse {what} CSV: {err}") from err
 
@@ -476,7 +540,11 @@ def score_files(solution_path: str | Path, submission_path: str | Path, *, task:
     solution = _read_csv(solution_path, "solution")
     submission = _read_csv(submission_path, "submission")
     if task == "cervical":
-        return cervical_score(solution, submission, submission_name=submission_path, solution_name=solution_path)
+        return cervical_score(
+            solution, submission, submission_name=submission_path, solution_name=solution_path
+        )
     if task == "lumbar":
-        return lumbar_score(solution, submission, submission_name=submission_path, solution_name=solution_path)
+        return lumbar_score(
+            solution, submission, submission_name=submission_path, solution_name=solution_path
+        )
     raise ValueError(f"task must be 'cervical' or 'lumbar', got {task!r}")

@@ -37,8 +37,11 @@ def detect_task(labels: pd.DataFrame, *, source: str | Path = "train.csv") -> st
         return "cervical"
     if {"study_id", *lumbar_columns()} <= cols:
         return "lumbar"
-    raise InputError(source, "cannot tell the task: expected StudyInstanceUID + C1..C7 + patient_overall "
-                             f"(cervical) or study_id + 25 condition_level columns (lumbar); got {sorted(cols)}")
+    raise InputError(
+        source,
+        "cannot tell the task: expected StudyInstanceUID + C1..C7 + patient_overall "
+        f"(cervical) or study_id + 25 condition_level columns (lumbar); got {sorted(cols)}",
+    )
 
 
 def stratification_matrix(labels: pd.DataFrame, *, task: str, source: str | Path = "train.csv") -> np.ndarray:
@@ -68,35 +71,39 @@ def stratification_matrix(labels: pd.DataFrame, *, task: str, source: str | Path
     if task == "lumbar":
         from spinelab.metrics import lumbar_grade_matrix
 
-        grades = lumbar_grade_matrix(labels, source=source).reshape(len(labels), len(LUMBAR_CONDITIONS),
-                                                                     len(LUMBAR_LEVELS))
+        grades = lumbar_grade_matrix(labels, source=source).reshape(
+            len(labels), len(LUMBAR_CONDITIONS), len(LUMBAR_LEVELS)
+        )
         moderate = (grades == 1).any(axis=2)
         severe = (grades == 2).any(axis=2)
         return np.concatenate([moderate, severe], axis=1).astype(np.uint8)
     raise ConfigError(f"task must be 'cervical' or 'lumbar', got {task!r}")
 
 
-def make_folds(labels: pd.DataFrame, *, task: str, k: int = 5, seed: int = 42, trials: int = 8) -> pd.Series:
-    """Assign each study a fold with multilabel-stratified K-fold.
+def make_folds(
+    labels: pd.DataFrame, *, task: str, k: int = 5, seed: int = 42, swaps: int = 20000
+) -> pd.Series:
+    """Assign each study a fold: multilabel-stratified K-fold, then a balancing pass.
 
-    Iterative stratification balances the rare labels to within one study per fold, but it places studies
-    without any positive label last, so the commonest label (patient_overall, about half the studies) can
-    end up 10 studies off between folds. ``trials`` shuffles are therefore tried and the split whose worst
-    per-fold positive count is closest to the mean is kept (about 0.1 s per trial for 2000 studies).
+    Iterative stratification balances the rarest labels to within one study per fold, but it handles the
+    commonest labels (patient_overall, about half the studies; C7) last, and on the RSNA 2022 labels they
+    end up a median of about 7 studies (at worst 17) off the per-fold mean. A short hill-climb then swaps
+    pairs of studies between folds (fold sizes unchanged) whenever that lowers the squared deviation of the
+    per-fold positive counts from their means, which brings every label to within about one study.
 
     Args:
         labels: train.csv format (one row per study).
         task: ``"cervical"`` or ``"lumbar"``.
         k: number of folds (2 .. number of studies).
-        seed: seeds the shuffles; the same labels and seed give the same folds.
-        trials: number of stratified shuffles to try (at least 1).
+        seed: seeds both passes; the same labels and seed give the same folds.
+        swaps: number of candidate swaps of the balancing pass (0 keeps the plain iterative stratification).
 
     Returns:
         Integer series named ``fold`` indexed by the study id (as a string), in ``labels`` order.
 
     Raises:
         InputError: missing id column, duplicated studies or invalid labels.
-        ConfigError: unknown task, impossible ``k`` or ``trials < 1``.
+        ConfigError: unknown task or impossible ``k``.
     """
     if task not in ID_COLUMNS:
         raise ConfigError(f"task must be 'cervical' or 'lumbar', got {task!r}")
@@ -109,21 +116,48 @@ def make_folds(labels: pd.DataFrame, *, task: str, k: int = 5, seed: int = 42, t
         raise InputError("train.csv", f"{len(dup)} studies appear more than once, e.g. {dup[:5]}")
     if not 2 <= k <= len(ids):
         raise ConfigError(f"k must be between 2 and the number of studies ({len(ids)}), got {k}")
-    if trials < 1:
-        raise ConfigError(f"trials must be at least 1, got {trials}")
     y = stratification_matrix(labels, task=task)
-    seeds = np.random.default_rng(seed).integers(0, 2**31 - 1, size=trials)
-    best: tuple[float, float] | None = None
-    folds = np.zeros(len(ids), dtype=np.int64)
-    for trial_seed in seeds:
-        candidate = _stratified_split(y, k=k, seed=int(trial_seed))
-        counts = np.stack([y[candidate == f].sum(axis=0) for f in range(k)]).astype(np.float64)
-        sizes = np.bincount(candidate, minlength=k).astype(np.float64)
-        # Worst label imbalance first, fold-size imbalance as the tie-break.
-        key = (float(np.abs(counts - counts.mean(axis=0)).max()), float(np.abs(sizes - sizes.mean()).max()))
-        if best is None or key < best:
-            best, folds = key, candidate
+    rng = np.random.default_rng(seed)
+    folds = _stratified_split(y, k=k, seed=int(rng.integers(0, 2**31 - 1)))
+    folds = _rebalance(y, folds, k=k, rng=rng, swaps=swaps)
     return pd.Series(folds, index=pd.Index(ids.to_numpy(), name=id_col), name="fold")
+
+
+def _rebalance(
+    y: np.ndarray, folds: np.ndarray, *, k: int, rng: np.random.Generator, swaps: int
+) -> np.ndarray:
+    """Swap studies between folds while the squared deviation of per-fold label counts from the mean drops.
+
+    Args:
+        y: binary labels ``(N, L)``.
+        folds: fold per study ``(N,)``; not modified.
+        k: number of folds.
+        rng: source of the candidate pairs.
+        swaps: number of candidate pairs to try.
+
+    Returns:
+        The improved fold assignment ``(N,)`` (same fold sizes).
+    """
+    folds = folds.copy()
+    yf = y.astype(np.float64)
+    counts = np.stack([yf[folds == f].sum(axis=0) for f in range(k)])
+    target = yf.sum(axis=0) / k
+    pairs = rng.integers(0, len(y), size=(swaps, 2))
+    for i, j in pairs:
+        fi, fj = folds[i], folds[j]
+        if fi == fj:
+            continue
+        diff = yf[i] - yf[j]
+        if not diff.any():
+            continue
+        # Moving study i to fold fj and j to fi changes the counts by -diff / +diff.
+        old = ((counts[fi] - target) ** 2 + (counts[fj] - target) ** 2).sum()
+        new = ((counts[fi] - diff - target) ** 2 + (counts[fj] + diff - target) ** 2).sum()
+        if new < old - 1e-9:
+            counts[fi] -= diff
+            counts[fj] += diff
+            folds[i], folds[j] = fj, fi
+    return folds
 
 
 def _stratified_split(y: np.ndarray, *, k: int, seed: int) -> np.ndarray:
@@ -185,9 +219,12 @@ def read_folds(dataset_dir: str | Path) -> pd.Series:
         raise InputError(path, f"cannot parse CSV: {err}") from err
     id_cols = [c for c in ID_COLUMNS.values() if c in frame.columns]
     if len(id_cols) != 1 or "fold" not in frame.columns:
-        raise InputError(path, f"expected columns '<StudyInstanceUID|study_id>,fold', got {list(frame.columns)}")
+        raise InputError(
+            path, f"expected columns '<StudyInstanceUID|study_id>,fold', got {list(frame.columns)}"
+        )
     fold = pd.to_numeric(frame["fold"], errors="coerce")
     if fold.isna().any() or (fold < 0).any():
         raise InputError(path, "fold values must be non-negative integers")
-    return pd.Series(fold.astype(np.int64).to_numpy(), index=pd.Index(frame[id_cols[0]], name=id_cols[0]),
-                     name="fold")
+    return pd.Series(
+        fold.astype(np.int64).to_numpy(), index=pd.Index(frame[id_cols[0]], name=id_cols[0]), name="fold"
+    )

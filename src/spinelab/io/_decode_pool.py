@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import mmap
 import multiprocessing as mp
 import os
@@ -21,10 +22,13 @@ import tempfile
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "SliceTask",
@@ -95,9 +99,14 @@ def decode_stored(path: str | Path, *, backend: str = "pydicom", frame: int | No
             dset.copyFrameData(frame or 0, out)
             return out
         out = np.empty((n_frames, *shape), dtype=dtype)
-        for i in range(n_frames):
-            dset.copyFrameData(i, out[i])
-        return out
+        try:
+            for i in range(n_frames):
+                dset.copyFrameData(i, out[i])
+            return out
+        except Exception:  # noqa: BLE001
+            # dicomsdl 0.109 cannot index frames > 0 of encapsulated multi-frame data without a basic offset
+            # table (e.g. pydicom's emri_small_jpeg_*); pydicom can, so fall back to it for the whole file.
+            pass
     import pydicom
 
     ds = pydicom.dcmread(str(path), force=True)
@@ -170,9 +179,10 @@ def _get_pool(workers: int) -> ProcessPoolExecutor:
             _POOL.shutdown(wait=True)
             _POOL = None
         if _POOL is None:
-            # forkserver: workers start from a clean process (no inherited threads from torch/OpenMP), and
-            # after the first start each new worker is a cheap fork of the server.
-            ctx = mp.get_context("forkserver")
+            # fork (Linux): workers start in milliseconds and never re-import the caller's ``__main__`` (spawn
+            # and forkserver do, which breaks scripts without a main guard). Workers only decode, so threads
+            # the parent may hold (torch, OpenMP) are never touched in them.
+            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
             _POOL = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
             _POOL_WORKERS = workers
         return _POOL
@@ -229,14 +239,21 @@ def decode_slices(
         os.ftruncate(fd, max(nbytes, 1))
         mapping = mmap.mmap(fd, max(nbytes, 1))
         out = np.frombuffer(mapping, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
-        pool = _get_pool(workers)
         # Contiguous chunks: each worker touches neighbouring slots, and a few big messages beat many small.
         n_chunks = min(len(tasks), workers * 4)
-        chunks = [list(c) for c in np.array_split(np.array(tasks, dtype=object), n_chunks) if len(c)]
-        futures = [pool.submit(_worker_decode, buf_path, shape, dtype.str, c) for c in chunks]
+        step = -(-len(tasks) // n_chunks)
+        chunks = [list(tasks[i:i + step]) for i in range(0, len(tasks), step)]
         errors: list[tuple[int, str]] = []
-        for fut in futures:
-            errors.extend((s, e) for s, e in fut.result() if e is not None)
+        try:
+            pool = _get_pool(workers)
+            futures = [pool.submit(_worker_decode, buf_path, shape, dtype.str, c) for c in chunks]
+            for fut in futures:
+                errors.extend((s, e) for s, e in fut.result() if e is not None)
+        except (BrokenProcessPool, OSError, RuntimeError) as err:
+            # A worker died (out of memory, killed) or processes cannot start here: decode in-process instead.
+            log.warning("decode pool failed (%s); decoding in-process", err)
+            shutdown_pool()
+            errors = [(s, e) for s, e in decode_into(out, tasks) if e is not None]
     finally:
         os.close(fd)
         # The mapping keeps the pages alive after the name is gone; the memory is freed with the array.

@@ -357,7 +357,7 @@ def read_series(
     )
     for w in warns:
         warnings.warn(f"{path}: {w}", DicomWarning, stacklevel=2)
-        log.warning("%s: %s", path, w)
+        log.info("%s: %s", path, w)
     return vol
 
 

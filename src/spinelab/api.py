@@ -1,0 +1,61 @@
+"""Python twins of the CLI commands, with the same parameter names (TotalSegmentator's rule)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from spinelab.errors import ConfigError
+
+__all__ = ["train", "predict", "report", "default_run_dir"]
+
+
+def default_run_dir(cfg: Any) -> Path:
+    """``runs/<task>/<experiment>``."""
+    return Path("runs") / cfg.task / cfg.experiment
+
+
+def train(cfg: Any, *, run_dir: str | Path | None = None, fold: str = "all", stage: str = "all",
+          resume: bool = False, progress: bool = True) -> Path:
+    """Train a validated config (see ``spinelab.config.load.load_config``) into a run folder."""
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
+    if cfg.task == "cervical":
+        from spinelab.tasks.cervical.pipeline import train_cervical
+
+        return train_cervical(cfg, run_dir, fold=fold, stage=stage, resume=resume, progress=progress)
+    if cfg.task == "lumbar":
+        from spinelab.tasks.lumbar.pipeline import train_lumbar
+
+        return train_lumbar(cfg, run_dir, fold=fold, stage=stage, resume=resume, progress=progress)
+    raise ConfigError(f"unknown task {cfg.task!r}")
+
+
+def predict(task: str, *, model: str | Path, input: str | Path, out: str | Path, labels: str | Path | None = None,
+            device: str = "auto", precision: str = "fp32", compile: bool = False, tta: bool = True,
+            folds: list[int] | None = None, progress: bool = True) -> dict[str, Any]:
+    """Predict a dataset or study folder with a run folder; see ``spinelab predict --help``."""
+    kwargs = dict(labels=labels, device=device, precision=precision, compile=compile, tta=tta, folds=folds,
+                  progress=progress)
+    if task == "cervical":
+        from spinelab.tasks.cervical.predict import predict_cervical_dataset
+
+        return predict_cervical_dataset(input, model, out, **kwargs)
+    if task == "lumbar":
+        from spinelab.tasks.lumbar.predict import predict_lumbar_dataset
+
+        return predict_lumbar_dataset(input, model, out, **kwargs)
+    raise ConfigError(f"unknown task {task!r}")
+
+
+def report(task: str, *, predictions: str | Path, input: str | Path, out: str | Path,
+           model: str | Path | None = None) -> Path:
+    """Write per-study pictures and an HTML index; returns the index path."""
+    if task == "cervical":
+        from spinelab.report.cervical import write_cervical_report
+
+        return write_cervical_report(predictions=predictions, input=input, out=out, model=model)
+    if task == "lumbar":
+        from spinelab.report.lumbar import write_lumbar_report
+
+        return write_lumbar_report(predictions=predictions, input=input, out=out, model=model)
+    raise ConfigError(f"unknown task {task!r}")

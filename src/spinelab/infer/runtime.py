@@ -1,0 +1,82 @@
+"""How models run at inference: device, bf16 autocast, channels_last and torch.compile.
+
+On CPUs with AMX (bf16 matrix units) bf16 autocast is several times faster than fp32; it must be checked
+against fp32 on the metric before use (``bench/predict.py`` does), so fp32 stays the default.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from spinelab.errors import ConfigError
+
+__all__ = ["Runtime", "resolve_device"]
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when available else ``cpu``; validates explicit names."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise ConfigError(f"unknown device {device!r}; use cpu, cuda or auto")
+    return device
+
+
+@dataclass
+class Runtime:
+    """Inference settings applied to every model call.
+
+    Args:
+        device: ``cpu``, ``cuda`` or ``auto``.
+        precision: ``fp32`` or ``bf16`` (autocast).
+        channels_last: convert 4-D inputs and models to channels_last (faster convolutions).
+        compile: wrap models in ``torch.compile`` (first call is slow; worth it for many studies).
+    """
+
+    device: str = "cpu"
+    precision: str = "fp32"
+    channels_last: bool = True
+    compile: bool = False
+    _prepared: dict[int, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.device = resolve_device(self.device)
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"precision must be fp32 or bf16, got {self.precision!r}")
+
+    def prepare(self, model: torch.nn.Module) -> Any:
+        """Move, convert and optionally compile ``model`` once; later calls reuse it."""
+        key = id(model)
+        if key not in self._prepared:
+            model = model.eval().to(self.device)
+            if self.channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            self._prepared[key] = torch.compile(model) if self.compile else model
+        return self._prepared[key]
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "bf16":
+            return torch.autocast(device_type="cuda" if self.device.startswith("cuda") else "cpu",
+                                  dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    @torch.inference_mode()
+    def run(self, model: torch.nn.Module, *inputs: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """Call ``model(*inputs, **kwargs)`` with these settings; tensors move to the device."""
+        prepared = self.prepare(model)
+        inputs = tuple(self._to_device(x) for x in inputs)
+        kwargs = {k: self._to_device(v) for k, v in kwargs.items()}
+        with self.autocast():
+            out = prepared(*inputs, **kwargs)
+        return {k: v.float() for k, v in out.items()}
+
+    def _to_device(self, x: Any) -> Any:
+        if not isinstance(x, torch.Tensor):
+            return x
+        return x.to(self.device, non_blocking=True)

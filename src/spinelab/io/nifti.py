@@ -1,0 +1,143 @@
+"""NIfTI files as ``Volume``: reading (with the RAS -> LPS and axis-order conversion) and atomic writing.
+
+Axis convention: ``Volume.array`` is the file's data transposed to ``(k, j, i)``, so that the D axis is the file's
+third axis, like a DICOM slice stack; the affine is converted from nibabel's RAS+ to LPS and its columns permuted
+to match. ``write_nifti`` undoes both, so ``read_nifti(write_nifti(v))`` returns the same array (values, dtype)
+and the same affine (to the float32 precision of the NIfTI-1 sform).
+
+Label maps: ``is_label=None`` decides from the data (integral, non-negative, at most 256 distinct values).
+Label maps stored as floats (e.g. SCT's float64 level maps) are cast to the smallest integer dtype that holds
+their values; integer label maps keep their dtype.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from spinelab.errors import InputError
+from spinelab.io.atomic import atomic_path
+from spinelab.io.volume import LPS_TO_RAS, Volume
+
+__all__ = ["read_nifti", "write_nifti", "is_nifti_file", "smallest_int_dtype"]
+
+_MAX_AUTO_LABELS = 256
+
+
+def is_nifti_file(path: str | Path) -> bool:
+    """Whether ``path`` is a NIfTI file, judged by its header bytes (gzip-aware), not only its suffix."""
+    import gzip
+
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(2)
+        opener = gzip.open if head == b"\x1f\x8b" else open
+        with opener(path, "rb") as fh:
+            header = fh.read(348 + 4)
+    except OSError:
+        return False
+    if len(header) < 348:
+        return False
+    magic = header[344:348]
+    return magic in (b"n+1\x00", b"ni1\x00") or header[4:8] in (b"n+2\x00", b"ni2\x00")
+
+
+def smallest_int_dtype(array: np.ndarray) -> np.dtype:
+    """Smallest integer dtype (unsigned first) holding every value of an integral ``array``."""
+    if array.size == 0:
+        return np.dtype(np.uint8)
+    lo, hi = int(np.min(array)), int(np.max(array))
+    for dt in (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.int64):
+        info = np.iinfo(dt)
+        if info.min <= lo and hi <= info.max:
+            return np.dtype(dt)
+    return np.dtype(np.int64)
+
+
+def _looks_like_labels(data: np.ndarray) -> bool:
+    if data.dtype.kind == "b":
+        return True
+    if data.dtype.kind == "f" and not np.array_equal(data, np.rint(data)):
+        return False
+    if data.size and float(np.min(data)) < 0:
+        return False
+    return len(np.unique(data)) <= _MAX_AUTO_LABELS
+
+
+def read_nifti(path: str | Path, *, is_label: bool | None = None) -> Volume:
+    """Read a ``.nii``/``.nii.gz`` file.
+
+    Args:
+        path: the file.
+        is_label: treat as a label map; ``None`` decides from the data (see module docstring).
+
+    Returns:
+        ``Volume`` with ``array`` ``(K, J, I)`` = the file's axes reversed, the LPS affine and
+        ``meta`` (``source``, ``format``, ``dtype_on_disk``, ``warnings``).
+
+    Raises:
+        InputError: missing file, not NIfTI, or not a 3-D image.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "does not exist or is not a file")
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except Exception as err:  # noqa: BLE001 - nibabel raises many types on bad files
+        raise InputError(path, f"not a readable NIfTI file ({type(err).__name__}: {err})") from err
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        raise InputError(path, f"not a NIfTI image (nibabel read it as {type(img).__name__})")
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise InputError(path, f"expected a 3-D image, got shape {data.shape}")
+    disk_dtype = str(img.get_data_dtype())
+    label = _looks_like_labels(data) if is_label is None else bool(is_label)
+    if label and data.dtype.kind in "fb":
+        if data.dtype.kind == "f" and not np.array_equal(data, np.rint(data)):
+            raise InputError(path, "is_label=True but the values are not integral")
+        data = data.astype(smallest_int_dtype(data))
+    ras = np.asarray(img.affine, dtype=np.float64)
+    lps = LPS_TO_RAS @ ras  # the diagonal flip is its own inverse
+    affine = np.eye(4)
+    affine[:, :3] = lps[:, [2, 1, 0]]
+    affine[:, 3] = lps[:, 3]
+    array = np.ascontiguousarray(data.transpose(2, 1, 0))
+    meta = {"source": str(path), "format": "nifti", "dtype_on_disk": disk_dtype, "warnings": []}
+    return Volume(array=array, affine=affine, meta=meta, is_label=label)
+
+
+def write_nifti(volume: Volume, path: str | Path) -> Path:
+    """Write ``volume`` as NIfTI-1 atomically (``.nii`` or ``.nii.gz`` by suffix).
+
+    Args:
+        volume: the image or label map; its dtype is kept.
+        path: destination.
+
+    Returns:
+        ``path``.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    if not (path.name.endswith(".nii") or path.name.endswith(".nii.gz")):
+        raise InputError(path, "NIfTI output must end in .nii or .nii.gz")
+    lps = np.eye(4)
+    lps[:, [2, 1, 0]] = volume.affine[:, :3]
+    lps[:, 3] = volume.affine[:, 3]
+    ras = LPS_TO_RAS @ lps
+    data = np.asarray(volume.array).transpose(2, 1, 0)
+    img = nib.Nifti1Image(data, ras)
+    img.set_data_dtype(data.dtype)
+    img.set_qform(ras, code=1)
+    img.set_sform(ras, code=1)
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+    return path

@@ -1,0 +1,1 @@
+"""Reports: per-study pictures, HTML indexes, training curves and calibration tables."""

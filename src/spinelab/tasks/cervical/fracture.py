@@ -1,0 +1,172 @@
+"""Stage 2: is each vertebra fractured? Per vertebra, ``n_slices`` evenly spaced slices inside its
+predicted range, cropped to the study box, grouped into 2.5D triplets; CNN -> BiGRU -> attention pooling
+per vertebra and a patient-level head over the seven embeddings (trantuan / 2nd-place recipe).
+The loss is the competition's weighted BCE, normalised per study."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from spinelab.config.schema import CervicalConfig, ModelConfig, TrainConfig
+from spinelab.data.transforms import SequenceAugment, evenly_spaced
+from spinelab.errors import InputError
+from spinelab.io.volume import Volume
+from spinelab.registry import CERVICAL_TARGETS, CERVICAL_WEIGHTS, VERTEBRAE
+from spinelab.tasks.cervical.slices import stack_images
+from spinelab.tasks.cervical.studies import CervicalStudies, head_first
+from spinelab.train.stage import Stage
+
+__all__ = ["FractureDataset", "FractureStage", "fracture_inputs", "competition_bce", "read_localization"]
+
+
+def fracture_inputs(volume: Volume, summary: dict[str, Any], cfg: CervicalConfig, *,
+                    rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Stage-2 input of one study: ``(7, n_slices // 3, 3 * n_windows, S, S)`` images and the found-mask.
+
+    Args:
+        volume: the CT study.
+        summary: stage-1 output of ``summarize_localization`` (ranges, box, missing).
+        cfg: config (stage2: n_slices, image_size, windows, range_jitter).
+        rng: when given, range ends are jittered (training-time augmentation).
+    """
+    s2 = cfg.stage2
+    depth = volume.shape[0]
+    centres = []
+    for v in VERTEBRAE:
+        start, end = summary["ranges"][v]
+        if rng is not None and s2.range_jitter:
+            length = end - start + 1
+            start += int(round(rng.uniform(-s2.range_jitter, s2.range_jitter) * length))
+            end += int(round(rng.uniform(-s2.range_jitter, s2.range_jitter) * length))
+            start, end = int(np.clip(start, 0, depth - 1)), int(np.clip(end, 0, depth - 1))
+            start, end = min(start, end), max(start, end)
+        pos = evenly_spaced(start, end, s2.n_slices)
+        centres.append(pos if head_first(volume) else pos[::-1])
+    images = stack_images(volume, np.concatenate(centres), windows=s2.windows, size=s2.image_size,
+                          box=summary["box"], span=1)
+    steps = s2.n_slices // 3
+    images = images[:, :, :, :].reshape(len(VERTEBRAE), steps, -1, s2.image_size, s2.image_size)
+    found = np.array([v not in summary.get("missing", []) for v in VERTEBRAE], dtype=bool)
+    return images.astype(np.float32), found
+
+
+def read_localization(run_dir: Any) -> dict[str, dict[str, Any]]:
+    """Stage-1 summaries of the training studies written by the pipeline (``localization.json``)."""
+    import json
+    from pathlib import Path
+
+    path = Path(run_dir) / "localization.json"
+    if not path.is_file():
+        raise InputError(path, "stage-1 localisation of the training studies not found; train stage1 first")
+    return json.loads(path.read_text())
+
+
+class FractureDataset(Dataset):
+    """One item = one study: seven vertebra sequences and the eight study labels."""
+
+    def __init__(self, studies: CervicalStudies, ids: list[str], cfg: CervicalConfig,
+                 localization: dict[str, dict[str, Any]], *, train: bool) -> None:
+        self.studies, self.ids, self.cfg, self.loc, self.train = studies, list(ids), cfg, localization, train
+        self.augment = SequenceAugment(affine=0.3) if train else None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        uid = self.ids[i]
+        vol = self.studies.volume(uid)
+        rng = np.random.default_rng() if self.train else None
+        images, found = fracture_inputs(vol, self.loc[uid], self.cfg, rng=rng)
+        if self.augment is not None:
+            v, t = images.shape[:2]
+            flat, _, _ = self.augment(images.reshape(v * t, *images.shape[2:]))
+            images = flat.reshape(images.shape)
+        return {"image": torch.from_numpy(images), "mask": torch.from_numpy(found),
+                "target": torch.from_numpy(self.studies.targets(uid)), "uid": uid}
+
+
+_W_NEG = torch.tensor([CERVICAL_WEIGHTS[t][0] for t in CERVICAL_TARGETS])
+_W_POS = torch.tensor([CERVICAL_WEIGHTS[t][1] for t in CERVICAL_TARGETS])
+
+
+def competition_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The RSNA 2022 metric as a loss: weighted BCE over (C1..C7, overall), normalised per study.
+
+    Args:
+        logits, target: ``(B, 8)`` in registry order.
+    """
+    w = target * _W_POS.to(logits) + (1 - target) * _W_NEG.to(logits)
+    loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    return ((w * loss).sum(-1) / w.sum(-1)).mean()
+
+
+class FractureStage(Stage):
+    """Stage 2 of the cervical pipeline."""
+
+    name = "stage2"
+
+    def __init__(self, cfg: CervicalConfig, run_dir: Any) -> None:
+        super().__init__(cfg, run_dir)
+        self.studies = CervicalStudies(cfg)
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return self.cfg.stage2.model
+
+    @property
+    def train_config(self) -> TrainConfig:
+        return self.cfg.stage2.train
+
+    def model_kwargs(self) -> dict[str, Any]:
+        return {"in_chans": 3 * len(self.cfg.stage2.windows), "overall": self.cfg.stage2.overall}
+
+    def datasets(self, fold: int | None) -> tuple[Dataset, Dataset | None]:
+        loc = read_localization(self.run_dir)
+        ids = [uid for uid in self.studies.labels.index if uid in loc]
+        train_ids, val_ids = self.studies.split(ids, fold)
+        train = FractureDataset(self.studies, train_ids, self.cfg, loc, train=True)
+        val = FractureDataset(self.studies, val_ids, self.cfg, loc, train=False) if val_ids else None
+        return train, val
+
+    def forward(self, model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return model(batch["image"], mask=batch["mask"])
+
+    def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        logits = torch.cat([outputs["vertebra"], outputs["overall"][:, None]], dim=1).float()
+        return {"loss": competition_bce(logits, batch["target"].float())}
+
+    def predictions(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> pd.DataFrame:
+        probs = torch.sigmoid(torch.cat([outputs["vertebra"], outputs["overall"][:, None]], 1).float())
+        frame = pd.DataFrame(probs.cpu().numpy(), columns=list(CERVICAL_TARGETS))
+        frame[[f"true_{t}" for t in CERVICAL_TARGETS]] = batch["target"].cpu().numpy()
+        frame.insert(0, "StudyInstanceUID", list(batch["uid"]))
+        return frame
+
+    def evaluate(self, predictions: pd.DataFrame) -> dict[str, float]:
+        return evaluate_cervical(predictions)
+
+
+def evaluate_cervical(predictions: pd.DataFrame) -> dict[str, float]:
+    """Competition metric and AUCs from rows with predicted and ``true_`` columns."""
+    from sklearn.metrics import roc_auc_score
+
+    from spinelab.metrics import cervical_score, cervical_submission_frame
+
+    truth = predictions[["StudyInstanceUID"] + [f"true_{t}" for t in CERVICAL_TARGETS]].copy()
+    truth.columns = ["StudyInstanceUID", *CERVICAL_TARGETS]
+    probs = predictions.set_index("StudyInstanceUID")[list(CERVICAL_TARGETS)]
+    out = {"competition_score": float(cervical_score(truth, cervical_submission_frame(probs)))}
+    y_v = truth[list(VERTEBRAE)].to_numpy().ravel()
+    p_v = probs[list(VERTEBRAE)].to_numpy().ravel()
+    if 0 < y_v.sum() < y_v.size:
+        out["auc_vertebra"] = float(roc_auc_score(y_v, p_v))
+    y_o = truth["patient_overall"].to_numpy()
+    if 0 < y_o.sum() < y_o.size:
+        out["auc_overall"] = float(roc_auc_score(y_o, probs["patient_overall"].to_numpy()))
+    return out

@@ -1,0 +1,141 @@
+"""Train the cervical pipeline end to end: cache, labels, folds, stage 1, localisation, stage 2, CV scores."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from spinelab.config.load import save_config
+from spinelab.config.schema import CervicalConfig
+from spinelab.io.atomic import atomic_write_csv, atomic_write_json
+from spinelab.registry import CERVICAL_TARGETS
+from spinelab.tasks.cervical.fracture import FractureStage, evaluate_cervical
+from spinelab.tasks.cervical.localization import LocalizerStage, localize, summarize_localization
+from spinelab.tasks.cervical.studies import CervicalStudies
+from spinelab.train.run import load_stage_models, train_stage, trained_folds
+
+__all__ = ["train_cervical", "localize_training_studies", "prepare_cervical_data"]
+
+log = logging.getLogger("spinelab")
+
+
+def prepare_cervical_data(cfg: CervicalConfig, *, progress: bool = True) -> CervicalConfig:
+    """Make sure the volume cache, derived slice labels and folds exist (each built once, then reused)."""
+    from spinelab.data.cervical_labels import derive_cervical_labels
+    from spinelab.data.folds import write_folds
+    from spinelab.io.cache import build_cache
+
+    data = cfg.data
+    dataset = Path(data.dataset_dir)
+    if data.cache_dir is None:
+        data.cache_dir = dataset.parent / f"{dataset.name}_cache"
+    build_cache(dataset, data.cache_dir, workers=2, progress=progress)
+    derived = Path(data.derived_dir or dataset / "derived")
+    if not (derived / "slice_labels.csv").is_file():
+        derive_cervical_labels(dataset, out=derived, cache_dir=data.cache_dir, progress=progress)
+    if not (dataset / "folds.csv").is_file():
+        write_folds(dataset, k=data.folds, seed=data.fold_seed, task="cervical")
+    return cfg
+
+
+def _folds_to_run(spec: str, k: int) -> list[int | None]:
+    if spec == "all":
+        return list(range(k))
+    if spec == "full":
+        return [None]
+    return [int(f) for f in spec.split(",")]
+
+
+def train_cervical(cfg: CervicalConfig, run_dir: Path, *, fold: str = "all", stage: str = "all",
+                   resume: bool = False, progress: bool = True) -> Path:
+    """Train stage 1 and/or stage 2 for the requested folds into ``run_dir``.
+
+    Args:
+        cfg: validated cervical config.
+        run_dir: run folder (created); its ``config.yaml`` is the model's input contract.
+        fold: ``"all"`` (each fold in turn), ``"full"`` (all data, no validation) or ``"0"``, ``"0,1"``.
+        stage: ``"all"``, ``"stage1"`` or ``"stage2"``.
+        resume: continue killed folds from their last checkpoint.
+    """
+    cfg = prepare_cervical_data(cfg, progress=progress)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    studies = CervicalStudies(cfg)
+    atomic_write_csv(run_dir / "folds.csv", studies.folds.rename("fold").reset_index())
+    atomic_write_json(run_dir / "targets.json", list(CERVICAL_TARGETS))
+    prior = studies.labels[list(CERVICAL_TARGETS)].mean().to_dict()
+    atomic_write_json(run_dir / "prior.json", prior)
+    folds = _folds_to_run(fold, cfg.data.folds)
+    if stage in ("all", "stage1"):
+        s1 = LocalizerStage(cfg, run_dir)
+        for f in folds:
+            train_stage(s1, trainer_cfg=cfg.trainer, fold=f, resume=resume, progress=progress)
+    if stage in ("all", "stage2"):
+        localize_training_studies(cfg, run_dir, progress=progress)
+        s2 = FractureStage(cfg, run_dir)
+        for f in folds:
+            train_stage(s2, trainer_cfg=cfg.trainer, fold=f, resume=resume, progress=progress)
+        write_cv_scores(run_dir)
+    return run_dir
+
+
+def localize_training_studies(cfg: CervicalConfig, run_dir: Path, *, progress: bool = True) -> Path:
+    """Stage-1 ranges and boxes for every training study (``localization.json``), as the seeds do.
+
+    Studies that stage 1 trained on get the model of the fold where they were held out (out-of-fold);
+    all others get the ensemble of every trained fold.
+    """
+    from spinelab.infer.batch import progress_bar
+    from spinelab.infer.runtime import Runtime
+
+    studies = CervicalStudies(cfg)
+    s1 = LocalizerStage(cfg, run_dir)
+    folds = trained_folds(run_dir, s1.name)
+    models = dict(zip(folds, load_stage_models(s1, folds), strict=True))
+    segmented = set(studies.segmented_ids())
+    runtime = Runtime(device="auto", precision="fp32", channels_last=False)
+    out: dict[str, Any] = {}
+    with progress_bar() as bar:
+        task = bar.add_task("stage-1 localisation", total=len(studies.labels), visible=progress)
+        for uid in studies.labels.index:
+            fold = studies.folds.get(uid)
+            if uid in segmented and fold in models:
+                chosen = [models[fold]]
+            else:
+                chosen = [m for f, m in models.items() if f is not None] or list(models.values())
+            vol = studies.volume(uid)
+            pred = localize(vol, chosen, cfg, tta=False, runtime=runtime)
+            out[uid] = summarize_localization(pred, vol, cfg)
+            bar.advance(task)
+    path = atomic_write_json(run_dir / "localization.json", out)
+    found = np.mean([len(s["missing"]) == 0 for s in out.values()]) if out else 0.0
+    log.info("stage-1 found all seven vertebrae in %.0f%% of training studies", 100 * found)
+    return path
+
+
+def write_cv_scores(run_dir: Path) -> dict[str, Any]:
+    """Concatenate stage-2 out-of-fold predictions and score them (``cv_scores.json``, ``oof.csv``)."""
+    frames = [pd.read_csv(p) for p in sorted((run_dir / "stage2").glob("fold_*/oof.csv"))]
+    if not frames:
+        return {}
+    oof = pd.concat(frames, ignore_index=True)
+    atomic_write_csv(run_dir / "oof.csv", oof)
+    scores: dict[str, Any] = {"studies": len(oof), **evaluate_cervical(oof)}
+    labels = oof[[f"true_{t}" for t in CERVICAL_TARGETS]]
+    labels.columns = list(CERVICAL_TARGETS)
+    constant = evaluate_cervical(
+        pd.concat([oof[["StudyInstanceUID"]], labels.mean().to_frame().T.loc[[0] * len(oof)].reset_index(drop=True),
+                   oof[[f"true_{t}" for t in CERVICAL_TARGETS]]], axis=1))
+    scores["prevalence_constant_score"] = constant["competition_score"]
+    scores["relative_improvement"] = 1 - scores["competition_score"] / constant["competition_score"]
+    per_fold = {}
+    for p in sorted((run_dir / "stage2").glob("fold_*/scores.json")):
+        per_fold[p.parent.name] = json.loads(p.read_text())
+    scores["folds"] = per_fold
+    atomic_write_json(run_dir / "cv_scores.json", scores)
+    return scores

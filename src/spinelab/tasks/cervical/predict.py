@@ -1,0 +1,197 @@
+"""Cervical inference: ``CervicalPredictor`` (load once, predict many), the dataset-level command and the
+one-study function ``predict_cervical``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from spinelab import __version__
+from spinelab.config.load import read_run_config
+from spinelab.errors import InputError
+from spinelab.infer.batch import predict_studies
+from spinelab.infer.runtime import Runtime
+from spinelab.infer.studies import find_input_studies
+from spinelab.io.atomic import atomic_write_csv, atomic_write_json
+from spinelab.io.volume import Volume
+from spinelab.registry import CERVICAL_TARGETS, VERTEBRAE
+from spinelab.tasks.cervical.fracture import FractureStage, fracture_inputs
+from spinelab.tasks.cervical.localization import LocalizerStage, localize, summarize_localization
+from spinelab.train.run import load_stage_models, trained_folds
+
+__all__ = ["CervicalPredictor", "predict_cervical", "predict_cervical_dataset", "evaluate_cervical_predictions"]
+
+log = logging.getLogger("spinelab")
+
+
+class CervicalPredictor:
+    """Loads a run folder's stage-1 and stage-2 models once; predicts studies.
+
+    Args:
+        run_dir: folder written by ``spinelab train cervical``.
+        folds: folds to ensemble (default every trained fold; the full-data model when only it exists).
+        runtime: device / precision / compile settings.
+        tta: average with left-right flipped inputs.
+    """
+
+    def __init__(self, run_dir: str | Path, *, folds: list[int] | None = None, runtime: Runtime | None = None,
+                 tta: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        self.cfg = read_run_config(self.run_dir)
+        self.runtime = runtime or Runtime()
+        self.tta = tta
+        s1, s2 = LocalizerStage(self.cfg, self.run_dir), FractureStage(self.cfg, self.run_dir)
+        self.folds = {name: self._pick(stage.name, folds) for name, stage in (("stage1", s1), ("stage2", s2))}
+        self.stage1 = load_stage_models(s1, self.folds["stage1"])
+        self.stage2 = load_stage_models(s2, self.folds["stage2"])
+        prior = self.run_dir / "prior.json"
+        self.prior = json.loads(prior.read_text()) if prior.is_file() else dict.fromkeys(CERVICAL_TARGETS, 0.5)
+
+    def _pick(self, stage: str, folds: list[int] | None) -> list[int | None]:
+        available = trained_folds(self.run_dir, stage)
+        if folds is None:
+            cv = [f for f in available if f is not None]
+            return cv or available
+        missing = [f for f in folds if f not in available]
+        if missing:
+            raise InputError(self.run_dir / stage, f"folds {missing} not trained (available: {available})")
+        return list(folds)
+
+    def predict_volume(self, volume: Volume, study_id: str | None = None) -> dict[str, Any]:
+        """Probabilities for C1-C7 and the patient, plus vertebra slice ranges and the crop box."""
+        pred = localize(volume, self.stage1, self.cfg, tta=self.tta, runtime=self.runtime)
+        summary = summarize_localization(pred, volume, self.cfg)
+        images, found = fracture_inputs(volume, summary, self.cfg)
+        x, mask = torch.from_numpy(images)[None], torch.from_numpy(found)[None]
+        outs = []
+        for model in self.stage2:
+            for flip in (False, True) if self.tta else (False,):
+                o = self.runtime.run(model, x.flip(-1) if flip else x, mask=mask)
+                outs.append(torch.sigmoid(torch.cat([o["vertebra"], o["overall"][:, None]], 1))[0].cpu().numpy())
+        probs = np.clip(np.mean(outs, axis=0), 1e-4, 1 - 1e-4)
+        for w in summary["warnings"]:
+            log.warning("%s: %s", study_id or "study", w)
+        ids = volume.slice_ids
+        ranges = {v: {"start_index": r[0], "end_index": r[1],
+                      "slice_numbers": [ids[r[0]], ids[r[1]]] if ids else None}
+                  for v, r in summary["ranges"].items()}
+        return {
+            "study": study_id,
+            "probabilities": {t: float(p) for t, p in zip(CERVICAL_TARGETS, probs, strict=True)},
+            "vertebra_ranges": ranges,
+            "crop_box": [round(v, 1) for v in summary["box"]],
+            "missing_vertebrae": summary["missing"],
+            "warnings": summary["warnings"],
+            "status": "ok",
+            "model": {"run_dir": str(self.run_dir), "experiment": self.cfg.experiment, "folds": self.folds,
+                      "tta": self.tta, "precision": self.runtime.precision, "spinelab": __version__},
+        }
+
+    def predict_study(self, study_dir: str | Path, study_id: str | None = None) -> dict[str, Any]:
+        """Read a study folder (DICOM) and predict it."""
+        from spinelab.io.dicom import read_series
+
+        study_dir = Path(study_dir)
+        return self.predict_volume(read_series(study_dir), study_id or study_dir.name)
+
+    def fallback(self, study_id: str, error: str) -> dict[str, Any]:
+        """A valid prediction for a study that could not be processed: the training prevalence."""
+        return {"study": study_id, "probabilities": {t: float(self.prior[t]) for t in CERVICAL_TARGETS},
+                "status": "failed", "error": error, "warnings": [f"prediction failed, prior used: {error}"]}
+
+
+def predict_cervical(study_dir: str | Path, model_dir: str | Path, *, device: str = "auto",
+                     precision: str = "fp32", compile: bool = False, tta: bool = True,
+                     folds: list[int] | None = None) -> dict[str, Any]:
+    """Predict one cervical CT study folder with a trained run folder (same options as the CLI)."""
+    runtime = Runtime(device=device, precision=precision, compile=compile)
+    return CervicalPredictor(model_dir, folds=folds, runtime=runtime, tta=tta).predict_study(study_dir)
+
+
+def predict_cervical_dataset(input: str | Path, model: str | Path, out: str | Path, *,
+                             labels: str | Path | None = None, device: str = "auto", precision: str = "fp32",
+                             compile: bool = False, tta: bool = True, folds: list[int] | None = None,
+                             progress: bool = True) -> dict[str, Any]:
+    """Predict every study under ``input``: ``submission.csv``, ``studies/<id>.json`` and an evaluation.
+
+    Returns:
+        ``{"submission": path, "predictions": path, "evaluation": path or None, "studies": n, "failed": n}``.
+    """
+    input, out = Path(input), Path(out)
+    split, studies = find_input_studies(input)
+    _warn_listed_but_absent(input, split, {s for s, _ in studies})
+    predictor = CervicalPredictor(model, folds=folds, runtime=Runtime(device=device, precision=precision,
+                                                                      compile=compile), tta=tta)
+    results = predict_studies(studies, lambda sid, p: predictor.predict_study(p, sid), predictor.fallback,
+                              out_dir=out, progress=progress, description="cervical predict")
+    wide = pd.DataFrame([{"StudyInstanceUID": r["study"], **r["probabilities"]} for r in results])
+    from spinelab.metrics import cervical_submission_frame
+
+    submission = atomic_write_csv(out / "submission.csv",
+                                  cervical_submission_frame(wide.set_index("StudyInstanceUID")))
+    predictions = atomic_write_csv(out / "predictions.csv", wide)
+    failed = [r["study"] for r in results if r.get("status") == "failed"]
+    label_path = _label_file(input, split, labels)
+    evaluation = None
+    if label_path is not None:
+        evaluation = evaluate_cervical_predictions(wide, label_path, out)
+    return {"submission": submission, "predictions": predictions, "evaluation": evaluation,
+            "studies": len(results), "failed": len(failed)}
+
+
+def _label_file(input: Path, split: str, labels: str | Path | None) -> Path | None:
+    if labels is not None:
+        if not Path(labels).is_file():
+            raise InputError(labels, "labels file not found")
+        return Path(labels)
+    candidate = {"train": input / "train.csv", "test": input / "test_labels.csv"}.get(split)
+    return candidate if candidate is not None and candidate.is_file() else None
+
+
+def _warn_listed_but_absent(input: Path, split: str, present: set[str]) -> None:
+    """The real test.csv lists studies that are not in test_images/: say so and carry on."""
+    listing = input / "test.csv"
+    if split != "test" or not listing.is_file():
+        return
+    listed = set(pd.read_csv(listing)["StudyInstanceUID"].astype(str))
+    absent = sorted(listed - present)
+    if absent:
+        log.warning("%s lists %d studies with no folder in test_images/ (skipped): %s", listing, len(absent),
+                    ", ".join(absent[:5]))
+
+
+def evaluate_cervical_predictions(wide: pd.DataFrame, label_path: Path, out: Path) -> Path:
+    """Competition metric, AUCs and a calibration table for the predicted studies that have labels."""
+    from sklearn.metrics import roc_auc_score
+
+    from spinelab.metrics import cervical_score, cervical_submission_frame
+    from spinelab.report.calibration import calibration_table
+
+    truth = pd.read_csv(label_path)
+    truth = truth[truth.StudyInstanceUID.isin(wide.StudyInstanceUID)]
+    probs = wide.set_index("StudyInstanceUID").loc[truth.StudyInstanceUID, list(CERVICAL_TARGETS)]
+    result: dict[str, Any] = {"labels": str(label_path), "studies": len(truth)}
+    if len(truth):
+        result["competition_score"] = float(cervical_score(truth, cervical_submission_frame(probs)))
+        prevalence = probs.copy()
+        prevalence[:] = truth[list(CERVICAL_TARGETS)].mean().to_numpy()
+        result["prevalence_constant_score"] = float(cervical_score(truth, cervical_submission_frame(prevalence)))
+        aucs = {}
+        for t in CERVICAL_TARGETS:
+            y = truth[t].to_numpy()
+            if 0 < y.sum() < len(y):
+                aucs[t] = float(roc_auc_score(y, probs[t].to_numpy()))
+        y_v, p_v = truth[list(VERTEBRAE)].to_numpy().ravel(), probs[list(VERTEBRAE)].to_numpy().ravel()
+        if 0 < y_v.sum() < len(y_v):
+            aucs["vertebra_level"] = float(roc_auc_score(y_v, p_v))
+        result["auc"] = aucs
+        calib = calibration_table(y_v, p_v)
+        atomic_write_csv(out / "calibration.csv", calib)
+        result["calibration"] = calib.to_dict(orient="records")
+    return atomic_write_json(out / "evaluation.json", result)
