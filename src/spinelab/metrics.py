@@ -268,6 +268,26 @@ _GRADE_LOOKUP: dict[str, int] = {name.lower(): i for i, name in enumerate(LUMBAR
 _GRADE_LOOKUP.update({name: i for i, name in enumerate(LUMBAR_GRADES)})
 
 
+def _is_blank(value: object) -> bool:
+    """A missing label: None, NaN / NA, or an empty / 'missing' string."""
+    if value is None or value is pd.NA:
+        return True
+    if isinstance(value, float) and np.isnan(value):
+        return True
+    return isinstance(value, str) and value.strip().lower() in ("", "missing", "nan")
+
+
+def _grade_code(value: object, col: str, source: str | Path) -> int:
+    """0/1/2 (or -1) for one non-blank label value; ``InputError`` for anything else."""
+    if isinstance(value, str):
+        key = value.strip().lower()
+        if key in _GRADE_LOOKUP:
+            return _GRADE_LOOKUP[key]
+    elif isinstance(value, int | float | np.integer | np.floating) and float(value) in (-1.0, 0.0, 1.0, 2.0):
+        return int(value)
+    raise InputError(source, f"column {col}: unknown grade {value!r}")
+
+
 def lumbar_grade_matrix(train_df: pd.DataFrame, *, source: str | Path = "train.csv") -> np.ndarray:
     """Grades ``(n_studies, 25)`` as int 0/1/2 with -1 for missing, from train.csv-format labels.
 
@@ -284,21 +304,9 @@ def lumbar_grade_matrix(train_df: pd.DataFrame, *, source: str | Path = "train.c
     out = np.full((len(train_df), len(cols)), -1, dtype=np.int64)
     for j, col in enumerate(cols):
         series = train_df[col]
-        for i, value in enumerate(series.tolist()):
-            if value is None or (isinstance(value, float) and np.isnan(value)):
-                continue
-            if isinstance(value, str):
-                key = value.strip().lower()
-                if key in ("", "missing", "nan"):
-                    continue
-                if key not in _GRADE_LOOKUP:
-                    raise InputError(source, f"column {col}: unknown grade {value!r} (row {i})")
-                out[i, j] = _GRADE_LOOKUP[key]
-            else:
-                number = int(value)
-                if number not in (-1, 0, 1, 2) or number != value:
-                    raise InputError(source, f"column {col}: unknown grade {value!r} (row {i})")
-                out[i, j] = number
+        # Map each distinct value once: a column holds at most a handful of them.
+        codes = {v: _grade_code(v, col, source) for v in pd.unique(series) if not _is_blank(v)}
+        out[:, j] = series.map(codes).fillna(-1).to_numpy(dtype=np.int64)
     return out
 
 
@@ -466,16 +474,13 @@ def lumbar_submission_frame(probs: Mapping[str | int, np.ndarray] | pd.DataFrame
         ]
     else:
         items = [(str(s), np.asarray(a, dtype=np.float64)) for s, a in probs.items()]
-    blocks = []
     for study, arr in items:
         if arr.shape != (len(cols), len(LUMBAR_GRADES)):
             raise ValueError(f"study {study}: expected a (25, 3) array, got {arr.shape}")
-        block = pd.DataFrame(arr, columns=list(LUMBAR_GRADES))
-        block.insert(0, "row_id", lumbar_row_ids(study))
-        blocks.append(block)
-    if not blocks:
-        return pd.DataFrame(columns=["row_id", *LUMBAR_GRADES])
-    return pd.concat(blocks, ignore_index=True)
+    values = np.concatenate([a for _, a in items]) if items else np.zeros((0, len(LUMBAR_GRADES)))
+    frame = pd.DataFrame(values, columns=list(LUMBAR_GRADES))
+    frame.insert(0, "row_id", [rid for study, _ in items for rid in lumbar_row_ids(study)])
+    return frame
 
 
 def lumbar_weight_optimal_constant(

@@ -156,6 +156,8 @@ class LumbarStage1Config(StrictModel):
     in_slices: int = 3
     heatmap_stride: int = 4
     sigma: float = 2.0
+    slice_jitter: int = 1
+    max_axial_samples: int | None = None
 
 
 class LumbarStage2Config(StrictModel):

@@ -307,7 +307,8 @@ def derive_cervical_labels(
                         seg, warns = _seg_on_ct(segs[uid], ct)
                         warnings_out += [{"study": uid, "warning": w} for w in warns]
                         slice_frames.append(slice_labels_for_study(uid, ct, seg))
-                        labels = vertebra_label_map(seg)
+                        if uid in box_studies:
+                            labels = vertebra_label_map(seg)
                     except SpinelabError as err:
                         # The boxes of this study can still be mapped, only without a vertebra.
                         failures.append({"study": uid, "stage": stage, "error": str(err)})

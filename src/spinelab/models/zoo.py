@@ -10,6 +10,7 @@ from typing import Any
 from torch import nn
 
 from spinelab.models.cervical import FractureClassifier, SliceLocalizer
+from spinelab.models.lumbar import PointHeatmapNet, RoiGrader
 from spinelab.models.registry import register_model
 
 __all__ = [
@@ -17,6 +18,10 @@ __all__ = [
     "cervical_fracture_classifier",
     "test_cervical_slice_localizer",
     "test_cervical_fracture_classifier",
+    "lumbar_point_heatmap",
+    "lumbar_roi_grader",
+    "test_lumbar_point_heatmap",
+    "test_lumbar_roi_grader",
 ]
 
 
@@ -44,3 +49,29 @@ def test_cervical_fracture_classifier(**kwargs: Any) -> nn.Module:
     """Tiny stage-2 variant for CPU tests."""
     kwargs = {"backbone": "test_resnet", "hidden": 16, **kwargs}
     return FractureClassifier(**kwargs)
+
+
+@register_model
+def lumbar_point_heatmap(**kwargs: Any) -> nn.Module:
+    """Lumbar stage 1: level-point heatmaps on a 2.5D slice stack (default backbone resnet18)."""
+    return PointHeatmapNet(**kwargs)
+
+
+@register_model
+def lumbar_roi_grader(**kwargs: Any) -> nn.Module:
+    """Lumbar stage 2: grades from sagittal + axial crops with condition/level embeddings."""
+    return RoiGrader(**kwargs)
+
+
+@register_model
+def test_lumbar_point_heatmap(**kwargs: Any) -> nn.Module:
+    """Tiny stage-1 variant for CPU tests."""
+    kwargs = {"backbone": "test_resnet", "hidden": 16, **kwargs}
+    return PointHeatmapNet(**kwargs)
+
+
+@register_model
+def test_lumbar_roi_grader(**kwargs: Any) -> nn.Module:
+    """Tiny stage-2 variant for CPU tests."""
+    kwargs = {"backbone": "test_resnet", "hidden": 16, **kwargs}
+    return RoiGrader(**kwargs)

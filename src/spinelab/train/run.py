@@ -5,7 +5,7 @@ Run folder layout (the API of ``spinelab predict``; nnU-Net's results folder is 
     RUN_DIR/config.yaml                 resolved config (input contract: windows, sizes, slices)
     RUN_DIR/folds.csv                   the folds used
     RUN_DIR/<stage>/fold_<k>/           checkpoint_best.ckpt, checkpoint_last.ckpt, model.pt,
-                                        logs/ (metrics.csv, TensorBoard), oof.csv, scores.json
+                                        logs/version_N/ (metrics.csv, TensorBoard), oof.csv, scores.json
     RUN_DIR/<stage>/full/               the same for a model trained on all data (no validation)
 """
 
@@ -27,7 +27,7 @@ from spinelab.io.atomic import atomic_path, atomic_write_csv, atomic_write_json
 from spinelab.train.module import SpineModule
 from spinelab.train.stage import Stage
 
-__all__ = ["train_stage", "fold_dir", "load_stage_models", "trained_folds"]
+__all__ = ["train_stage", "fold_dir", "load_stage_models", "trained_folds", "read_training_log"]
 
 
 def fold_dir(run_dir: str | Path, stage: str, fold: int | None) -> Path:
@@ -73,7 +73,8 @@ def train_stage(stage: Stage, *, trainer_cfg: TrainerConfig, fold: int | None, r
         from lightning.pytorch.callbacks import RichProgressBar
 
         callbacks.append(RichProgressBar(leave=True))
-    loggers = [CSVLogger(out, name="logs", version=""), TensorBoardLogger(out, name="logs", version="")]
+    # Versioned log folders (logs/version_N): a resumed run appends a new version instead of overwriting.
+    loggers = [CSVLogger(out, name="logs"), TensorBoardLogger(out, name="logs")]
     trainer = L.Trainer(
         accelerator=trainer_cfg.accelerator, devices=trainer_cfg.devices, strategy=trainer_cfg.strategy,
         num_nodes=trainer_cfg.num_nodes, precision=trainer_cfg.precision, max_epochs=tc.epochs,
@@ -118,6 +119,13 @@ def predict_dataset(stage: Stage, model: torch.nn.Module, dataset: Any, *, batch
                         collate_fn=stage.collate_fn(), num_workers=0)
     frames = [stage.predictions(stage.forward(model, batch), batch) for batch in loader]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def read_training_log(fold_folder: str | Path) -> pd.DataFrame:
+    """All CSV logs of one fold (every resumed part, in order) as one frame."""
+    parts = sorted(Path(fold_folder).glob("logs/version_*/metrics.csv"),
+                   key=lambda p: int(p.parent.name.removeprefix("version_")))
+    return pd.concat([pd.read_csv(p) for p in parts], ignore_index=True) if parts else pd.DataFrame()
 
 
 def trained_folds(run_dir: str | Path, stage: str) -> list[int | None]:

@@ -4,7 +4,7 @@ Layout (as the Kaggle download, seed-systems.md section 3.1)::
 
     train.csv                     StudyInstanceUID,patient_overall,C1,...,C7
     train_bounding_boxes.csv      StudyInstanceUID,x,y,width,height,slice_number
-    segmentations/<UID>.nii       labels 1-7 = C1-C7, 8.. = T1..; uint8; aligned only through world coordinates
+    segmentations/<UID>.nii       labels 1-7 = C1-C7, 8.. = T1..; uint8; aligned only through world coords
     train_images/<UID>/<n>.dcm    axial CT, n = InstanceNumber = file stem, starting at 1
     test_images/<UID>/<n>.dcm
     test.csv                      row_id,StudyInstanceUID,prediction_type (+ one study without images)
@@ -29,7 +29,6 @@ import numpy as np
 import pandas as pd
 
 from spinelab.data.synthetic.cervical_anatomy import (
-    LEVELS,
     PhantomSpec,
     render_phantom,
     sample_phantom,
@@ -164,7 +163,8 @@ def generate_cervical_study(
     image_dir = root / f"{split}_images" / uid
     slice_numbers = [int(i) + 1 for i in range(K)]
     write_series(volume, image_dir, file_names=[f"{n}.dcm" for n in slice_numbers], transfer_syntax=syntax,
-                 modality="CT", study_uid=uid, series_uid=f"{uid}.1.{index + 1}", instance_numbers=slice_numbers,
+                 modality="CT", study_uid=uid, series_uid=f"{uid}.1.{index + 1}",
+                 instance_numbers=slice_numbers,
                  series_description="CSPINE BONE 1.0", patient_id=uid.rsplit(".", 1)[-1],
                  slice_thickness=spec.dz)
     # Bounding boxes of every slice the fracture cleft crosses (pixel units of that slice).
@@ -179,8 +179,8 @@ def generate_cervical_study(
             y0, y1 = max(rows[0] - pad, 0), min(rows[-1] + pad, H - 1)
             x0, x1 = max(cols[0] - pad, 0), min(cols[-1] + pad, W - 1)
             boxes.append({"x": float(x0), "y": float(y0), "width": float(x1 - x0 + 1),
-                          "height": float(y1 - y0 + 1), "slice_number": slice_numbers[file_index_of_k[int(k)]],
-                          "label": int(label)})
+                          "height": float(y1 - y0 + 1), "label": int(label),
+                          "slice_number": slice_numbers[file_index_of_k[int(k)]]})
     if write_segmentation:
         _write_segmentation(root / "segmentations" / f"{uid}.nii", result.labels, asc)
     truth = _truth(spec, syntax=syntax, feet_first=feet_first, file_affine=file_affine, split=split)
@@ -188,7 +188,7 @@ def generate_cervical_study(
 
 
 def _write_segmentation(path: Path, labels: np.ndarray, asc_affine: np.ndarray) -> None:
-    """Write labels like the real RSNA 2022 NIfTIs: array ``(W, H, K)`` with rows flipped, slices caudal first.
+    """Write labels as the real RSNA 2022 NIfTIs are: array ``(W, H, K)``, rows flipped, slices caudal first.
 
     The seeds load them with ``get_fdata()[:, ::-1, ::-1].transpose(2, 1, 0)`` to get head-first
     ``(slice, row, column)``; here the affine is exact, so world coordinates agree with the DICOM grid.
@@ -293,7 +293,8 @@ def plan_cervical_dataset(
         jobs.append({"out_root": str(out_dir), "uid": uids[i], "split": "train" if i < studies else "test",
                      "labels": dict(zip(VERTEBRAE, (int(x) for x in labels[i, :7]), strict=True)),
                      "size": size, "seed": seed, "index": i, "write_segmentation": i in seg_set,
-                     "transfer_syntax": str(syntaxes[i]), "feet_first": bool(feet_first[i]), "slices": slices})
+                     "transfer_syntax": str(syntaxes[i]), "feet_first": bool(feet_first[i]),
+                     "slices": slices})
     return jobs, labels, uids[total]
 
 
@@ -329,8 +330,9 @@ def generate_cervical_dataset(
         ConfigError: an option is out of range.
     """
     out = Path(out_dir)
-    jobs, labels, missing_uid = plan_cervical_dataset(out, studies=studies, test_studies=test_studies, size=size,
-                                                      seed=seed, seg_fraction=seg_fraction, slices=slices)
+    jobs, labels, missing_uid = plan_cervical_dataset(out, studies=studies, test_studies=test_studies,
+                                                      size=size, seed=seed, seg_fraction=seg_fraction,
+                                                      slices=slices)
     out.mkdir(parents=True, exist_ok=True)
     results, failures = _run_jobs(jobs, workers=workers, progress=progress)
     _write_csvs(out, jobs, labels, results, missing_uid=missing_uid, studies=studies)
@@ -344,8 +346,8 @@ def generate_cervical_dataset(
     if failures:
         from rich.console import Console
 
-        Console(stderr=True).print(f"[yellow]synth cervical: {len(failures)} studies failed and were left out; "
-                                   f"see {out / 'synthetic_truth.json'}[/]")
+        Console(stderr=True).print(f"[yellow]synth cervical: {len(failures)} studies failed and were left "
+                                   f"out; see {out / 'synthetic_truth.json'}[/]")
     return out
 
 

@@ -15,7 +15,6 @@ The fracture mask (gap voxels that were bone) gives the per-slice bounding boxes
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -355,7 +354,8 @@ def _vertebra_distance(u: np.ndarray, v: np.ndarray, s: np.ndarray, vert: Verteb
 def _atlas_distance(u: np.ndarray, v: np.ndarray, s: np.ndarray, d: dict[str, float]) -> np.ndarray:
     """C1: a ring with two lateral masses and transverse processes, no body (the dens of C2 sits inside)."""
     hh = d["h"] / 2
-    masses = np.maximum(_cyl(u, v, s, 14.0, 1.0, 7.5, 9.0, -hh, hh), _cyl(u, v, s, -14.0, 1.0, 7.5, 9.0, -hh, hh))
+    masses = np.maximum(_cyl(u, v, s, 14.0, 1.0, 7.5, 9.0, -hh, hh),
+                        _cyl(u, v, s, -14.0, 1.0, 7.5, 9.0, -hh, hh))
     ring = np.minimum(np.minimum(_ell(u, v, 0.0, 5.0, 23.0, 18.5), -_ell(u, v, 0.0, 5.0, 19.5, 15.0)),
                       _slab(s, -0.3 * d["h"], 0.3 * d["h"]))
     tp = np.maximum(_cyl(u, v, s, 27.0, 3.0, 7.0, 4.5, -0.25 * d["h"], 0.25 * d["h"]),
@@ -426,7 +426,8 @@ def _render_vertebra(spec: PhantomSpec, vert: VertebraSpec, axes: tuple[np.ndarr
         fracture_mask[vert.label] = full
 
 
-def _render_discs(spec: PhantomSpec, axes: tuple[np.ndarray, np.ndarray, np.ndarray], disc: np.ndarray) -> None:
+def _render_discs(spec: PhantomSpec, axes: tuple[np.ndarray, np.ndarray, np.ndarray],
+                  disc: np.ndarray) -> None:
     """Intervertebral discs (C2/3 downwards) as elliptic cylinders in the upper vertebra's frame."""
     z, y, x = axes
     for upper, lower in zip(spec.vertebrae[1:-1], spec.vertebrae[2:], strict=True):
@@ -475,7 +476,6 @@ def render_phantom(spec: PhantomSpec) -> PhantomResult:
     nk = spec.neck
     rng = np.random.default_rng(spec.noise_seed)
     cx, cy, dims = _curve(spec, z)
-    Z3 = z[:, None, None]
     Y3, X3 = y[None, :, None], x[None, None, :]
     z_c1 = spec.vertebrae[0].center[2]
     z_c3 = spec.vertebrae[2].center[2]
@@ -501,13 +501,14 @@ def render_phantom(spec: PhantomSpec) -> PhantomResult:
     hu[muscle] = t["muscle"] + 12.0 * texture[muscle]
     del body_depth, rho, dyn, ry, inside
     # Fat planes between the posterior muscles and around the vessels: thin tubes along the neck.
+    below_c1 = z[:, None, None] < z_c1
     for du, dv, r in ((-9.0, 38.0, 2.2), (9.0, 38.0, 2.2), (-25.0, 28.0, 2.5), (25.0, 28.0, 2.5),
                       (-24.0, -6.0, 5.5), (24.0, -6.0, 5.5)):
         ell = ((X3 - cx[:, None, None] - du) / r) ** 2 + ((Y3 - cy[:, None, None] - dv) / r) ** 2 < 1.0
-        hu[ell & muscle & (Z3 < z_c1)] = t["fat"] + 15.0
+        hu[ell & muscle & below_c1] = t["fat"] + 15.0
     for du, dv, r in ((-24.0, -6.0, 3.5), (24.0, -6.0, 3.5), (-19.0, -10.0, 2.8), (19.0, -10.0, 2.8)):
         ell = ((X3 - cx[:, None, None] - du) / r) ** 2 + ((Y3 - cy[:, None, None] - dv) / r) ** 2 < 1.0
-        hu[ell & muscle & (Z3 < z_c1)] = 40.0
+        hu[ell & muscle & below_c1] = 40.0
 
     # Airway: pharynx (wide, close to the spine) above C4, larynx/trachea (round, anterior) below.
     low = np.clip((spec.vertebrae[3].center[2] - z) / 30.0, 0.0, 1.0)
@@ -609,7 +610,8 @@ def _render_skull(spec: PhantomSpec, axes: tuple[np.ndarray, np.ndarray, np.ndar
     if got is not None:
         sz, Z3, V, U = got
         mv = V + 8.0
-        u_shape = np.minimum(np.minimum(_ell(U, mv, 0.0, 0.0, 50.0, 50.0), -_ell(U, mv, 0.0, 0.0, 43.0, 43.0)),
+        u_shape = np.minimum(np.minimum(_ell(U, mv, 0.0, 0.0, 50.0, 50.0),
+                                        -_ell(U, mv, 0.0, 0.0, 43.0, 43.0)),
                              np.minimum(-mv, _slab(Z3, z_c2 - 16.0, z_c2 + 4.0)))
         rami = np.maximum(_cyl(U, V, Z3, 45.0, -12.0, 4.0, 12.0, z_c2 - 10.0, zb + 30.0),
                           _cyl(U, V, Z3, -45.0, -12.0, 4.0, 12.0, z_c2 - 10.0, zb + 30.0))

@@ -39,6 +39,7 @@ from pydicom.uid import generate_uid
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from spinelab.data.synthetic.lumbar_anatomy import (
+    LumbarAnatomy,
     anatomy_landmarks,
     render_lumbar,
     sample_anatomy,
@@ -125,7 +126,8 @@ def _affine(center: np.ndarray, d_dir: np.ndarray, row_dir: np.ndarray, col_dir:
     return aff
 
 
-def _sagittal_plan(rng: np.random.Generator, landmarks: dict[str, Any], size: int) -> tuple[np.ndarray, tuple]:
+def _sagittal_plan(rng: np.random.Generator, landmarks: dict[str, Any],
+                   size: int) -> tuple[np.ndarray, tuple]:
     center_disc = landmarks["discs"]["L3/L4"]
     n = int(rng.integers(15, 18))
     spacing = float(rng.uniform(3.5, 4.0))
@@ -140,7 +142,7 @@ def _sagittal_plan(rng: np.random.Generator, landmarks: dict[str, Any], size: in
     return aff, shape
 
 
-def _axial_plan(rng: np.random.Generator, anat: Any, landmarks: dict[str, Any], levels: list[str],
+def _axial_plan(rng: np.random.Generator, landmarks: dict[str, Any], levels: list[str],
                 size: int) -> tuple[np.ndarray, tuple]:
     """A straight axial stack covering the discs of ``levels`` (registry level names), instance 1 cranial."""
     pts = np.array([landmarks["points"][("spinal_canal_stenosis", lv)] for lv in levels])
@@ -159,7 +161,7 @@ def _axial_plan(rng: np.random.Generator, anat: Any, landmarks: dict[str, Any], 
     proj = pts @ normal
     n = int(np.ceil((proj.max() - proj.min() + 2 * margin) / spacing)) + 1
     mid = pts.mean(axis=0)
-    center = mid - normal * ((proj.max() + proj.min()) / 2 - mid @ normal)
+    center = mid + normal * ((proj.max() + proj.min()) / 2 - mid @ normal)
     center = center + posterior * (rng.uniform(-25, -5)) + left * rng.uniform(-4, 4)
     pixel = float(rng.uniform(170.0, 210.0)) / size
     shape = (n, size, size)
@@ -167,7 +169,7 @@ def _axial_plan(rng: np.random.Generator, anat: Any, landmarks: dict[str, Any], 
 
 
 # --- rendering ----------------------------------------------------------------------------------------
-def _render_series(anat: Any, plan: _SeriesPlan, rng: np.random.Generator) -> np.ndarray:
+def _render_series(anat: LumbarAnatomy, plan: _SeriesPlan, rng: np.random.Generator) -> np.ndarray:
     """Sample the anatomy on the series grid, add a coil bias field and Rician noise: ``(D, H, W)`` uint16."""
     D, H, W = plan.shape
     aff = plan.affine.astype(np.float32)
@@ -226,10 +228,10 @@ def _make_study(task: _StudyTask) -> dict[str, Any]:
         plans.append(_SeriesPlan(next(ids), "Sagittal T2/STIR", t2_contrast, aff, shape, "sag_t2_extra"))
     if rng.random() < 0.10:
         for role, levels in (("axial_upper", LUMBAR_LEVELS[:3]), ("axial_lower", LUMBAR_LEVELS[2:])):
-            aff, shape = _axial_plan(rng, anat, lm, list(levels), task.size)
+            aff, shape = _axial_plan(rng, lm, list(levels), task.size)
             plans.append(_SeriesPlan(next(ids), "Axial T2", "T2", aff, shape, role))
     else:
-        aff, shape = _axial_plan(rng, anat, lm, list(LUMBAR_LEVELS), task.size)
+        aff, shape = _axial_plan(rng, lm, list(LUMBAR_LEVELS), task.size)
         plans.append(_SeriesPlan(next(ids), "Axial T2", "T2", aff, shape, "axial"))
     rng.shuffle(plans)  # real studies list their series in no particular order
 
@@ -291,8 +293,9 @@ def _coordinates(task: _StudyTask, plans: list[_SeriesPlan], lm: dict[str, Any])
                 d, h, w = np.linalg.solve(plan.affine, np.append(world, 1.0))[:3]
                 k = int(np.rint(d))
                 if 0 <= k < plan.shape[0] and 0 <= h <= plan.shape[1] - 1 and 0 <= w <= plan.shape[2] - 1:
-                    rows.append({"study_id": task.study_id, "series_id": plan.series_id, "instance_number": k + 1,
-                                 "condition": LUMBAR_CONDITION_TITLES[cond], "level": LUMBAR_LEVEL_TITLES[level],
+                    rows.append({"study_id": task.study_id, "series_id": plan.series_id,
+                                 "instance_number": k + 1, "condition": LUMBAR_CONDITION_TITLES[cond],
+                                 "level": LUMBAR_LEVEL_TITLES[level],
                                  "x": round(float(w), 6), "y": round(float(h), 6)})
                     break
     return rows
@@ -328,7 +331,8 @@ def generate_lumbar_dataset(
         ConfigError: an option is out of range.
     """
     if studies < 1 or test_studies < 0:
-        raise ConfigError(f"synth lumbar: need studies >= 1 and test_studies >= 0, got {studies}, {test_studies}")
+        raise ConfigError(f"synth lumbar: need studies >= 1 and test_studies >= 0, "
+                          f"got {studies}, {test_studies}")
     if size < 32:
         raise ConfigError(f"synth lumbar: size must be at least 32 pixels, got {size}")
     out = Path(out_dir)
@@ -367,7 +371,7 @@ def generate_lumbar_dataset(
 def _run_one(task: _StudyTask) -> dict[str, Any] | str:
     try:
         return _make_study(task)
-    except Exception as err:  # noqa: BLE001 - a failing study is recorded and the run goes on
+    except Exception as err:  # a failing study is recorded; the run goes on
         return f"{type(err).__name__}: {err}"
 
 

@@ -47,8 +47,8 @@ CONTRASTS: tuple[str, ...] = ("T1", "T2", "STIR")
 _TISSUES: dict[str, dict[str, float]] = {
     "T1": {"fat": 950, "muscle": 380, "marrow": 700, "cortex": 80, "nucleus": 330, "annulus": 250, "csf": 170,
            "nerve": 390, "ligament": 140, "viscera": 430, "dark": 210},
-    "T2": {"fat": 760, "muscle": 260, "marrow": 430, "cortex": 60, "nucleus": 1300, "annulus": 220, "csf": 1650,
-           "nerve": 380, "ligament": 130, "viscera": 520, "dark": 170},
+    "T2": {"fat": 760, "muscle": 260, "marrow": 430, "cortex": 60, "nucleus": 1300, "annulus": 220,
+           "csf": 1650, "nerve": 380, "ligament": 130, "viscera": 520, "dark": 170},
     "STIR": {"fat": 90, "muscle": 210, "marrow": 170, "cortex": 50, "nucleus": 1150, "annulus": 200,
              "csf": 1550, "nerve": 330, "ligament": 110, "viscera": 380, "dark": 140},
 }
@@ -86,6 +86,7 @@ class LumbarAnatomy:
     nfn_open: np.ndarray  # (7, 2)
     ss_open: np.ndarray  # (7, 2)
     roots: np.ndarray  # (n, 2) cauda equina positions in normalised canal coordinates (x, v)
+    texture: np.ndarray  # (n, 5) plane waves (kx, ky, kz, phase, amplitude) of the tissue texture
     gain: dict[str, float] = field(default_factory=dict)  # per-tissue multiplicative jitter
     grades: np.ndarray | None = None  # (5 conditions, 5 levels) that produced the effects
 
@@ -108,7 +109,8 @@ def sample_anatomy(rng: np.random.Generator, grades: np.ndarray) -> LumbarAnatom
     grades = np.asarray(grades, dtype=np.int64)
     n_v, n_d = len(VERTEBRA_NAMES), len(DISC_NAMES)
     size = rng.uniform(0.92, 1.08)  # patient size scales everything together
-    vert_height = size * np.array([28.0, 27.0, 27.5, 27.0, 26.5, 25.5, 24.0, 23.0]) * rng.uniform(0.95, 1.05, n_v)
+    vert_height = (size * np.array([28.0, 27.0, 27.5, 27.0, 26.5, 25.5, 24.0, 23.0])
+                   * rng.uniform(0.95, 1.05, n_v))
     vert_width = size * np.linspace(50.0, 42.0, n_v) * rng.uniform(0.96, 1.04, n_v)
     vert_depth = size * np.linspace(35.0, 30.0, n_v) * rng.uniform(0.96, 1.04, n_v)
     disc_height = size * np.array([10.0, 11.0, 10.5, 10.0, 9.0, 8.0, 7.0]) * rng.uniform(0.9, 1.1, n_d)
@@ -142,16 +144,23 @@ def sample_anatomy(rng: np.random.Generator, grades: np.ndarray) -> LumbarAnatom
     n_roots = int(rng.integers(7, 11))
     roots = np.stack([rng.uniform(-0.6, 0.6, n_roots), rng.uniform(-0.1, 0.65, n_roots)], axis=1)
     gain = {name: float(rng.uniform(0.9, 1.1)) for name in _TISSUES["T1"]}
+    n_waves = 6
+    direction = rng.standard_normal((n_waves, 3))
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    wavenumber = 2 * np.pi / rng.uniform(8.0, 40.0, (n_waves, 1))
+    texture = np.concatenate([direction * wavenumber, rng.uniform(0, 2 * np.pi, (n_waves, 1)),
+                              rng.uniform(0.005, 0.02, (n_waves, 1))], axis=1)
     offset = np.array([rng.uniform(-30, 30), rng.uniform(-40, 40), rng.uniform(-60, 60)])
     return LumbarAnatomy(
-        offset=offset, radius=float(rng.uniform(380.0, 650.0)),
-        s_apex=float(vert_center[3] + rng.uniform(-15.0, 15.0)),
+        offset=offset, radius=float(rng.uniform(330.0, 560.0)),
+        s_apex=float(vert_center[2] + rng.uniform(-12.0, 12.0)),
         vert_center=vert_center, vert_height=vert_height, vert_width=vert_width, vert_depth=vert_depth,
         disc_center=disc_center, disc_height=disc_height, disc_hydration=hydration, disc_bulge=bulge,
         canal_ap=float(canal_ap), canal_width=float(canal_width),
         pedicle_x=float(canal_width / 2 + size * rng.uniform(4.5, 6.0)),
         conus_s=float(vert_center[5] + rng.uniform(-10.0, 15.0)),
-        scs_reduction=scs, nfn_open=nfn, ss_open=ss, roots=roots, gain=gain, grades=grades.copy(),
+        scs_reduction=scs, nfn_open=nfn, ss_open=ss, roots=roots, texture=texture, gain=gain,
+        grades=grades.copy(),
     )
 
 
@@ -257,13 +266,14 @@ def render_lumbar(anat: LumbarAnatomy, points: np.ndarray, *, contrast: str, edg
         ``(N,)`` float32 signal.
     """
     tissue = {k: v * anat.gain.get(k, 1.0) for k, v in _TISSUES[contrast].items()}
+    q = np.asarray(points, dtype=np.float32) - anat.offset.astype(np.float32)
     local = world_to_local(anat, np.asarray(points, dtype=np.float32))
     x, v, s = (np.ascontiguousarray(local[:, i]) for i in range(3))
     img = np.zeros(len(local), dtype=np.float32)
+    p = _Params(anat)
 
     # Body outline in world space (a straight back): subcutaneous fat shell, muscle behind, viscera in front.
-    q = np.asarray(points, dtype=np.float32) - anat.offset.astype(np.float32)
-    skin_y = anat.canal_ap + 62.0
+    skin_y = p.ap0 + 62.0
     half_y, mid_y = (skin_y + 190.0) / 2, (skin_y - 190.0) / 2
     d_body = _ellipse_d(q[:, 0], q[:, 1] - mid_y, 165.0, half_y)
     _paint(img, _ramp(d_body, edge), tissue["fat"])
@@ -271,38 +281,74 @@ def render_lumbar(anat: LumbarAnatomy, points: np.ndarray, *, contrast: str, edg
     _paint(img, inner, tissue["viscera"])
     _paint(img, inner * _ramp(v + 45.0 - 0.004 * x**2, 3.0), tissue["muscle"])
 
-    s_lo, s_hi = anat.vert_center[0] - 110.0, anat.vert_center[-1] + 40.0
-    sel = np.nonzero((np.abs(x) < 70) & (v > -75) & (v < anat.canal_ap + 60) & (s > s_lo) & (s < s_hi))[0]
-    if len(sel):
-        img[sel] = _render_spine(anat, x[sel], v[sel], s[sel], img[sel], tissue, edge)
-    return img
-
-
-def _render_spine(anat: LumbarAnatomy, x: np.ndarray, v: np.ndarray, s: np.ndarray, img: np.ndarray,
-                  tissue: dict[str, float], edge: float) -> np.ndarray:
-    # Work in float32 throughout: float64 parameter arrays would silently promote every temporary.
-    a_vert_center, a_vert_height = _f32(anat.vert_center), _f32(anat.vert_height)
-    a_vert_width, a_vert_depth = _f32(anat.vert_width), _f32(anat.vert_depth)
-    a_disc_center, a_disc_height = _f32(anat.disc_center), _f32(anat.disc_height)
-    a_disc_hydration, a_disc_bulge = _f32(anat.disc_hydration), _f32(anat.disc_bulge)
-    a_scs_reduction, a_nfn_open, a_ss_open = _f32(anat.scs_reduction), _f32(anat.nfn_open), _f32(anat.ss_open)
-    ap0, wc0 = anat.canal_ap, anat.canal_width
+    # Each group of shapes is evaluated only where it can be non-zero (the spine fills a small part of a
+    # slice); groups are painted in anatomical order, so later ones win where they overlap.
     ax = np.abs(x)
-    side = (x < 0).astype(np.int64)  # 0 = left (+x), 1 = right
-    k = np.searchsorted(a_disc_center, s)  # nearest vertebra (0..7)
-    j = np.clip(np.searchsorted(a_vert_center[1:], s), 0, len(DISC_NAMES) - 1)  # nearest disc
-    vc, vh = a_vert_center[k], a_vert_height[k]
-    dc, dh = a_disc_center[j], a_disc_height[j]
+    in_s = (s > p.vert_center[0] - 110.0) & (s < p.vert_center[-1] + 40.0)
+    below = np.clip(p.vert_center[0] - s, 0.0, None)
+    groups = (
+        (_paint_psoas, (ax > 12) & (ax < 75) & (v > -75) & (v < 12)),
+        (_paint_anterior, (ax < 36) & (v > -52) & (v < 8.0 + 0.5 * below)),
+        (_paint_posterior, (ax < p.pedicle_x + 16.0) & (v > -10.0) & (v < p.ap0 + 50.0 + 0.5 * below)),
+    )
+    for painter, mask in groups:
+        idx = np.nonzero(mask & in_s)[0]
+        if len(idx):
+            sub = img[idx]
+            painter(p, x[idx], v[idx], s[idx], sub, tissue, edge)
+            img[idx] = sub
+    # Low-frequency tissue texture (marrow, muscle heterogeneity), fixed per study.
+    tex = np.ones(len(img), dtype=np.float32)
+    for kx, ky, kz, phase, amp in p.texture:
+        tex += amp * np.cos(kx * q[:, 0] + ky * q[:, 1] + kz * q[:, 2] + phase)
+    return img * tex
 
-    # Posterior epidural fat and the posterior elements' soft-tissue bed.
-    _paint(img, _ramp(_ellipse_d(x, v - (0.5 + ap0 / 2), wc0 / 2 + 2.5, ap0 / 2 + 2.0), edge), tissue["fat"])
 
-    # Vertebral bodies; below the S1 centre the fused sacrum curves backwards and tapers.
-    below = np.clip(a_vert_center[0] - s, 0.0, None) * (k == 0)
+class _Params:
+    """The anatomy's arrays as float32 (float64 parameters would silently promote every temporary)."""
+
+    def __init__(self, anat: LumbarAnatomy) -> None:
+        self.vert_center, self.vert_height = _f32(anat.vert_center), _f32(anat.vert_height)
+        self.vert_width, self.vert_depth = _f32(anat.vert_width), _f32(anat.vert_depth)
+        self.disc_center, self.disc_height = _f32(anat.disc_center), _f32(anat.disc_height)
+        self.disc_hydration, self.disc_bulge = _f32(anat.disc_hydration), _f32(anat.disc_bulge)
+        self.scs, self.nfn, self.ss = _f32(anat.scs_reduction), _f32(anat.nfn_open), _f32(anat.ss_open)
+        self.ap0, self.wc0 = float(anat.canal_ap), float(anat.canal_width)
+        self.pedicle_x, self.conus_s = float(anat.pedicle_x), float(anat.conus_s)
+        self.recess_x = _recess_x(anat)
+        self.roots = anat.roots.tolist()
+        self.texture = anat.texture.tolist()
+
+    def indices(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Nearest vertebra (0..7) and nearest disc (0..6) of each point."""
+        k = np.searchsorted(self.disc_center, s)
+        j = np.clip(np.searchsorted(self.vert_center[1:], s), 0, len(DISC_NAMES) - 1)
+        return k, j
+
+
+def _paint_psoas(p: _Params, x: np.ndarray, v: np.ndarray, s: np.ndarray, img: np.ndarray,
+                 tissue: dict[str, float], edge: float) -> None:
+    """Psoas muscles beside the bodies, growing from T12 down to L5, with a fat plane around them."""
+    grow = np.clip((p.vert_center[6] - s) / 90.0, 0.0, 1.0)
+    px = p.vert_width[3] / 2 + 4.0 + 12.0 * grow
+    d = _ellipse_d(np.abs(x) - px, v + 14.0 + 6.0 * grow, 4.0 + 11.0 * grow, 6.0 + 9.0 * grow)
+    d = np.where(s > p.disc_center[0] - 10.0, d, -10.0)
+    _paint(img, _ramp(d + 0.8, edge) * (0.6 * (grow > 0.05)), tissue["fat"])
+    _paint(img, _ramp(d, edge), tissue["muscle"])
+
+
+def _paint_anterior(p: _Params, x: np.ndarray, v: np.ndarray, s: np.ndarray, img: np.ndarray,
+                    tissue: dict[str, float], edge: float) -> None:
+    """Vertebral bodies (the S1 body carries the fused sacrum) and the discs between them."""
+    k, j = p.indices(s)
+    vc, vh = p.vert_center[k], p.vert_height[k]
+    dc, dh = p.disc_center[j], p.disc_height[j]
+    # Below the S1 centre the fused sacrum curves backwards and tapers.
+    below = np.clip(p.vert_center[0] - s, 0.0, None) * (k == 0)
     taper = np.clip(1.0 - below / 110.0, 0.2, 1.0)
     shift = 0.45 * below
-    depth = a_vert_depth[k] * taper
-    width = a_vert_width[k] * taper
+    depth = p.vert_depth[k] * taper
+    width = p.vert_width[k] * taper
     top = vc + vh / 2
     bottom = np.where(k == 0, vc - 105.0, vc - vh / 2)
     d_s = np.minimum(top - s, s - bottom)
@@ -310,37 +356,56 @@ def _render_spine(anat: LumbarAnatomy, x: np.ndarray, v: np.ndarray, s: np.ndarr
     d_vb = np.minimum(d_s, d_xy)
     _paint(img, _ramp(d_vb, edge), tissue["cortex"])
     _paint(img, _ramp(d_vb - 1.6, edge), tissue["marrow"])
+    # Sacral segments keep faint dark remnants of their discs.
+    remnant = np.minimum(1.2 - np.abs(np.mod(below, 22.0) - 11.0 - 5.0), d_vb - 2.0)
+    _paint(img, _ramp(np.where(below > 20.0, remnant, -10.0), edge) * 0.6, tissue["annulus"])
 
     # Discs: annulus, then a nucleus whose T2 signal falls with degeneration; bulge backwards.
-    bulge = a_disc_bulge[j]
-    ddepth = a_vert_depth[j] + bulge
+    bulge = p.disc_bulge[j]
+    vd, vw = p.vert_depth[j], p.vert_width[j]
     d_disc = np.minimum(dh / 2 + 0.8 - np.abs(s - dc),
-                        _ellipse_d(x, v + a_vert_depth[j] / 2 - bulge / 2, a_vert_width[j] / 2 + 1.0,
-                                   ddepth / 2, power=4))
+                        _ellipse_d(x, v + vd / 2 - bulge / 2, vw / 2 + 1.0, (vd + bulge) / 2, power=4))
     _paint(img, _ramp(d_disc, edge), tissue["annulus"])
-    d_nuc = np.minimum(dh * 0.32 - np.abs(s - dc),
-                       _ellipse_d(x, v + a_vert_depth[j] * 0.55, a_vert_width[j] * 0.3,
-                                  a_vert_depth[j] * 0.3))
-    hyd = a_disc_hydration[j]
-    _paint(img, _ramp(d_nuc, 2.0) * hyd, tissue["nucleus"])
+    d_nuc = np.minimum(dh * 0.32 - np.abs(s - dc), _ellipse_d(x, v + vd * 0.55, vw * 0.3, vd * 0.3))
+    _paint(img, _ramp(d_nuc, 2.0) * p.disc_hydration[j], tissue["nucleus"])
 
-    # Pedicles (upper half of each vertebra) and the posterior arch (laminae, spinous process).
-    d_ped = np.minimum(_ellipse_d(ax - anat.pedicle_x, v - 4.0, 5.0, 8.0),
+
+def _paint_posterior(p: _Params, x: np.ndarray, v: np.ndarray, s: np.ndarray, img: np.ndarray,
+                     tissue: dict[str, float], edge: float) -> None:
+    """Posterior elements, neural foramina, the canal with its contents and the lateral recesses."""
+    ap0, wc0 = p.ap0, p.wc0
+    ax = np.abs(x)
+    side = (x < 0).astype(np.int64)  # 0 = left (+x), 1 = right
+    k, j = p.indices(s)
+    vc, vh = p.vert_center[k], p.vert_height[k]
+    dc = p.disc_center[j]
+    below = np.clip(p.vert_center[0] - s, 0.0, None)
+    sacral_shift = 0.45 * below
+    vs = v - sacral_shift  # the sacral canal follows the sacrum backwards
+    canal_mid = 0.5 + ap0 / 2
+
+    # Epidural fat around the sac.
+    _paint(img, _ramp(_ellipse_d(x, vs - canal_mid, wc0 / 2 + 2.5, ap0 / 2 + 2.0), edge), tissue["fat"])
+
+    # Pedicles (upper half of each vertebra), laminar arch behind the canal, spinous process.
+    lumbar = k > 0
+    d_ped = np.minimum(_ellipse_d(ax - p.pedicle_x, v - 4.0, 5.0, 8.0),
                        np.minimum(s - (vc - 0.05 * vh), vc + 0.45 * vh - s))
-    d_ped = np.where(k == 0, -10.0, d_ped)
-    d_lam = np.minimum(np.minimum(wc0 / 2 + 7 - ax, np.minimum(v - (ap0 + 2.0), ap0 + 9.0 - v)),
-                       np.minimum(s - (vc - 0.55 * vh), vc + 0.25 * vh - s))
-    sp_v = v - (ap0 + 2.0)
+    in_arch_s = np.minimum(s - (vc - 0.55 * vh), vc + 0.25 * vh - s)
+    outer = _ellipse_d(x, vs - canal_mid, wc0 / 2 + 9.0, ap0 / 2 + 8.5)
+    inner = _ellipse_d(x, vs - canal_mid, wc0 / 2 + 2.5, ap0 / 2 + 2.2)
+    d_lam = np.minimum(np.minimum(outer, -inner), np.minimum(vs - (canal_mid + 1.0), in_arch_s))
+    sp_v = vs - (ap0 + 8.0)
     sp_s = s + 0.25 * sp_v - (vc - 0.1 * vh)
-    d_spin = np.minimum(np.minimum(3.5 - ax, np.minimum(sp_v, 42.0 - sp_v)), 8.5 - np.abs(sp_s))
-    d_post = np.maximum(np.maximum(d_ped, d_lam), np.where(k == 0, -10.0, d_spin))
+    d_spin = np.minimum(np.minimum(3.5 - ax, np.minimum(sp_v + 3.0, 36.0 - sp_v)), 8.5 - np.abs(sp_s))
+    d_post = np.where(lumbar, np.maximum(np.maximum(d_ped, d_lam), d_spin), np.maximum(d_lam, -10.0))
     _paint(img, _ramp(d_post, edge), tissue["cortex"])
     _paint(img, _ramp(d_post - 1.3, edge), tissue["marrow"])
 
     # Neural foramina at each disc: dark bed, fat ellipse scaled by its opening, exiting root in the top.
-    o_n = a_nfn_open[j, side]
-    fv, fs = 4.5, dc + 0.25 * a_vert_height[np.minimum(j + 1, len(VERTEBRA_NAMES) - 1)]
-    lateral = np.minimum(ax - (anat.pedicle_x - 6.0), anat.pedicle_x + 12.0 - ax)
+    o_n = p.nfn[j, side]
+    fv, fs = 4.5, dc + 0.25 * p.vert_height[np.minimum(j + 1, len(VERTEBRA_NAMES) - 1)]
+    lateral = np.minimum(ax - (p.pedicle_x - 6.0), p.pedicle_x + 12.0 - ax)
     bed = np.minimum(lateral, np.minimum(_ellipse_d(v - fv, s - fs, 6.5, 12.5), 1.0))
     _paint(img, _ramp(bed, edge), tissue["dark"])
     a_v, a_s = 4.8 * o_n, 10.5 * (0.45 + 0.55 * o_n)
@@ -350,47 +415,46 @@ def _render_spine(anat: LumbarAnatomy, x: np.ndarray, v: np.ndarray, s: np.ndarr
     _paint(img, _ramp(root, edge), tissue["nerve"])
 
     # Facet joints behind the foramen: bony mass with a thin fluid line.
-    d_facet = np.minimum(np.minimum(ax - (anat.pedicle_x - 5.5), anat.pedicle_x + 8.5 - ax),
+    d_facet = np.minimum(np.minimum(ax - (p.pedicle_x - 5.5), p.pedicle_x + 8.5 - ax),
                          np.minimum(_ellipse_d(v - (ap0 + 4.0), s - dc, 7.0, 11.0), 20.0))
+    d_facet = np.where(j < len(DISC_NAMES), d_facet, -10.0)
     _paint(img, _ramp(d_facet, edge), tissue["cortex"])
     _paint(img, _ramp(d_facet - 1.3, edge), tissue["marrow"])
     _paint(img, _ramp(np.minimum(d_facet - 1.0, 0.6 - np.abs(v - (ap0 + 4.0))), edge) * 0.8, tissue["csf"])
 
     # Canal: the normal sac envelope is epidural fat; stenosis fills it with disc and ligament (dark), the
     # CSF ellipse shrinks, and the lateral recess on a stenotic side closes and pushes the wall in.
-    r = a_scs_reduction[j] * np.exp(-0.5 * ((s - dc) / 5.5) ** 2)
+    r = p.scs[j] * np.exp(-0.5 * ((s - dc) / 5.5) ** 2)
     w_ss = np.exp(-0.5 * ((s - dc) / 6.5) ** 2)
-    o_s = a_ss_open[j, side]
-    sacral = np.clip((a_disc_center[0] - 15.0 - s) / 60.0, 0.0, 0.7)
-    v_ant = 0.5 + bulge * np.exp(-0.5 * ((s - dc) / 4.0) ** 2) + 0.35 * ap0 * r + 0.45 * below
+    o_s = p.ss[j, side]
+    sacral = np.clip((p.disc_center[0] - 15.0 - s) / 60.0, 0.0, 0.7)
+    v_ant = 0.5 + p.disc_bulge[j] * np.exp(-0.5 * ((s - dc) / 4.0) ** 2) + 0.35 * ap0 * r
     ap = ap0 * (1.0 - r) * (1.0 - sacral)
     half_w = wc0 / 2 * (1.0 - 0.25 * r) * (1.0 - 0.35 * (1.0 - o_s) * w_ss) * (1.0 - sacral)
     v_mid = v_ant + ap / 2
-    envelope = _ellipse_d(x, v - (0.5 + ap0 / 2 + 0.45 * below), wc0 / 2 + 1.0, ap0 / 2 + 1.0)
+    envelope = _ellipse_d(x, vs - canal_mid, wc0 / 2 + 1.0, ap0 / 2 + 1.0)
     _paint(img, _ramp(envelope, edge) * np.clip(3.0 * r + 1.2 * (1.0 - o_s) * w_ss, 0.0, 1.0),
            tissue["ligament"])
-    d_csf = _ellipse_d(x, v - v_mid, half_w, ap / 2)
+    d_csf = _ellipse_d(x, vs - v_mid, half_w, ap / 2)
     _paint(img, _ramp(d_csf, edge), tissue["csf"])
 
     # Lateral recesses (subarticular zone): CSF/fat lobe at the disc, closing with subarticular stenosis.
-    rx = _recess_x(anat)
+    rx = p.recess_x
     d_rec = np.minimum(_ellipse_d(ax - rx, v - _RECESS_V, 4.2 * o_s, 3.4 * o_s + 0.3), 8.0 - np.abs(s - dc))
     _paint(img, _ramp(d_rec, edge), 0.5 * (tissue["csf"] + tissue["fat"]))
     d_root = np.minimum(_ellipse_d(ax - rx, v - _RECESS_V, 1.6, 1.6), 9.0 - np.abs(s - dc))
     _paint(img, _ramp(np.minimum(d_root, d_rec + 1.0), edge), tissue["nerve"])
 
     # Cord above the conus, cauda equina roots below (bunching together where the sac narrows).
-    inside = d_csf > -1.0
-    if inside.any():
-        idx = np.nonzero(inside)[0]
-        xs, vs, ss = x[idx], v[idx] - v_mid[idx], s[idx]
+    idx = np.nonzero(d_csf > -1.0)[0]
+    if len(idx):
+        xs, vv, ss = x[idx], vs[idx] - v_mid[idx], s[idx]
         hw, hap = half_w[idx], ap[idx] / 2
         sub = img[idx]
-        taper_c = np.clip((ss - anat.conus_s) / 15.0, 0.0, 1.0)
-        d_cord = _ellipse_d(xs, vs + 0.15 * hap, 4.5 * taper_c + 0.5, 3.8 * taper_c + 0.5)
-        _paint(sub, _ramp(np.where(ss > anat.conus_s - 5.0, d_cord, -10.0), edge), tissue["nerve"])
-        for nx, nv in anat.roots.tolist():
-            d = 1.1 - np.hypot(xs - nx * hw, vs - nv * hap)
-            _paint(sub, _ramp(np.where(ss < anat.conus_s, d, -10.0), edge) * 0.85, tissue["nerve"])
+        taper_c = np.clip((ss - p.conus_s) / 15.0, 0.0, 1.0)
+        d_cord = _ellipse_d(xs, vv + 0.15 * hap, 4.5 * taper_c + 0.5, 3.8 * taper_c + 0.5)
+        _paint(sub, _ramp(np.where(ss > p.conus_s - 5.0, d_cord, -10.0), edge), tissue["nerve"])
+        for nx, nv in p.roots:
+            d = 1.1 - np.hypot(xs - nx * hw, vv - nv * hap)
+            _paint(sub, _ramp(np.where(ss < p.conus_s, d, -10.0), edge) * 0.85, tissue["nerve"])
         img[idx] = sub
-    return img

@@ -108,7 +108,7 @@ def sample_lumbar_grades(rng: np.random.Generator, n: int) -> tuple[np.ndarray, 
 
 
 def expected_balance() -> dict[str, np.ndarray]:
-    """Real grade balance per condition group label: ``{condition: (5 levels, 3 grades)}`` of labelled rows."""
+    """Real grade balance of labelled rows: ``{condition: (5 levels, 3 grades)}``."""
     out = {}
     for cond in LUMBAR_CONDITIONS:
         table = np.array([row[:3] for row in REAL_GRADE_BALANCE[cond]])

@@ -1,0 +1,1 @@
+"""Datasets on disk: layouts, labels, folds, synthetic generators and image preparation."""

@@ -1,0 +1,255 @@
+"""Lumbar inference: ``LumbarPredictor`` (load once, predict many), the dataset-level command and the
+one-study function ``predict_lumbar``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from spinelab import __version__
+from spinelab.config.load import read_run_config
+from spinelab.errors import InputError
+from spinelab.infer.batch import predict_studies
+from spinelab.infer.runtime import Runtime
+from spinelab.infer.studies import find_input_studies
+from spinelab.io.atomic import atomic_write_csv, atomic_write_json
+from spinelab.registry import LUMBAR_CONDITIONS, LUMBAR_GRADES, LUMBAR_LEVELS, lumbar_columns
+from spinelab.tasks.lumbar.grading import FLIP_ORDER, GradingStage, flip_items, grading_inputs
+from spinelab.tasks.lumbar.localize import localize_study
+from spinelab.tasks.lumbar.points import AxialPointStage, SagT1PointStage, SagT2PointStage, read_geometry
+from spinelab.tasks.lumbar.studies import LumbarStudy, load_study, read_descriptions
+from spinelab.train.run import load_stage_models, trained_folds
+
+__all__ = ["LumbarPredictor", "predict_lumbar", "predict_lumbar_dataset", "evaluate_lumbar_predictions",
+           "point_errors"]
+
+log = logging.getLogger("spinelab")
+STAGES = (SagT2PointStage, SagT1PointStage, AxialPointStage, GradingStage)
+
+
+class LumbarPredictor:
+    """Loads a run folder's stage-1 and stage-2 models once; predicts studies.
+
+    Args:
+        run_dir: folder written by ``spinelab train lumbar``.
+        folds: folds to ensemble (default every trained fold; the full-data model when only it exists).
+        runtime: device / precision / compile settings.
+        tta: average with left-right mirrored inputs (labels swapped back).
+    """
+
+    def __init__(self, run_dir: str | Path, *, folds: list[int | None] | None = None,
+                 runtime: Runtime | None = None, tta: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        self.cfg = read_run_config(self.run_dir)
+        self.runtime = runtime or Runtime()
+        self.tta = tta
+        stages = [cls(self.cfg, self.run_dir) for cls in STAGES]
+        self.folds = {s.name: self._pick(s.name, folds) for s in stages}
+        self.models = {s.name: load_stage_models(s, self.folds[s.name]) for s in stages}
+        self.geometry = read_geometry(self.run_dir)
+        prior = self.run_dir / "prior.json"
+        self.prior = (np.asarray(json.loads(prior.read_text())) if prior.is_file()
+                      else np.full((len(lumbar_columns()), 3), 1 / 3))
+
+    def _pick(self, stage: str, folds: list[int | None] | None) -> list[int | None]:
+        available = trained_folds(self.run_dir, stage)
+        if folds is None:
+            cv = [f for f in available if f is not None]
+            return cv or available
+        missing = [f for f in folds if f not in available]
+        if missing:
+            raise InputError(self.run_dir / stage, f"folds {missing} not trained (available: {available})")
+        return list(folds)
+
+    def grade(self, study: LumbarStudy, anchors: dict[str, np.ndarray]) -> np.ndarray:
+        """Stage-2 probabilities ``(25, 3)`` (lumbar_columns order), averaged over folds and the mirror."""
+        inputs = grading_inputs(study, anchors, self.cfg)
+        variants = [(inputs, False)] + ([(flip_items(inputs), True)] if self.tta else [])
+        outs = []
+        for model in self.models["stage2"]:
+            for inp, flipped in variants:
+                t = {k: torch.from_numpy(np.ascontiguousarray(v))[None] for k, v in inp.items()}
+                logits = self.runtime.run(model, t["sag"], t["axial"], t["mask"], t["condition"], t["level"])
+                p = torch.softmax(logits["logits"], -1)[0].cpu().numpy()
+                outs.append(p[FLIP_ORDER] if flipped else p)  # the flip is its own inverse
+        probs = np.clip(np.mean(outs, axis=0), 1e-4, 1.0)
+        return probs / probs.sum(-1, keepdims=True)
+
+    def predict_loaded(self, study: LumbarStudy, *, truth: dict[tuple[str, str], np.ndarray] | None = None
+                       ) -> dict[str, Any]:
+        """Points and grades of an already loaded study (``truth``: world points, for the error in mm)."""
+        loc = localize_study(study, {k: v for k, v in self.models.items() if k != "stage2"}, self.cfg,
+                             self.geometry, runtime=self.runtime, tta=self.tta)
+        probs = self.grade(study, loc["anchors"])
+        grades = {col: dict(zip(LUMBAR_GRADES, (round(float(v), 6) for v in p), strict=True))
+                  for col, p in zip(lumbar_columns(), probs, strict=True)}
+        result: dict[str, Any] = {
+            "study": study.study_id, "grades": grades, "points": loc["points"],
+            "axial_level_slices": loc["axial_slices"],
+            "series": {k: v for k, v in study.series_ids.items()}, "missing_series": study.missing,
+            "warnings": loc["warnings"], "status": "ok",
+            "model": {"run_dir": str(self.run_dir), "experiment": self.cfg.experiment, "folds": self.folds,
+                      "tta": self.tta, "precision": self.runtime.precision, "spinelab": __version__},
+        }
+        if truth:
+            result["point_error_mm"] = point_errors(loc["raw"], truth)
+        for w in loc["warnings"]:
+            log.warning("%s: %s", study.study_id, w)
+        return result
+
+    def predict_study(self, study_dir: str | Path, study_id: str | None = None, *,
+                      descriptions: pd.DataFrame | None = None) -> dict[str, Any]:
+        """Read a study folder (one folder per series) and predict it."""
+        study = load_study(study_dir, descriptions=descriptions, policy=self.cfg.stage2.series_policy)
+        if study_id is not None:
+            study.study_id = study_id
+        return self.predict_loaded(study)
+
+    def fallback(self, study_id: str, error: str) -> dict[str, Any]:
+        """A valid prediction for a study that could not be processed: the training prior."""
+        grades = {col: dict(zip(LUMBAR_GRADES, map(float, p), strict=True))
+                  for col, p in zip(lumbar_columns(), self.prior, strict=True)}
+        return {"study": study_id, "grades": grades, "status": "failed", "error": error,
+                "warnings": [f"prediction failed, prior used: {error}"]}
+
+
+def point_errors(pred: dict[str, np.ndarray], truth: dict[tuple[str, str], np.ndarray]) -> dict[str, dict]:
+    """World distance (mm) between predicted and labelled points: ``{condition: {level: mm}}``."""
+    out: dict[str, dict] = {}
+    for cond in LUMBAR_CONDITIONS:
+        if cond not in pred:
+            continue
+        row = {}
+        for li, level in enumerate(LUMBAR_LEVELS):
+            t = truth.get((cond, level))
+            p = pred[cond][li]
+            if t is not None and np.all(np.isfinite(p)):
+                row[level] = round(float(np.linalg.norm(p - t)), 2)
+        out[cond] = row
+    return out
+
+
+def summarize_point_errors(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean point error in mm per condition group and per level over studies."""
+    rows = [{"group": c.split("_", 1)[1] if c.startswith(("left", "right")) else c, "level": lv, "mm": mm}
+            for r in results for c, levels in (r.get("point_error_mm") or {}).items() for lv, mm in levels.items()]
+    if not rows:
+        return {}
+    df = pd.DataFrame(rows)
+    return {"mean_mm": round(float(df.mm.mean()), 2), "median_mm": round(float(df.mm.median()), 2),
+            "by_group": {g: round(float(v), 2) for g, v in df.groupby("group").mm.mean().items()},
+            "by_level": {lv: round(float(v), 2) for lv, v in df.groupby("level").mm.mean().items()},
+            "points": len(df)}
+
+
+def probs_of(results: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """``{study: (25, 3)}`` from per-study result dicts."""
+    return {str(r["study"]): np.array([[r["grades"][c][g] for g in LUMBAR_GRADES] for c in lumbar_columns()])
+            for r in results}
+
+
+def predict_lumbar(study_dir: str | Path, model_dir: str | Path, *, device: str = "auto",
+                   precision: str = "fp32", compile: bool = False, tta: bool = True,
+                   folds: list[int] | None = None) -> dict[str, Any]:
+    """Predict one lumbar MRI study folder (one folder per series) with a trained run folder."""
+    runtime = Runtime(device=device, precision=precision, compile=compile)
+    return LumbarPredictor(model_dir, folds=folds, runtime=runtime, tta=tta).predict_study(study_dir)
+
+
+def predict_lumbar_dataset(input: str | Path, model: str | Path, out: str | Path, *,
+                           labels: str | Path | None = None, device: str = "auto", precision: str = "fp32",
+                           compile: bool = False, tta: bool = True, folds: list[int] | None = None,
+                           progress: bool = True) -> dict[str, Any]:
+    """Predict every study under ``input``: ``submission.csv``, ``studies/<id>.json`` and an evaluation.
+
+    Returns:
+        ``{"submission": path, "predictions": path, "evaluation": path or None, "studies": n, "failed": n}``.
+    """
+    input, out = Path(input), Path(out)
+    split, studies = find_input_studies(input, nested=True)
+    descriptions = read_descriptions(input, split) if split in ("train", "test") else None
+    predictor = LumbarPredictor(model, folds=folds, runtime=Runtime(device=device, precision=precision,
+                                                                    compile=compile), tta=tta)
+    truth_points = _truth_points(input, split)
+
+    def one(sid: str, path: Path) -> dict[str, Any]:
+        study = load_study(path, descriptions=descriptions, policy=predictor.cfg.stage2.series_policy)
+        return predictor.predict_loaded(study, truth=truth_points(study) if truth_points else None)
+
+    results = predict_studies(studies, one, predictor.fallback, out_dir=out, progress=progress,
+                              description="lumbar predict")
+    from spinelab.metrics import lumbar_submission_frame
+
+    probs = probs_of(results)
+    submission = atomic_write_csv(out / "submission.csv", lumbar_submission_frame(probs))
+    wide = pd.DataFrame({"study_id": list(probs),
+                         **{f"{c}_{g}": [p[j, k] for p in probs.values()] for j, c in enumerate(lumbar_columns())
+                            for k, g in enumerate(LUMBAR_GRADES)}})
+    predictions = atomic_write_csv(out / "predictions.csv", wide)
+    failed = [r["study"] for r in results if r.get("status") == "failed"]
+    label_path = _label_file(input, split, labels)
+    evaluation = None
+    if label_path is not None:
+        evaluation = evaluate_lumbar_predictions(probs, label_path, out, point_summary=summarize_point_errors(results))
+    return {"submission": submission, "predictions": predictions, "evaluation": evaluation,
+            "studies": len(results), "failed": len(failed)}
+
+
+def _truth_points(input: Path, split: str) -> Any:
+    """A function study -> labelled world points when the dataset has coordinates, else ``None``."""
+    from spinelab.tasks.lumbar.studies import _CONDITION_BY_TITLE, _LEVEL_BY_TITLE, instance_index
+
+    name = {"train": "train_label_coordinates.csv", "test": "test_label_coordinates.csv"}.get(split)
+    if name is None or not (input / name).is_file():
+        return None
+    coords = pd.read_csv(input / name, dtype={"study_id": str, "series_id": str})
+
+    def lookup(study: LumbarStudy) -> dict[tuple[str, str], np.ndarray]:
+        vols = {sid: v for k in study.series for sid, v in zip(study.series_ids[k], study.series[k], strict=True)}
+        out = {}
+        for r in coords[coords.study_id == study.study_id].itertuples(index=False):
+            vol = vols.get(r.series_id)
+            cond, level = _CONDITION_BY_TITLE.get(r.condition.lower()), _LEVEL_BY_TITLE.get(r.level.lower())
+            d = instance_index(vol, int(r.instance_number)) if vol is not None else None
+            if d is not None and cond and level:
+                out[(cond, level)] = vol.voxel_to_world(np.array([d, r.y, r.x], dtype=np.float64))
+        return out
+
+    return lookup
+
+
+def _label_file(input: Path, split: str, labels: str | Path | None) -> Path | None:
+    if labels is not None:
+        if not Path(labels).is_file():
+            raise InputError(labels, "labels file not found")
+        return Path(labels)
+    candidate = {"train": input / "train.csv", "test": input / "test_labels.csv"}.get(split)
+    return candidate if candidate is not None and candidate.is_file() else None
+
+
+def evaluate_lumbar_predictions(probs: dict[str, np.ndarray], label_path: Path, out: Path, *,
+                                point_summary: dict[str, Any] | None = None) -> Path:
+    """``lumbar_score`` (with its parts), the weight-optimal constant on the same labels and point errors."""
+    from spinelab.metrics import lumbar_score_details, lumbar_submission_frame, lumbar_weight_optimal_constant
+
+    truth = pd.read_csv(label_path, dtype={"study_id": str})
+    if "study_id" not in truth.columns:
+        raise InputError(label_path, "labels must be in train.csv format (study_id + 25 columns)")
+    truth = truth[truth.study_id.isin(probs)].reset_index(drop=True)
+    result: dict[str, Any] = {"labels": str(label_path), "studies": len(truth)}
+    if len(truth):
+        sub = lumbar_submission_frame({s: probs[s] for s in truth.study_id})
+        result.update(lumbar_score_details(truth, sub, submission_name="submission.csv", solution_name=label_path))
+        constant = lumbar_score_details(truth, lumbar_weight_optimal_constant(truth))
+        result["weight_optimal_constant_score"] = constant["score"]
+        result["relative_improvement"] = 1 - result["score"] / constant["score"]
+        result["lumbar_score"] = result.pop("score")
+    if point_summary:
+        result["point_error_mm"] = point_summary
+    return atomic_write_json(out / "evaluation.json", result)

@@ -1,0 +1,71 @@
+"""Config loading: YAML layering, dotted overrides, validation errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from spinelab.config.load import apply_overrides, load_config, read_run_config, save_config
+from spinelab.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_defaults_validate_for_both_tasks() -> None:
+    assert load_config("cervical").stage2.n_slices == 24
+    assert load_config("lumbar").task == "lumbar"
+
+
+def test_files_layer_then_overrides_win(tmp_path: Path) -> None:
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("stage1:\n  image_size: 80\n  train: {epochs: 7}\n")
+    cfg = load_config("cervical", [REPO / "configs/cervical/tiny.yaml", extra],
+                      ["stage1.train.epochs=3", "stage2.windows=[[40, 400], [400, 1800]]"])
+    assert cfg.stage1.image_size == 80  # second file overrides the first
+    assert cfg.stage1.train.epochs == 3  # the override beats both files
+    assert cfg.stage1.model.name == "test_cervical_slice_localizer"  # untouched keys survive the merge
+    assert cfg.stage2.windows == [(40.0, 400.0), (400.0, 1800.0)]
+
+
+def test_unknown_key_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"stage1\.trian"):
+        load_config("cervical", [], ["stage1.trian.epochs=3"])
+
+
+def test_wrong_type_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"stage1\.train\.epochs"):
+        load_config("cervical", [], ["stage1.train.epochs=many"])
+
+
+def test_missing_file_and_wrong_task(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config("cervical", [tmp_path / "nope.yaml"])
+    other = tmp_path / "lumbar.yaml"
+    other.write_text("task: lumbar\n")
+    with pytest.raises(ConfigError, match="for task 'lumbar'"):
+        load_config("cervical", [other])
+
+
+def test_override_syntax_errors() -> None:
+    with pytest.raises(ConfigError, match="key=value"):
+        apply_overrides({}, ["stage1.train.epochs"])
+    with pytest.raises(ConfigError, match="is not a section"):
+        apply_overrides({"a": 1}, ["a.b=2"])
+
+
+def test_every_shipped_recipe_validates() -> None:
+    recipes = sorted((REPO / "configs").glob("*/*.yaml"))
+    assert len(recipes) >= 4
+    for path in recipes:
+        cfg = load_config(path.parent.name, [path])
+        assert cfg.task == path.parent.name
+
+
+def test_run_config_round_trip(tmp_path: Path) -> None:
+    cfg = load_config("cervical", [REPO / "configs/cervical/tiny.yaml"], ["experiment=roundtrip"])
+    save_config(cfg, tmp_path / "config.yaml")
+    again = read_run_config(tmp_path)
+    assert again == cfg
+    with pytest.raises(ConfigError, match="not found"):
+        read_run_config(tmp_path / "missing")

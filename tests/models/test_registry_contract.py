@@ -1,0 +1,78 @@
+"""Every registered tiny model: forward, backward, and the forward_features/forward_head contract."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from spinelab.errors import ConfigError, InputError
+from spinelab.models import create_model, list_models
+from spinelab.models.backbones import create_backbone
+
+# Input builders per model family: (args, kwargs) for forward.
+INPUTS = {
+    "test_cervical_slice_localizer": lambda: ((torch.rand(2, 5, 3, 32, 32), torch.rand(2, 5)), {}),
+    "test_cervical_fracture_classifier": lambda: ((torch.rand(2, 7, 2, 3, 32, 32),),
+                                                  {"mask": torch.ones(2, 7, dtype=torch.bool)}),
+}
+
+
+def test_registry_lists_seed_and_test_models() -> None:
+    names = list_models()
+    assert {"cervical_slice_localizer", "cervical_fracture_classifier"} <= set(names)
+    assert list_models("test_cervical") == ["test_cervical_fracture_classifier", "test_cervical_slice_localizer"]
+
+
+@pytest.mark.parametrize("name", sorted(INPUTS))
+def test_forward_backward_and_feature_head_split(name: str) -> None:
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    args, kwargs = INPUTS[name]()
+    out = model(*args, **kwargs)
+    assert out and all(torch.isfinite(v).all() for v in out.values())
+    # forward == forward_head(forward_features) (timm's contract)
+    feats = model.forward_features(*args)
+    head = model.forward_head(feats, **kwargs)
+    for key in out:
+        torch.testing.assert_close(head[key], out[key])
+    model.train()
+    loss = sum(v.float().mean() for v in model(*args, **kwargs).values())
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_output_shapes() -> None:
+    loc = create_model("test_cervical_slice_localizer")(torch.rand(3, 6, 3, 32, 32))
+    assert loc["ratio"].shape == (3, 6, 7) and loc["box"].shape == (3, 6, 4) and loc["has_box"].shape == (3, 6)
+    assert ((loc["box"] >= 0) & (loc["box"] <= 1)).all()
+    frac = create_model("test_cervical_fracture_classifier", overall="noisy_or")(torch.rand(2, 7, 2, 3, 32, 32))
+    assert frac["vertebra"].shape == (2, 7) and frac["overall"].shape == (2,)
+    # noisy-OR: the patient probability is at least the largest vertebra probability
+    p_v, p_o = torch.sigmoid(frac["vertebra"]), torch.sigmoid(frac["overall"])
+    assert (p_o >= p_v.max(dim=1).values - 1e-4).all()
+
+
+def test_unknown_names_raise_config_errors() -> None:
+    with pytest.raises(ConfigError, match="unknown model 'nope'"):
+        create_model("nope")
+    with pytest.raises(ConfigError, match="unknown timm backbone"):
+        create_backbone("not_a_backbone")
+
+
+def test_local_checkpoint_loads_and_missing_one_is_named(tmp_path: Path) -> None:
+    src = create_backbone("test_resnet", in_chans=3)
+    ckpt = tmp_path / "backbone.pth"
+    torch.save(src.state_dict(), ckpt)
+    # 3-channel weights go into a 6-channel stem (adapted), every other tensor copied exactly
+    dst = create_backbone("test_resnet", in_chans=6, pretrained_path=ckpt)
+    same = [k for k, v in src.state_dict().items() if v.ndim != 4 and torch.equal(v, dst.state_dict()[k])]
+    assert len(same) > 10
+    with pytest.raises(InputError, match="missing.pth.*never downloads"):
+        create_backbone("test_resnet", pretrained_path=tmp_path / "missing.pth")
+    bad = tmp_path / "bad.pth"
+    bad.write_text("not a checkpoint")
+    with pytest.raises(InputError, match="bad.pth"):
+        create_backbone("test_resnet", pretrained_path=bad)
