@@ -273,3 +273,41 @@ def test_bad_options_and_missing_truth(tmp_path: Path) -> None:
         generate_lumbar_dataset(tmp_path, studies=0, progress=False)
     with pytest.raises(InputError, match="123.json"):
         read_lumbar_truth(tmp_path, 123)
+
+
+def test_series_read_by_spinelab_reader(dataset: Path) -> None:
+    dicom = pytest.importorskip("spinelab.io.dicom")
+    series = pd.read_csv(dataset / "train_series_descriptions.csv")
+    for row in series.itertuples():
+        volume = dicom.read_series(dataset / "train_images" / str(row.study_id) / str(row.series_id))
+        truth = next(s for s in read_lumbar_truth(dataset, row.study_id)["series"]
+                     if s["series_id"] == row.series_id)
+        assert list(volume.shape) == truth["shape"]
+        assert not volume.meta.get("warnings")
+        # Same grid up to the slice order the reader picks: compare the set of voxel centres' corners.
+        corners = np.array([[d, h, w] for d in (0, truth["shape"][0] - 1) for h in (0, 63) for w in (0, 63)])
+        ours = corners @ truth["affine"][:3, :3].T + truth["affine"][:3, 3]
+        theirs = volume.voxel_to_world(corners)
+        dist = np.linalg.norm(ours[:, None] - theirs[None], axis=-1).min(axis=1)
+        assert dist.max() < 0.01
+
+
+def test_canal_stenosis_visible_in_written_t2(tmp_path: Path) -> None:
+    from spinelab.data.synthetic.lumbar import _make_study, _StudyTask
+
+    grades = np.zeros((5, 5), dtype=np.int8)
+    grades[LUMBAR_CONDITIONS.index("spinal_canal_stenosis"), LUMBAR_LEVELS.index("l4_l5")] = 2
+    task = _StudyTask(1234567, "train", np.random.SeedSequence(4), grades, np.ones((5, 5), bool), 128,
+                      tmp_path)
+    result = _make_study(task)
+    scs = [c for c in result["coords"] if c["condition"] == "Spinal Canal Stenosis"]
+    strips = {}
+    for c in scs:  # a strip along the row (columns run anterior -> posterior) through the canal point
+        path = tmp_path / "train_images" / "1234567" / str(c["series_id"]) / f"{c['instance_number']}.dcm"
+        pixels = pydicom.dcmread(path).pixel_array.astype(float)
+        x, y = int(round(c["x"])), int(round(c["y"]))
+        strips[c["level"]] = pixels[y, x - 6:x + 7]
+    csf = np.median([strips[lv].max() for lv in ("L1/L2", "L2/L3", "L3/L4")])
+    bright = {lv: int((s > 0.6 * csf).sum()) for lv, s in strips.items()}
+    normal = np.mean([bright[lv] for lv in ("L1/L2", "L2/L3", "L3/L4")])
+    assert normal >= 4 and bright["L4/L5"] < 0.6 * normal, bright

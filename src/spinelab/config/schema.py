@@ -114,6 +114,7 @@ class CervicalStage1Config(StrictModel):
     windows: list[tuple[float, float]] = Field(default_factory=lambda: [(400.0, 1800.0)])
     image_size: int = 256
     seq_len: int = 32
+    samples_per_study: int = 1
     infer_offsets: int = 4
     ratio_threshold: float = 0.3
     smooth_window: int = 5

@@ -16,13 +16,15 @@ a point in one series maps to the others through the DICOM headers. Files writte
 
 Geometry choices (documented because a pipeline may depend on them):
 
-* Sagittal: 15-17 slices of 3.5-4.0 mm along patient left-right (instance 1 is on the right or the left at
-  random), in-plane ``size`` x ``size`` over a 260-300 mm field of view, columns towards posterior, rows
-  towards the feet, a few degrees of random rotation.
+* Sagittal: 15-17 slices of 3.5-4.0 mm along patient left-right (instance 1 on the patient's right as in
+  most real series, reversed in 10 %), in-plane ``size`` x ``size`` over a 260-300 mm field of view,
+  columns towards posterior, rows towards the feet, a few degrees of random rotation.
 * Axial: one straight stack per series, tilted towards the mean disc angle, 3.6-4.4 mm spacing, instance 1
   most cranial, covering L1/L2 to L5/S1. About 10 % of studies split the axial block into an upper and a lower
   series, and about 10 % have a second Sagittal T2/STIR series (labels sit on the first).
 * Coordinates sit on the slice nearest the true point, at its in-plane projection (x = column, y = row).
+* CSVs are sorted like the real ones: by study id, series by id, coordinates by series and instance.
+  Study ids have 7-10 digits, series ids 10.
 """
 
 from __future__ import annotations
@@ -133,7 +135,8 @@ def _sagittal_plan(rng: np.random.Generator, landmarks: dict[str, Any],
     spacing = float(rng.uniform(3.5, 4.0))
     pixel = float(rng.uniform(260.0, 300.0)) / size
     rot = _rotation(rng, 3.0)
-    d_dir = rot @ np.array([1.0, 0, 0]) * (1.0 if rng.random() < 0.5 else -1.0)
+    # As in most real series, instance 1 is the patient's right (slices step towards +x); 10 % run reversed.
+    d_dir = rot @ np.array([1.0, 0, 0]) * (1.0 if rng.random() < 0.9 else -1.0)
     center = center_disc + np.array([rng.uniform(-3, 3), 25.0 + rng.uniform(-12, 12), rng.uniform(-20, 15)])
     center[0] = landmarks["midline_x"] + rng.uniform(-3, 3)
     shape = (n, size, size)
@@ -216,7 +219,7 @@ def _make_study(task: _StudyTask) -> dict[str, Any]:
     anat = sample_anatomy(rng, task.grades)
     lm = anatomy_landmarks(anat)
     lm["midline_x"] = float(anat.offset[0])
-    ids = iter(_unique_ids(rng, 6, low=10_000_000))
+    ids = iter(_unique_ids(rng, 6, low=1_000_000_000))  # 10 digits: numeric order == name order
     plans: list[_SeriesPlan] = []
     aff, shape = _sagittal_plan(rng, lm, task.size)
     plans.append(_SeriesPlan(next(ids), "Sagittal T1", "T1", aff, shape, "sag_t1"))
@@ -233,7 +236,7 @@ def _make_study(task: _StudyTask) -> dict[str, Any]:
     else:
         aff, shape = _axial_plan(rng, lm, list(LUMBAR_LEVELS), task.size)
         plans.append(_SeriesPlan(next(ids), "Axial T2", "T2", aff, shape, "axial"))
-    rng.shuffle(plans)  # real studies list their series in no particular order
+    rng.shuffle(plans)  # series numbers (acquisition order) do not follow the kind
 
     study_dir = task.out_dir / f"{task.split}_images" / str(task.study_id)
     study_uid = _uid("study", task.study_id)
@@ -383,11 +386,14 @@ def _collect(task: _StudyTask, res: dict[str, Any] | str, results: list, failure
 
 
 def _write_tables(out: Path, results: list[dict[str, Any]]) -> None:
+    # The real CSVs are sorted by study id, and series by id within a study.
+    results = sorted(results, key=lambda r: r["study_id"])
     for split in ("train", "test"):
         rows = [r for r in results if r["split"] == split]
         labels = pd.DataFrame([r["labels"] for r in rows], columns=train_csv_columns())
         coords = pd.DataFrame([c for r in rows for c in r["coords"]], columns=COORD_COLUMNS)
-        series = pd.DataFrame([s for r in rows for s in r["series"]],
+        coords = coords.sort_values(["study_id", "series_id", "instance_number"], kind="stable")
+        series = pd.DataFrame([s for r in rows for s in sorted(r["series"], key=lambda s: s["series_id"])],
                               columns=["study_id", "series_id", "series_description"])
         atomic_write_csv(out / f"{split}_series_descriptions.csv", series)
         if split == "train":

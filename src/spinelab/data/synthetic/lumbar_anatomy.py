@@ -87,6 +87,8 @@ class LumbarAnatomy:
     ss_open: np.ndarray  # (7, 2)
     roots: np.ndarray  # (n, 2) cauda equina positions in normalised canal coordinates (x, v)
     texture: np.ndarray  # (n, 5) plane waves (kx, ky, kz, phase, amplitude) of the tissue texture
+    skin_depth: float = 80.0  # skin behind the canal's front wall
+    fat_thickness: float = 16.0  # subcutaneous fat
     gain: dict[str, float] = field(default_factory=dict)  # per-tissue multiplicative jitter
     grades: np.ndarray | None = None  # (5 conditions, 5 levels) that produced the effects
 
@@ -144,7 +146,7 @@ def sample_anatomy(rng: np.random.Generator, grades: np.ndarray) -> LumbarAnatom
     n_roots = int(rng.integers(7, 11))
     roots = np.stack([rng.uniform(-0.6, 0.6, n_roots), rng.uniform(-0.1, 0.65, n_roots)], axis=1)
     gain = {name: float(rng.uniform(0.9, 1.1)) for name in _TISSUES["T1"]}
-    n_waves = 6
+    n_waves = 4
     direction = rng.standard_normal((n_waves, 3))
     direction /= np.linalg.norm(direction, axis=1, keepdims=True)
     wavenumber = 2 * np.pi / rng.uniform(8.0, 40.0, (n_waves, 1))
@@ -160,7 +162,8 @@ def sample_anatomy(rng: np.random.Generator, grades: np.ndarray) -> LumbarAnatom
         pedicle_x=float(canal_width / 2 + size * rng.uniform(4.5, 6.0)),
         conus_s=float(vert_center[5] + rng.uniform(-10.0, 15.0)),
         scs_reduction=scs, nfn_open=nfn, ss_open=ss, roots=roots, texture=texture, gain=gain,
-        grades=grades.copy(),
+        grades=grades.copy(), skin_depth=float(canal_ap + rng.uniform(50.0, 80.0)),
+        fat_thickness=float(rng.uniform(8.0, 30.0)),
     )
 
 
@@ -273,11 +276,11 @@ def render_lumbar(anat: LumbarAnatomy, points: np.ndarray, *, contrast: str, edg
     p = _Params(anat)
 
     # Body outline in world space (a straight back): subcutaneous fat shell, muscle behind, viscera in front.
-    skin_y = p.ap0 + 62.0
+    skin_y = anat.skin_depth
     half_y, mid_y = (skin_y + 190.0) / 2, (skin_y - 190.0) / 2
     d_body = _ellipse_d(q[:, 0], q[:, 1] - mid_y, 165.0, half_y)
     _paint(img, _ramp(d_body, edge), tissue["fat"])
-    inner = _ramp(d_body - 16.0, edge)
+    inner = _ramp(d_body - anat.fat_thickness, edge)
     _paint(img, inner, tissue["viscera"])
     _paint(img, inner * _ramp(v + 45.0 - 0.004 * x**2, 3.0), tissue["muscle"])
 
@@ -289,7 +292,7 @@ def render_lumbar(anat: LumbarAnatomy, points: np.ndarray, *, contrast: str, edg
     groups = (
         (_paint_psoas, (ax > 12) & (ax < 75) & (v > -75) & (v < 12)),
         (_paint_anterior, (ax < 36) & (v > -52) & (v < 8.0 + 0.5 * below)),
-        (_paint_posterior, (ax < p.pedicle_x + 16.0) & (v > -10.0) & (v < p.ap0 + 50.0 + 0.5 * below)),
+        (_paint_posterior, (ax < p.pedicle_x + 16.0) & (v > -10.0) & (v < p.ap0 + 46.0 + 0.5 * below)),
     )
     for painter, mask in groups:
         idx = np.nonzero(mask & in_s)[0]

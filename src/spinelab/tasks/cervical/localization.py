@@ -28,7 +28,8 @@ BOX_COLUMNS = ["nx0", "ny0", "nx1", "ny1"]
 class LocalizerDataset(Dataset):
     """One item = one study: ``seq_len`` evenly spaced 2.5D slices and their per-slice targets.
 
-    Training items jitter the slice positions and augment the whole sequence consistently.
+    Training items jitter the slice positions and augment the whole sequence consistently; with
+    ``samples_per_study`` > 1 each study is drawn that many times per epoch (small datasets).
     """
 
     def __init__(self, studies: CervicalStudies, ids: list[str], cfg: CervicalConfig, *, train: bool) -> None:
@@ -38,10 +39,10 @@ class LocalizerDataset(Dataset):
         self.augment = SequenceAugment() if train else None
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.ids) * (self.s1.samples_per_study if self.train else 1)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        uid = self.ids[i]
+        uid = self.ids[i % len(self.ids)]
         vol = self.studies.volume(uid)
         depth = vol.shape[0]
         rng = np.random.default_rng() if self.train else None

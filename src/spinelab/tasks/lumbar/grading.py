@@ -37,13 +37,15 @@ _SWAP = [LUMBAR_CONDITIONS.index(_MIRROR[c.split("_", 1)[0]] + "_" + c.split("_"
          if c.split("_", 1)[0] in _MIRROR else i for i, c in enumerate(LUMBAR_CONDITIONS)]
 #: item permutation of a left-right flip
 FLIP_ORDER = np.array([_SWAP[c] * N_LEVELS + lv for c, lv in zip(ITEM_CONDITION, ITEM_LEVEL, strict=True)])
-SPINAL_ITEMS = np.flatnonzero(ITEM_CONDITION == LUMBAR_CONDITIONS.index("spinal_canal_stenosis"))
+_SPINAL = LUMBAR_CONDITIONS.index("spinal_canal_stenosis")
+SPINAL_ITEMS = np.flatnonzero(ITEM_CONDITION == _SPINAL)
 
 
 def complete_anchors(anchors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Fill missing points from the others at the same level: spinal from subarticular then foraminal
     means; foraminal and subarticular from spinal. Values ``(5, 3)`` world, NaN where still unknown."""
-    out = {c: np.array(anchors.get(c, np.full((N_LEVELS, 3), np.nan)), dtype=np.float64) for c in LUMBAR_CONDITIONS}
+    nan = np.full((N_LEVELS, 3), np.nan)
+    out = {c: np.array(anchors.get(c, nan), dtype=np.float64) for c in LUMBAR_CONDITIONS}
     spinal = out["spinal_canal_stenosis"]
     for group in ("subarticular_stenosis", "neural_foraminal_narrowing"):
         pair = np.stack([out[f"left_{group}"], out[f"right_{group}"]])
@@ -119,7 +121,8 @@ class GradingDataset(Dataset):
         rng = np.random.default_rng() if self.train else None
         anchors = {c: self.studies.level_points(sid, c) for c in LUMBAR_CONDITIONS}
         if rng is not None and self.cfg.stage2.point_jitter_mm:
-            anchors = {c: p + rng.normal(0, self.cfg.stage2.point_jitter_mm, p.shape) for c, p in anchors.items()}
+            sd = self.cfg.stage2.point_jitter_mm
+            anchors = {c: p + rng.normal(0, sd, p.shape) for c, p in anchors.items()}
         inputs = grading_inputs(study, complete_anchors(anchors), self.cfg)
         inputs["target"] = self.studies.grades(sid)
         if rng is not None:
@@ -189,13 +192,15 @@ class GradingStage(Stage):
         return model(batch["sag"], batch["axial"], batch["mask"], batch["condition"], batch["level"])
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        return lumbar_loss(outputs["logits"], batch["target"], any_severe_weight=self.cfg.stage2.any_severe_weight)
+        return lumbar_loss(outputs["logits"], batch["target"],
+                           any_severe_weight=self.cfg.stage2.any_severe_weight)
 
     def predictions(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> pd.DataFrame:
         probs = torch.softmax(outputs["logits"].float(), -1).cpu().numpy()
         target = batch["target"].cpu().numpy()
         cols = lumbar_columns()
-        rows = [{"study_id": sid, "column": cols[j], **dict(zip(LUMBAR_GRADES, probs[b, j].tolist(), strict=True)),
+        rows = [{"study_id": sid, "column": cols[j],
+                 **dict(zip(LUMBAR_GRADES, probs[b, j].tolist(), strict=True)),
                  "grade": int(target[b, j])}
                 for b, sid in enumerate(batch["study"]) for j in range(len(cols))]
         return pd.DataFrame(rows)
@@ -219,4 +224,5 @@ def evaluate_lumbar_rows(rows: pd.DataFrame) -> dict[str, float]:
     submission = rows[list(LUMBAR_GRADES)].copy()
     submission.insert(0, "row_id", row_id.to_numpy())
     details = lumbar_score_details(solution, submission.reset_index(drop=True))
-    return {("lumbar_score" if k == "score" else f"loss_{k}"): v for k, v in details.items() if np.isfinite(v)}
+    return {("lumbar_score" if k == "score" else f"loss_{k}"): v for k, v in details.items()
+            if np.isfinite(v)}

@@ -19,7 +19,8 @@ def _scale(slices: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     return np.clip((np.asarray(slices, dtype=np.float32) - lo) / (hi - lo), 0.0, 1.0)
 
 
-def slice_stack(volume: Volume, centre: int, *, span: int, size: int, window: tuple[float, float]) -> np.ndarray:
+def slice_stack(volume: Volume, centre: int, *, span: int, size: int, window: tuple[float, float]
+                ) -> np.ndarray:
     """``span`` adjacent slices around ``centre`` resized to ``(span, size, size)`` float32 in [0, 1]."""
     idx = adjacent_indices(np.array([int(centre)]), volume.shape[0], span=span)[0]
     return resize_stack(_scale(volume.array[idx], window), size)

@@ -141,10 +141,12 @@ def localize_study(study: LumbarStudy, models: dict[str, list[torch.nn.Module]],
         for li, level in enumerate(LUMBAR_LEVELS):
             if kind == "axial":
                 f = axial_slice_for(study, pts[li])
-                vol, sid = (study.series["axial"][f[0]], study.series_ids["axial"][f[0]]) if f else (None, None)
+                vol = study.series["axial"][f[0]] if f else None
+                sid = study.series_ids["axial"][f[0]] if f else None
             else:
                 vol, sid = study.first(kind), (study.series_ids[kind] or [None])[0]
-            rec[level] = point_record(vol, sid, pts[li], confidence=conf[cond][li]) if vol is not None else None
+            rec[level] = (point_record(vol, sid, pts[li], confidence=conf[cond][li])
+                          if vol is not None else None)
         points[cond] = rec
     return {"anchors": completed, "raw": anchors, "points": points, "axial_slices": axial_slices,
             "warnings": warnings}

@@ -83,7 +83,8 @@ def train_lumbar(cfg: LumbarConfig, run_dir: Path, *, fold: str = "all", stage: 
     save_config(cfg, run_dir / "config.yaml")
     studies = LumbarStudies(cfg)
     ids = list(studies.labels.index)
-    atomic_write_csv(run_dir / "folds.csv", studies.folds.rename("fold").rename_axis("study_id").reset_index())
+    folds_frame = studies.folds.rename("fold").rename_axis("study_id").reset_index()
+    atomic_write_csv(run_dir / "folds.csv", folds_frame)
     atomic_write_json(run_dir / "targets.json", lumbar_columns())
     atomic_write_json(run_dir / "prior.json", _prior(studies, ids).tolist())
     atomic_write_json(run_dir / "geometry.json", {"t1_offsets_mm": side_offsets(studies, ids)})
@@ -165,8 +166,8 @@ def write_cv_scores(cfg: LumbarConfig, run_dir: Path, *, studies: LumbarStudies 
     return scores
 
 
-def demo_commands(dataset: str = "data/lumbar_demo", run: str = "runs/lumbar/demo", out: str = "out/lumbar_demo"
-                  ) -> list[str]:
+def demo_commands(dataset: str = "data/lumbar_demo", run: str = "runs/lumbar/demo",
+                  out: str = "out/lumbar_demo") -> list[str]:
     """The shell commands of ``make demo TASK=lumbar`` (synthetic data, train fold 0, predict, report)."""
     return [
         f"spinelab synth lumbar {dataset} --studies 24 --test-studies 4 --size 96",

@@ -201,8 +201,9 @@ class PointStage(Stage):
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         s1 = self.cfg.stage1
-        return {"loss": heatmap_loss(outputs["heatmap"], batch["xy"], batch["valid"], stride=s1.heatmap_stride,
-                                     sigma=s1.sigma)}
+        loss = heatmap_loss(outputs["heatmap"], batch["xy"], batch["valid"], stride=s1.heatmap_stride,
+                            sigma=s1.sigma)
+        return {"loss": loss}
 
     def predictions(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> pd.DataFrame:
         prob = torch.softmax(outputs["heatmap"].float().flatten(2), -1).view_as(outputs["heatmap"])
@@ -267,7 +268,8 @@ class SagT1PointStage(PointStage):
                 if not np.isfinite(pts).any():
                     continue
                 if train:  # the slice the reader chose (jittered by the dataset)
-                    centre = int(np.clip(np.rint(np.nanmean(vol.world_to_voxel(pts)[:, 0])), 0, vol.shape[0] - 1))
+                    d = np.nanmean(vol.world_to_voxel(pts)[:, 0])
+                    centre = int(np.clip(np.rint(d), 0, vol.shape[0] - 1))
                 else:
                     centre = side_centre(vol, offsets[side])
                 out.append(PointSample(study=sid, kind="sag_t1", series=0, centre=centre, points=pts,

@@ -138,7 +138,8 @@ def point_errors(pred: dict[str, np.ndarray], truth: dict[tuple[str, str], np.nd
 def summarize_point_errors(results: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean point error in mm per condition group and per level over studies."""
     rows = [{"group": c.split("_", 1)[1] if c.startswith(("left", "right")) else c, "level": lv, "mm": mm}
-            for r in results for c, levels in (r.get("point_error_mm") or {}).items() for lv, mm in levels.items()]
+            for r in results for c, levels in (r.get("point_error_mm") or {}).items()
+            for lv, mm in levels.items()]
     if not rows:
         return {}
     df = pd.DataFrame(rows)
@@ -189,14 +190,16 @@ def predict_lumbar_dataset(input: str | Path, model: str | Path, out: str | Path
     probs = probs_of(results)
     submission = atomic_write_csv(out / "submission.csv", lumbar_submission_frame(probs))
     wide = pd.DataFrame({"study_id": list(probs),
-                         **{f"{c}_{g}": [p[j, k] for p in probs.values()] for j, c in enumerate(lumbar_columns())
+                         **{f"{c}_{g}": [p[j, k] for p in probs.values()]
+                            for j, c in enumerate(lumbar_columns())
                             for k, g in enumerate(LUMBAR_GRADES)}})
     predictions = atomic_write_csv(out / "predictions.csv", wide)
     failed = [r["study"] for r in results if r.get("status") == "failed"]
     label_path = _label_file(input, split, labels)
     evaluation = None
     if label_path is not None:
-        evaluation = evaluate_lumbar_predictions(probs, label_path, out, point_summary=summarize_point_errors(results))
+        evaluation = evaluate_lumbar_predictions(probs, label_path, out,
+                                                 point_summary=summarize_point_errors(results))
     return {"submission": submission, "predictions": predictions, "evaluation": evaluation,
             "studies": len(results), "failed": len(failed)}
 
@@ -211,7 +214,8 @@ def _truth_points(input: Path, split: str) -> Any:
     coords = pd.read_csv(input / name, dtype={"study_id": str, "series_id": str})
 
     def lookup(study: LumbarStudy) -> dict[tuple[str, str], np.ndarray]:
-        vols = {sid: v for k in study.series for sid, v in zip(study.series_ids[k], study.series[k], strict=True)}
+        vols = {sid: v for k in study.series
+                for sid, v in zip(study.series_ids[k], study.series[k], strict=True)}
         out = {}
         for r in coords[coords.study_id == study.study_id].itertuples(index=False):
             vol = vols.get(r.series_id)
@@ -245,7 +249,8 @@ def evaluate_lumbar_predictions(probs: dict[str, np.ndarray], label_path: Path, 
     result: dict[str, Any] = {"labels": str(label_path), "studies": len(truth)}
     if len(truth):
         sub = lumbar_submission_frame({s: probs[s] for s in truth.study_id})
-        result.update(lumbar_score_details(truth, sub, submission_name="submission.csv", solution_name=label_path))
+        result.update(lumbar_score_details(truth, sub, submission_name="submission.csv",
+                                           solution_name=label_path))
         constant = lumbar_score_details(truth, lumbar_weight_optimal_constant(truth))
         result["weight_optimal_constant_score"] = constant["score"]
         result["relative_improvement"] = 1 - result["score"] / constant["score"]

@@ -103,7 +103,8 @@ def study_series(study_dir: str | Path, descriptions: pd.DataFrame | None = None
     listed: list[tuple[str, str]] = []
     if descriptions is not None:
         rows = descriptions[descriptions.study_id == study_dir.name]
-        listed = [(s, d) for s, d in zip(rows.series_id, rows.series_description, strict=True) if s in present]
+        pairs = zip(rows.series_id, rows.series_description, strict=True)
+        listed = [(s, d) for s, d in pairs if s in present]
     seen = {s for s, _ in listed}
     listed += [(s, _dicom_description(study_dir / s)) for s in present if s not in seen]
     for series, desc in listed:
@@ -190,7 +191,7 @@ def load_study(study_dir: str | Path, *, descriptions: pd.DataFrame | None = Non
     Args:
         study_dir: ``<images>/<study_id>``.
         descriptions: Kaggle descriptions table (``None``: DICOM SeriesDescription).
-        loader: ``loader(series_folder: Path) -> Volume``; default ``read_series(..., mixed_sizes="majority")``.
+        loader: ``loader(series_folder: Path) -> Volume``; default ``read_series`` (majority image size).
         policy: ``"first"`` keeps the first listed sagittal series of each kind, ``"all"`` keeps all (axial
             series are always all kept: split axial blocks cover different levels).
 
@@ -275,8 +276,8 @@ class LumbarStudies:
         """train_label_coordinates.csv with registry condition / level names (empty when absent)."""
         path = self.dataset_dir / "train_label_coordinates.csv"
         if not path.is_file():
-            return pd.DataFrame(columns=["study_id", "series_id", "instance_number", "condition", "level", "x",
-                                         "y"])
+            cols = ["study_id", "series_id", "instance_number", "condition", "level", "x", "y"]
+            return pd.DataFrame(columns=cols)
         df = pd.read_csv(path, dtype={"study_id": str, "series_id": str})
         df["condition"] = df.condition.str.lower().map(_CONDITION_BY_TITLE)
         df["level"] = df.level.str.lower().map(_LEVEL_BY_TITLE)

@@ -1,0 +1,40 @@
+"""Inference runtime: device checks, bf16 autocast close to fp32, channels_last."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from spinelab.errors import ConfigError
+from spinelab.infer.runtime import Runtime, resolve_device
+from spinelab.models import create_model
+
+
+def test_device_resolution() -> None:
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") in ("cpu", "cuda")
+    with pytest.raises(ConfigError, match="unknown device"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            resolve_device("cuda")
+    with pytest.raises(ConfigError, match="precision"):
+        Runtime(precision="fp16")
+
+
+def test_bf16_and_channels_last_close_to_fp32() -> None:
+    torch.manual_seed(0)
+    model = create_model("test_cervical_slice_localizer")
+    x, pos = torch.rand(1, 6, 3, 48, 48), torch.linspace(0, 1, 6)[None]
+    ref = Runtime(device="cpu", channels_last=False).run(model, x, pos)
+    fast = Runtime(device="cpu", channels_last=True).run(model, x, pos)
+    bf16 = Runtime(device="cpu", precision="bf16").run(model, x, pos)
+    torch.testing.assert_close(fast["ratio"], ref["ratio"], atol=1e-4, rtol=1e-4)
+    assert bf16["ratio"].dtype == torch.float32  # outputs come back as fp32
+    assert (torch.sigmoid(bf16["ratio"]) - torch.sigmoid(ref["ratio"])).abs().max() < 0.05
+
+
+def test_prepare_is_cached_per_model() -> None:
+    rt = Runtime(device="cpu")
+    model = create_model("test_cervical_slice_localizer")
+    assert rt.prepare(model) is rt.prepare(model)

@@ -1,0 +1,149 @@
+"""The cervical pipeline end to end on a tiny synthetic dataset: train, resume, predict, evaluate, report."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from spinelab import api
+from spinelab.cli import app
+from spinelab.config.load import load_config
+from spinelab.registry import CERVICAL_TARGETS, cervical_row_ids
+from spinelab.train.run import read_training_log
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from spinelab.data.synthetic.cervical import generate_cervical_dataset
+
+    out = tmp_path_factory.mktemp("cervical") / "data"
+    return generate_cervical_dataset(out, studies=10, test_studies=3, size=64, seed=3, workers=1,
+                                     seg_fraction=0.6, slices=(28, 36), progress=False)
+
+
+@pytest.fixture(scope="module")
+def run(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cfg = load_config("cervical", [REPO / "configs/cervical/tiny.yaml"],
+                      [f"data.dataset_dir={dataset}", "stage1.train.epochs=3", "trainer.accelerator=cpu",
+                       "trainer.log_every_n_steps=1"])
+    return api.train(cfg, run_dir=tmp_path_factory.mktemp("runs") / "tiny", fold="0", progress=False)
+
+
+@pytest.fixture(scope="module")
+def predictions(run: Path, dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return api.predict("cervical", model=run, input=dataset, out=tmp_path_factory.mktemp("pred"), device="cpu",
+                       progress=False)
+
+
+def test_run_folder_is_self_describing(run: Path) -> None:
+    for name in ("config.yaml", "folds.csv", "targets.json", "prior.json", "localization.json", "cv_scores.json",
+                 "stage1/fold_0/model.pt", "stage2/fold_0/model.pt", "stage2/fold_0/oof.csv"):
+        assert (run / name).is_file(), name
+    assert json.loads((run / "targets.json").read_text()) == list(CERVICAL_TARGETS)
+    loc = json.loads((run / "localization.json").read_text())
+    assert len(loc) == 10
+    for summary in loc.values():
+        assert set(summary["ranges"]) == {f"C{i}" for i in range(1, 8)}
+        assert all(r[0] <= r[1] for r in summary["ranges"].values())
+        x0, y0, x1, y1 = summary["box"]
+        assert 0 <= x0 < x1 <= 64 and 0 <= y0 < y1 <= 64
+    cv = json.loads((run / "cv_scores.json").read_text())
+    assert 0 < cv["competition_score"] < 5 and "prevalence_constant_score" in cv
+
+
+def test_stage1_training_loss_falls(run: Path) -> None:
+    log = read_training_log(run / "stage1" / "fold_0")
+    per_epoch = log.dropna(subset=["train/loss_epoch"]).groupby("epoch")["train/loss_epoch"].mean()
+    assert len(per_epoch) == 3
+    assert per_epoch.iloc[-1] < per_epoch.iloc[0]
+
+
+def test_submission_has_every_row_with_valid_probabilities(predictions: dict, dataset: Path) -> None:
+    sub = pd.read_csv(predictions["submission"])
+    test_ids = sorted(p.name for p in (dataset / "test_images").iterdir())
+    assert predictions["studies"] == len(test_ids) and predictions["failed"] == 0
+    expected = [r for uid in test_ids for r in cervical_row_ids(uid)]
+    assert sorted(sub.row_id) == sorted(expected)
+    assert sub.fractured.between(0, 1).all() and sub.fractured.notna().all()
+    evaluation = json.loads(Path(predictions["evaluation"]).read_text())
+    assert evaluation["studies"] == len(test_ids) and np.isfinite(evaluation["competition_score"])
+    one = json.loads((Path(predictions["submission"]).parent / "studies" / f"{test_ids[0]}.json").read_text())
+    assert set(one["probabilities"]) == set(CERVICAL_TARGETS)
+    assert one["vertebra_ranges"]["C1"]["slice_numbers"] is not None and one["model"]["folds"]["stage2"] == [0]
+
+
+def test_python_function_matches_the_command(run: Path, dataset: Path, predictions: dict) -> None:
+    from spinelab import predict_cervical
+
+    study = sorted((dataset / "test_images").iterdir())[0]
+    result = predict_cervical(study, run, device="cpu")
+    wide = pd.read_csv(predictions["predictions"]).set_index("StudyInstanceUID")
+    for t in CERVICAL_TARGETS:
+        assert result["probabilities"][t] == pytest.approx(wide.loc[study.name, t], abs=1e-5)
+
+
+def test_study_with_no_vertebrae_found_gets_prediction_and_warning(run: Path, dataset: Path) -> None:
+    from spinelab.infer.runtime import Runtime
+    from spinelab.tasks.cervical.predict import CervicalPredictor
+
+    predictor = CervicalPredictor(run, runtime=Runtime(device="cpu"))
+    predictor.cfg.stage1.ratio_threshold = 1.01  # no ratio can pass: nothing is "found"
+    study = sorted((dataset / "test_images").iterdir())[0]
+    result = predictor.predict_study(study)
+    assert result["missing_vertebrae"] == [f"C{i}" for i in range(1, 8)]
+    assert any("not found" in w for w in result["warnings"])
+    probs = np.array(list(result["probabilities"].values()))
+    assert probs.shape == (8,) and ((probs > 0) & (probs < 1)).all()
+
+
+def test_corrupt_study_is_recorded_and_the_run_goes_on(run: Path, dataset: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(dataset / "test_images", data / "test_images")
+    bad = sorted((data / "test_images").iterdir())[1]
+    for f in bad.iterdir():
+        f.write_bytes(b"not dicom")
+    result = api.predict("cervical", model=run, input=data, out=tmp_path / "out", device="cpu", progress=False)
+    assert result["failed"] == 1 and result["studies"] == 3
+    sub = pd.read_csv(result["submission"])
+    assert len(sub) == 3 * 8 and sub.fractured.between(0, 1).all()
+    failed = json.loads((tmp_path / "out" / "studies" / f"{bad.name}.json").read_text())
+    assert failed["status"] == "failed" and bad.name in failed["error"]
+
+
+def test_report_lists_studies_by_risk(predictions: dict, dataset: Path, run: Path, tmp_path: Path) -> None:
+    index = api.report("cervical", predictions=Path(predictions["submission"]).parent, input=dataset,
+                       out=tmp_path / "report", model=run)
+    html = index.read_text()
+    wide = pd.read_csv(predictions["predictions"]).sort_values("patient_overall", ascending=False)
+    positions = [html.index(uid) for uid in wide.StudyInstanceUID]
+    assert positions == sorted(positions)  # highest risk first
+    assert len(list((tmp_path / "report" / "studies").glob("*.png"))) == len(wide)
+    assert (tmp_path / "report" / "curves_stage1.png").is_file()
+
+
+def test_cli_resume_continues_a_killed_fold(dataset: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    base = ["train", "cervical", "-c", str(REPO / "configs/cervical/tiny.yaml"), "--run-dir", str(tmp_path / "r"),
+            "--fold", "0", "--stage", "stage1", f"data.dataset_dir={dataset}", "trainer.accelerator=cpu"]
+    first = runner.invoke(app, [*base, "stage1.train.epochs=1"])
+    assert first.exit_code == 0, first.output
+    steps = json.loads((tmp_path / "r/stage1/fold_0/scores.json").read_text())["global_step"]
+    second = runner.invoke(app, [*base, "--resume", "stage1.train.epochs=2"])
+    assert second.exit_code == 0, second.output
+    scores = json.loads((tmp_path / "r/stage1/fold_0/scores.json").read_text())
+    assert scores["epochs"] == 2 and scores["global_step"] == 2 * steps
+
+
+def test_cli_reports_bad_config_without_traceback(dataset: Path) -> None:
+    result = CliRunner().invoke(app, ["train", "cervical", "stage1.train.epochs=lots"])
+    assert result.exit_code == 2
+    assert "stage1.train.epochs" in result.output and "Traceback" not in result.output

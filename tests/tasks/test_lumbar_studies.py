@@ -1,0 +1,194 @@
+"""Tests for lumbar series handling, world mapping, crops, anchors, flips, the loss and heatmap decoding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from spinelab.config.load import load_config
+from spinelab.data.synthetic.lumbar import generate_lumbar_dataset, read_lumbar_truth
+from spinelab.errors import InputError
+from spinelab.io.volume import Volume
+from spinelab.registry import LUMBAR_CONDITIONS, LUMBAR_LEVELS, lumbar_columns
+from spinelab.tasks.lumbar.grading import FLIP_ORDER, complete_anchors, flip_items, grading_inputs, lumbar_loss
+from spinelab.tasks.lumbar.images import crop_at_world, image_to_voxel, voxel_to_image
+from spinelab.tasks.lumbar.points import decode_heatmaps, flip_lr, heatmap_loss
+from spinelab.tasks.lumbar.studies import (
+    LumbarStudies,
+    load_study,
+    orient,
+    read_descriptions,
+    series_kind,
+    study_series,
+)
+
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "lumbar" / "tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate_lumbar_dataset(tmp_path_factory.mktemp("lumbar") / "ds", studies=3, test_studies=0, size=64,
+                                   seed=3, workers=1, progress=False)
+
+
+def _volume(d_dir: np.ndarray, depth: int = 5) -> Volume:
+    aff = np.eye(4)
+    aff[:3, 0] = d_dir
+    axial = abs(d_dir[2]) > 0.5
+    aff[:3, 1] = [0, 1, 0] if axial else [0, 0, -1]
+    aff[:3, 2] = [1, 0, 0] if axial else [0, 1, 0]
+    arr = np.arange(depth, dtype=np.float32)[:, None, None] * np.ones((depth, 4, 4), np.float32)
+    return Volume(arr, aff, slice_ids=[str(i + 1) for i in range(depth)],
+                  meta={"instance_numbers": list(range(1, depth + 1))})
+
+
+def test_series_kind_reads_descriptions() -> None:
+    assert series_kind("Sagittal T1") == "sag_t1"
+    assert series_kind("Sagittal T2/STIR") == "sag_t2"
+    assert series_kind("SAG STIR") == "sag_t2"
+    assert series_kind("Axial T2") == "axial"
+    assert series_kind("Localizer") is None
+
+
+def test_orient_sagittal_runs_right_to_left_and_keeps_world() -> None:
+    vol = _volume(np.array([-3.5, 0, 0]))  # stored left -> right
+    out = orient(vol, "sag_t1")
+    assert out.affine[0, 0] > 0
+    assert out.slice_ids[0] == "5" and out.meta["instance_numbers"][0] == 5
+    for d in range(5):  # the same voxel content sits at the same world position
+        np.testing.assert_allclose(out.voxel_to_world([d, 1, 2]), vol.voxel_to_world([4 - d, 1, 2]))
+        assert out.array[d, 0, 0] == vol.array[4 - d, 0, 0]
+    assert orient(out, "sag_t1") is out
+
+
+def test_orient_axial_runs_head_to_feet() -> None:
+    vol = _volume(np.array([0, 0, 4.0]))  # stored feet -> head
+    out = orient(vol, "axial")
+    assert out.affine[2, 0] < 0
+    np.testing.assert_allclose(out.voxel_to_world([0, 0, 0]), vol.voxel_to_world([4, 0, 0]))
+
+
+def test_study_series_from_csv_and_dicom_agree(dataset: Path) -> None:
+    desc = read_descriptions(dataset, "train")
+    study_dir = sorted((dataset / "train_images").iterdir())[0]
+    from_csv = study_series(study_dir, desc)
+    from_dicom = study_series(study_dir, None)
+    assert {k: sorted(v) for k, v in from_csv.items()} == {k: sorted(v) for k, v in from_dicom.items()}
+    assert from_csv["sag_t1"] and from_csv["sag_t2"] and from_csv["axial"]
+
+
+def test_load_study_without_series_raises(tmp_path: Path) -> None:
+    (tmp_path / "123" / "456").mkdir(parents=True)
+    with pytest.raises(InputError, match="no Sagittal T1"):
+        load_study(tmp_path / "123")
+
+
+def test_world_points_match_synthetic_truth(dataset: Path) -> None:
+    cfg = load_config("lumbar", [CONFIG], [f"data.dataset_dir={dataset}"])
+    studies = LumbarStudies(cfg)
+    sid = studies.labels.index[0]
+    truth = read_lumbar_truth(dataset, sid)
+    pts = studies.world_points(sid)
+    assert pts
+    for key, world in pts.items():
+        true = np.asarray(truth["points"][key]["world"])
+        # labels sit on the nearest slice: off by at most half a slice (~2 mm) plus in-plane rounding
+        assert np.linalg.norm(world - true) < 3.0
+
+
+def test_crop_at_world_and_pixel_mapping(dataset: Path) -> None:
+    cfg = load_config("lumbar", [CONFIG], [f"data.dataset_dir={dataset}"])
+    studies = LumbarStudies(cfg)
+    sid = studies.labels.index[0]
+    study = studies.study(sid)
+    vol = study.first("sag_t2")
+    centre = vol.voxel_to_world([vol.shape[0] // 2, 30, 30])
+    crop, ok = crop_at_world(vol, centre, span=3, size=32, crop_mm=40, window=study.window(vol))
+    assert ok and crop.shape == (3, 32, 32) and 0 <= crop.min() and crop.max() <= 1
+    _, ok_far = crop_at_world(vol, centre + np.array([500.0, 0, 0]), span=3, size=32, crop_mm=40, window=(0, 1))
+    assert not ok_far
+    hw = np.array([[10.0, 20.0]])
+    np.testing.assert_allclose(image_to_voxel(voxel_to_image(hw, vol, 48), vol, 48), hw)
+    inputs = grading_inputs(study, complete_anchors({c: studies.level_points(sid, c) for c in LUMBAR_CONDITIONS}),
+                            cfg)
+    assert inputs["sag"].shape == (25, 3, 32, 32) and inputs["mask"].shape == (25, 2)
+    assert inputs["mask"][:, 0].all()  # every sagittal view found on a complete study
+
+
+def test_complete_anchors_fills_from_other_views() -> None:
+    spinal = np.arange(15, dtype=float).reshape(5, 3)
+    out = complete_anchors({"spinal_canal_stenosis": spinal})
+    np.testing.assert_allclose(out["left_subarticular_stenosis"], spinal)
+    left = spinal + 10
+    right = spinal - 10
+    out = complete_anchors({"left_neural_foraminal_narrowing": left, "right_neural_foraminal_narrowing": right})
+    np.testing.assert_allclose(out["spinal_canal_stenosis"], spinal)
+    assert np.isnan(complete_anchors({})["spinal_canal_stenosis"]).all()
+
+
+def test_flip_swaps_left_and_right_items() -> None:
+    cols = lumbar_columns()
+    for i, j in enumerate(FLIP_ORDER):
+        a, b = cols[i], cols[j]
+        assert a.replace("left", "X").replace("right", "left").replace("X", "right") == b
+    sag = np.random.default_rng(0).random((25, 3, 4, 4)).astype(np.float32)
+    inputs = {"sag": sag, "axial": sag.copy(), "mask": np.ones((25, 2), bool), "target": np.arange(25)}
+    flipped = flip_items(inputs)
+    left_ss = cols.index("left_subarticular_stenosis_l3_l4")
+    right_ss = cols.index("right_subarticular_stenosis_l3_l4")
+    assert flipped["target"][left_ss] == right_ss
+    np.testing.assert_allclose(flipped["axial"][left_ss], sag[right_ss][..., ::-1])
+    np.testing.assert_allclose(flipped["sag"][left_ss], sag[right_ss][::-1])
+    np.testing.assert_allclose(flip_items(flipped)["sag"], sag)
+
+
+def test_point_flip_swaps_channels() -> None:
+    image = np.zeros((3, 8, 8), np.float32)
+    xy = np.array([[1.0, 2.0], [6.0, 3.0]])
+    img2, xy2, valid2 = flip_lr(image, xy, np.array([True, True]), [(0, 1)], 8)
+    np.testing.assert_allclose(xy2, [[1.0, 3.0], [6.0, 2.0]])
+    assert img2.shape == image.shape and valid2.all()
+
+
+def test_lumbar_loss_matches_weighted_metric() -> None:
+    from spinelab.metrics import lumbar_score_details, lumbar_submission_frame
+
+    rng = np.random.default_rng(1)
+    logits = torch.tensor(rng.normal(size=(2, 25, 3)), dtype=torch.float32)
+    target = torch.tensor(rng.integers(-1, 3, size=(2, 25)))
+    target[:, 20:] = torch.tensor([0, 2, 1, 0, 0])  # spinal labelled, one severe
+    losses = lumbar_loss(logits, target, any_severe_weight=1.0)
+    probs = torch.softmax(logits, -1).numpy()
+    sub = lumbar_submission_frame({"a": probs[0], "b": probs[1]})
+    names = ["Normal/Mild", "Moderate", "Severe"]
+    sol = pd.DataFrame([{"study_id": s, **{c: (names[g] if g >= 0 else "") for c, g in zip(lumbar_columns(), t)}}
+                        for s, t in zip("ab", target.numpy().tolist(), strict=True)])
+    details = lumbar_score_details(sol, sub)
+    assert losses["any_severe"].item() == pytest.approx(details["any_severe_spinal"], rel=1e-4)
+    assert losses["loss"].item() > losses["grade"].item() > 0
+
+
+def test_heatmap_decode_recovers_target() -> None:
+    xy = torch.tensor([[[13.0, 40.0], [50.0, 9.0]]])
+    # logits = log of the Gaussian target: the decoded point must be the target
+    b, k, h, w = 1, 2, 16, 16
+    ys = (torch.arange(h) + 0.5) * 4 - 0.5
+    xs = (torch.arange(w) + 0.5) * 4 - 0.5
+    logit = -0.5 * (((xs.view(1, 1, 1, w) - xy[..., 0].view(b, k, 1, 1)) / 6) ** 2
+                    + ((ys.view(1, 1, h, 1) - xy[..., 1].view(b, k, 1, 1)) / 6) ** 2)
+    prob = torch.softmax(logit.flatten(2), -1).view(b, k, h, w).numpy()
+    out, mass = decode_heatmaps(prob, 4)
+    np.testing.assert_allclose(out[0], xy[0].numpy(), atol=1.0)
+    assert (mass > 0.5).all()
+    good = heatmap_loss(logit * 5, xy, torch.ones(1, 2, dtype=torch.bool), stride=4, sigma=1.5)
+    bad = heatmap_loss(-logit * 5, xy, torch.ones(1, 2, dtype=torch.bool), stride=4, sigma=1.5)
+    assert good < bad
+    assert heatmap_loss(logit, xy, torch.zeros(1, 2, dtype=torch.bool), stride=4, sigma=1.5) == 0
+
+
+def test_levels_registry_order() -> None:
+    assert lumbar_columns()[0] == f"{LUMBAR_CONDITIONS[0]}_{LUMBAR_LEVELS[0]}"
