@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -37,7 +37,7 @@ app.add_typer(synth_app, name="synth")
 app.add_typer(labels_app, name="labels")
 
 
-class Task(str, Enum):
+class Task(StrEnum):
     cervical = "cervical"
     lumbar = "lumbar"
 

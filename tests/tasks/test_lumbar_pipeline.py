@@ -24,8 +24,8 @@ CONFIG = Path(__file__).resolve().parents[2] / "configs" / "lumbar" / "tiny.yaml
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = generate_lumbar_dataset(tmp_path_factory.mktemp("lumbar") / "ds", studies=6, test_studies=2, size=64,
-                                   seed=11, workers=1, progress=False)
+    path = generate_lumbar_dataset(tmp_path_factory.mktemp("lumbar") / "ds", studies=6, test_studies=2,
+                                   size=64, seed=11, workers=1, progress=False)
     # Take the axial series away from the first test study: it must still be predicted, with a warning.
     desc = pd.read_csv(path / "test_series_descriptions.csv", dtype=str)
     first = sorted(desc.study_id.unique())[0]
@@ -68,7 +68,7 @@ def _fit_steps(stage, steps: int = 12) -> tuple[float, float]:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     return losses[0], losses[-1]
 
 

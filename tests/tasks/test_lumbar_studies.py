@@ -14,7 +14,13 @@ from spinelab.data.synthetic.lumbar import generate_lumbar_dataset, read_lumbar_
 from spinelab.errors import InputError
 from spinelab.io.volume import Volume
 from spinelab.registry import LUMBAR_CONDITIONS, LUMBAR_LEVELS, lumbar_columns
-from spinelab.tasks.lumbar.grading import FLIP_ORDER, complete_anchors, flip_items, grading_inputs, lumbar_loss
+from spinelab.tasks.lumbar.grading import (
+    FLIP_ORDER,
+    complete_anchors,
+    flip_items,
+    grading_inputs,
+    lumbar_loss,
+)
 from spinelab.tasks.lumbar.images import crop_at_world, image_to_voxel, voxel_to_image
 from spinelab.tasks.lumbar.points import decode_heatmaps, flip_lr, heatmap_loss
 from spinelab.tasks.lumbar.studies import (
@@ -31,8 +37,8 @@ CONFIG = Path(__file__).resolve().parents[2] / "configs" / "lumbar" / "tiny.yaml
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return generate_lumbar_dataset(tmp_path_factory.mktemp("lumbar") / "ds", studies=3, test_studies=0, size=64,
-                                   seed=3, workers=1, progress=False)
+    return generate_lumbar_dataset(tmp_path_factory.mktemp("lumbar") / "ds", studies=3, test_studies=0,
+                                   size=64, seed=3, workers=1, progress=False)
 
 
 def _volume(d_dir: np.ndarray, depth: int = 5) -> Volume:
@@ -108,13 +114,14 @@ def test_crop_at_world_and_pixel_mapping(dataset: Path) -> None:
     vol = study.first("sag_t2")
     centre = vol.voxel_to_world([vol.shape[0] // 2, 30, 30])
     crop, ok = crop_at_world(vol, centre, span=3, size=32, crop_mm=40, window=study.window(vol))
-    assert ok and crop.shape == (3, 32, 32) and 0 <= crop.min() and crop.max() <= 1
-    _, ok_far = crop_at_world(vol, centre + np.array([500.0, 0, 0]), span=3, size=32, crop_mm=40, window=(0, 1))
+    assert ok and crop.shape == (3, 32, 32) and crop.min() >= 0 and crop.max() <= 1
+    far = centre + np.array([500.0, 0, 0])
+    _, ok_far = crop_at_world(vol, far, span=3, size=32, crop_mm=40, window=(0, 1))
     assert not ok_far
     hw = np.array([[10.0, 20.0]])
     np.testing.assert_allclose(image_to_voxel(voxel_to_image(hw, vol, 48), vol, 48), hw)
-    inputs = grading_inputs(study, complete_anchors({c: studies.level_points(sid, c) for c in LUMBAR_CONDITIONS}),
-                            cfg)
+    anchors = complete_anchors({c: studies.level_points(sid, c) for c in LUMBAR_CONDITIONS})
+    inputs = grading_inputs(study, anchors, cfg)
     assert inputs["sag"].shape == (25, 3, 32, 32) and inputs["mask"].shape == (25, 2)
     assert inputs["mask"][:, 0].all()  # every sagittal view found on a complete study
 
@@ -125,7 +132,8 @@ def test_complete_anchors_fills_from_other_views() -> None:
     np.testing.assert_allclose(out["left_subarticular_stenosis"], spinal)
     left = spinal + 10
     right = spinal - 10
-    out = complete_anchors({"left_neural_foraminal_narrowing": left, "right_neural_foraminal_narrowing": right})
+    out = complete_anchors({"left_neural_foraminal_narrowing": left,
+                            "right_neural_foraminal_narrowing": right})
     np.testing.assert_allclose(out["spinal_canal_stenosis"], spinal)
     assert np.isnan(complete_anchors({})["spinal_canal_stenosis"]).all()
 
@@ -165,7 +173,8 @@ def test_lumbar_loss_matches_weighted_metric() -> None:
     probs = torch.softmax(logits, -1).numpy()
     sub = lumbar_submission_frame({"a": probs[0], "b": probs[1]})
     names = ["Normal/Mild", "Moderate", "Severe"]
-    sol = pd.DataFrame([{"study_id": s, **{c: (names[g] if g >= 0 else "") for c, g in zip(lumbar_columns(), t)}}
+    sol = pd.DataFrame([{"study_id": s, **{c: (names[g] if g >= 0 else "")
+                                           for c, g in zip(lumbar_columns(), t, strict=True)}}
                         for s, t in zip("ab", target.numpy().tolist(), strict=True)])
     details = lumbar_score_details(sol, sub)
     assert losses["any_severe"].item() == pytest.approx(details["any_severe_spinal"], rel=1e-4)

@@ -175,7 +175,7 @@ _POOL_LOCK = threading.Lock()
 def _get_pool(workers: int) -> ProcessPoolExecutor:
     global _POOL, _POOL_WORKERS
     with _POOL_LOCK:
-        if _POOL is not None and _POOL_WORKERS != workers:
+        if _POOL is not None and workers != _POOL_WORKERS:
             _POOL.shutdown(wait=True)
             _POOL = None
         if _POOL is None:

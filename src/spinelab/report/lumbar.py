@@ -31,7 +31,8 @@ def max_severe(result: dict[str, Any], prefix: str = "") -> float:
 
 
 def _show(ax: Any, volume: Any, index: int, title: str) -> None:
-    ax.imshow(display_window(np.asarray(volume.array[int(index)]), None), cmap="gray", interpolation="bilinear")
+    image = display_window(np.asarray(volume.array[int(index)]), None)
+    ax.imshow(image, cmap="gray", interpolation="bilinear")
     ax.set_title(title, fontsize=9)
     ax.axis("off")
 
@@ -42,7 +43,8 @@ def _draw_points(ax: Any, records: dict[str, Any] | None, *, marker: str = "o", 
         if rec:
             ax.plot(rec["x"], rec["y"], marker, ms=5, mec="white", mew=0.8, color=LEVEL_COLORS[li])
             if label:
-                ax.text(rec["x"] + 2, rec["y"], LUMBAR_LEVEL_TITLES[level], color=LEVEL_COLORS[li], fontsize=7)
+                ax.text(rec["x"] + 2, rec["y"], LUMBAR_LEVEL_TITLES[level], color=LEVEL_COLORS[li],
+                        fontsize=7)
 
 
 def plot_lumbar_study(study: Any, result: dict[str, Any], path: str | Path) -> Path:
@@ -100,7 +102,8 @@ def _grade_table(axes: Any, result: dict[str, Any]) -> None:
                          for c in LUMBAR_CONDITIONS])
         ax.imshow(grid, cmap="Reds", vmin=0, vmax=1)
         ax.axis("on")
-        ax.set_xticks(range(len(LUMBAR_LEVELS)), [LUMBAR_LEVEL_TITLES[lv] for lv in LUMBAR_LEVELS], fontsize=7)
+        ax.set_xticks(range(len(LUMBAR_LEVELS)), [LUMBAR_LEVEL_TITLES[lv] for lv in LUMBAR_LEVELS],
+                      fontsize=7)
         ax.set_yticks(range(len(LUMBAR_CONDITIONS)), [_SHORT[c] for c in LUMBAR_CONDITIONS], fontsize=7)
         for (i, j), v in np.ndenumerate(grid):
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
@@ -112,7 +115,8 @@ def _find_predictions(predictions: Path) -> list[dict[str, Any]]:
     folder = predictions if predictions.is_dir() else predictions.parent
     results = [json.loads(p.read_text()) for p in sorted((folder / "studies").glob("*.json"))]
     if not results:
-        raise InputError(predictions, "no per-study predictions (studies/*.json); run `spinelab predict` first")
+        raise InputError(predictions, "no per-study predictions (studies/*.json); run `spinelab predict` "
+                                      "first")
     return results
 
 
@@ -143,7 +147,8 @@ def write_lumbar_report(*, predictions: str | Path, input: str | Path, out: str 
             sid = str(r["study"])
             row: dict[str, Any] = {"study": sid, "max_severe": max_severe(r),
                                    "spinal": max_severe(r, "spinal"),
-                                   "foraminal": max(max_severe(r, "left_neural"), max_severe(r, "right_neural")),
+                                   "foraminal": max(max_severe(r, "left_neural"),
+                                                    max_severe(r, "right_neural")),
                                    "subarticular": max(max_severe(r, "left_sub"), max_severe(r, "right_sub")),
                                    "status": r.get("status", "ok"), "warnings": list(r.get("warnings", []))}
             if sid in folders and r.get("status", "ok") == "ok":
