@@ -34,11 +34,13 @@ def main() -> None:
     parser.add_argument("--run-dir", type=Path, default=Path("/tmp/lumbench_run"))
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "lumbar" / "bench.yaml")
     parser.add_argument("--fold", default="0")
+    parser.add_argument("--workers", type=int, default=2, help="generator processes")
+    parser.add_argument("--device", default="cpu", help="inference device of the test-split prediction")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. stage2.train.epochs=3")
     args = parser.parse_args()
     if not (args.dataset / "train.csv").is_file():
         generate_lumbar_dataset(args.dataset, studies=args.studies, test_studies=args.test_studies,
-                                size=args.size, seed=args.seed, workers=2)
+                                size=args.size, seed=args.seed, workers=args.workers)
     cfg = load_config("lumbar", [args.config], [f"data.dataset_dir={args.dataset}", *args.overrides])
     start = time.perf_counter()
     train(cfg, run_dir=args.run_dir, fold=args.fold)
@@ -46,7 +48,7 @@ def main() -> None:
     cv = json.loads((args.run_dir / "cv_scores.json").read_text())
     start = time.perf_counter()
     result = predict("lumbar", model=args.run_dir, input=args.dataset, out=args.run_dir / "test_predictions",
-                     device="cpu")
+                     device=args.device)
     test = json.loads(Path(result["evaluation"]).read_text()) if result["evaluation"] else {}
     summary = {
         "train_studies": args.studies, "held_out_studies": cv["studies"], "train_seconds": round(train_s),

@@ -228,14 +228,14 @@ def test_mixed_sizes(tmp_path, rng, oblique_affine):
 
 def test_duplicate_positions(tmp_path, rng, oblique_affine):
     vol = ct_volume(rng, oblique_affine, (4, 64, 64))
-    paths = write(vol, tmp_path)
+    paths = write(vol, tmp_path, series_uid="1.7.7")
     shutil.copy(paths[1], tmp_path / "copy.dcm")
     with pytest.warns(DicomWarning, match="duplicate slice positions with identical pixels: .*kept 2.dcm"):
         out = read_series(tmp_path)
     assert np.array_equal(out.array, vol.array)
     other = Volume(array=vol.array[1:2] + 5, affine=vol.affine.copy())
     other.affine[:3, 3] = vol.voxel_to_world(np.array([1.0, 0, 0]))
-    write(other, tmp_path, file_names=["differs.dcm"], instance_numbers=[50])
+    write(other, tmp_path, file_names=["differs.dcm"], instance_numbers=[50], series_uid="1.7.7")
     with pytest.raises(InputError, match="duplicate slice positions with different pixels"):
         _quiet(tmp_path)
 
@@ -251,7 +251,8 @@ def test_gantry_tilt_and_uneven_spacing(tmp_path, rng, oblique_affine):
     vol2 = ct_volume(rng, oblique_affine, (5, 64, 64))
     paths = write(vol2, tmp_path / "uneven")
     ds = pydicom.dcmread(paths[2])
-    ds.ImagePositionPatient = [float(v) for v in ds.ImagePositionPatient[:2]] + [float(ds.ImagePositionPatient[2]) + 0.4]
+    x, y, z = (float(v) for v in ds.ImagePositionPatient)
+    ds.ImagePositionPatient = [x, y, z + 0.4]
     ds.save_as(paths[2])
     with pytest.warns(DicomWarning, match="uneven slice spacing"):
         read_series(tmp_path / "uneven")
@@ -275,3 +276,53 @@ def test_dtypes_float_rescale_and_mr(tmp_path, rng, oblique_affine):
     small = Volume(array=rng.integers(0, 4000, size=(3, 64, 64)).astype(np.float32), affine=oblique_affine)
     write(small, tmp_path / "mr16", modality="MR", bits_stored=16)
     assert read_series(tmp_path / "mr16").array.dtype == np.int16  # values fit: kept as int16
+
+
+@pytest.mark.parametrize("name", ["MR_small_RLE.dcm", "MR_small_implicit.dcm", "MR_small_jp2klossless.dcm",
+                                  "MR_small_jpeg_ls_lossless.dcm", "MR_small_bigendian.dcm"])
+def test_pydicom_wheel_syntaxes_single_file(name):
+    from pydicom.data import get_testdata_file
+
+    ref = _quiet(get_testdata_file("MR_small.dcm"))
+    for backend in ("auto", "pydicom"):
+        vol = _quiet(get_testdata_file(name), backend=backend)
+        assert vol.shape == (1, 64, 64) and np.array_equal(vol.array, ref.array)
+        np.testing.assert_allclose(vol.affine, ref.affine)
+
+
+@pytest.mark.parametrize(("name", "shape"), [("JPEG-lossy.dcm", (1024, 256)), ("JPEG2000.dcm", (1024, 256))])
+def test_lossy_syntaxes_decode_via_pydicom(name, shape):
+    from pydicom.data import get_testdata_file
+
+    ts = str(pydicom.dcmread(get_testdata_file(name), stop_before_pixels=True).file_meta.TransferSyntaxUID)
+    assert ts not in _decode_pool.DICOMSDL_VERIFIED_SYNTAXES  # lossy: never routed to dicomsdl by "auto"
+    # pydicom's plugins cannot decode 12-bit JPEG Extended (4.51); the fallback to dicomsdl must
+    arr = read_dicom_pixels(get_testdata_file(name))
+    assert arr.shape == shape and arr.max() > 0
+
+
+def test_pool_workers_die_with_a_killed_parent(tmp_path, rng, oblique_affine):
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    write(ct_volume(rng, oblique_affine, (20, 32, 32)), tmp_path / "s")
+    code = ("import os, sys, warnings; warnings.simplefilter('ignore');"
+            "from spinelab.io.dicom import read_series; from spinelab.io import _decode_pool;"
+            f"read_series({str(tmp_path / 's')!r}, workers=2);"
+            "print(*_decode_pool.pool_pids(), flush=True); os._exit(0)")  # no atexit: like a kill
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    pids = [int(p) for p in out.stdout.split()]
+    assert len(pids) == 2
+    def alive(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.time() + 10
+    while time.time() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.1)
+    assert not any(alive(p) for p in pids)

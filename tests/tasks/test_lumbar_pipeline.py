@@ -17,7 +17,7 @@ from spinelab.data.synthetic.lumbar import generate_lumbar_dataset
 from spinelab.errors import InputError
 from spinelab.registry import LUMBAR_GRADES, lumbar_row_ids
 from spinelab.tasks.lumbar.grading import GradingStage
-from spinelab.tasks.lumbar.points import AxialPointStage, SagT2PointStage
+from spinelab.tasks.lumbar.points import AxialPointStage
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "lumbar" / "tiny.yaml"
 
@@ -54,12 +54,12 @@ def predicted(run_dir: Path, dataset: Path, tmp_path_factory: pytest.TempPathFac
     return out, predict("lumbar", model=run_dir, input=dataset, out=out, device="cpu", progress=False)
 
 
-def _fit_steps(stage, steps: int = 12) -> tuple[float, float]:
+def _fit_steps(stage, steps: int = 8) -> tuple[float, float]:
     """Train a fresh model on one fixed batch; return the first and last loss."""
     torch.manual_seed(0)
     ds, _ = stage.datasets(None)
     ds.train = False  # a fixed batch: no augmentation
-    batch = torch.utils.data.default_collate([ds[i] for i in range(min(4, len(ds)))])
+    batch = torch.utils.data.default_collate([ds[i] for i in range(min(2, len(ds)))])
     model = stage.build_model()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
@@ -90,7 +90,7 @@ def test_cv_scores_hold_metric_and_point_error(run_dir: Path) -> None:
     assert "error_mm" in scores["stage_scores"]["stage1_sag_t2"]["fold_0"]
 
 
-@pytest.mark.parametrize("stage_cls", [GradingStage, SagT2PointStage, AxialPointStage])
+@pytest.mark.parametrize("stage_cls", [GradingStage, AxialPointStage])
 def test_loss_falls(cfg, run_dir: Path, stage_cls) -> None:
     first, last = _fit_steps(stage_cls(cfg, run_dir))
     assert last < first
@@ -138,11 +138,11 @@ def test_predict_rejects_unknown_fold(run_dir: Path, dataset: Path, tmp_path: Pa
         predict("lumbar", model=run_dir, input=dataset, out=tmp_path, folds=[3], device="cpu", progress=False)
 
 
-def test_report_draws_studies_and_index(predicted, dataset: Path, run_dir: Path) -> None:
+def test_report_draws_studies_and_index(predicted, dataset: Path) -> None:
     from spinelab.api import report
 
     out, _ = predicted
-    index = report("lumbar", predictions=out, input=dataset, out=out / "report", model=run_dir)
+    index = report("lumbar", predictions=out, input=dataset, out=out / "report")
     html = index.read_text()
     assert index.name == "index.html" and "max_severe" in html
     assert len(list((out / "report" / "studies").glob("*.png"))) == 2

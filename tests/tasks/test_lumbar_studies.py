@@ -201,3 +201,23 @@ def test_heatmap_decode_recovers_target() -> None:
 
 def test_levels_registry_order() -> None:
     assert lumbar_columns()[0] == f"{LUMBAR_CONDITIONS[0]}_{LUMBAR_LEVELS[0]}"
+
+
+def test_series_policy_first_or_all(dataset: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from spinelab.tasks.lumbar.predict import sagittal_variants
+
+    source = sorted((dataset / "train_images").iterdir())[0]
+    study_dir = tmp_path / source.name
+    shutil.copytree(source, study_dir)
+    t2 = study_series(study_dir)["sag_t2"][0]
+    shutil.copytree(study_dir / t2, study_dir / "999")  # a second Sagittal T2/STIR series
+    desc = None  # DICOM SeriesDescription fallback
+    first = load_study(study_dir, descriptions=desc, policy="first")
+    assert len(first.series["sag_t2"]) == 1 and any("using the first" in w for w in first.warnings)
+    both = load_study(study_dir, descriptions=desc, policy="all")
+    assert len(both.series["sag_t2"]) == 2
+    views = sagittal_variants(both)
+    assert [v.series_ids["sag_t2"] for v in views] == [[s] for s in both.series_ids["sag_t2"]]
+    assert views[0].series["sag_t1"] == both.series["sag_t1"]

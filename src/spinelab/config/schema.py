@@ -117,7 +117,9 @@ class CervicalStage1Config(StrictModel):
     samples_per_study: int = 1
     infer_offsets: int = 4
     ratio_threshold: float = 0.3
-    smooth_window: int = 5
+    relative_threshold: float = 0.5
+    min_peak: float = 0.1
+    smooth_mm: float = 5.0
     box_threshold: float = 0.5
     crop_margin: float = 0.1
     ratio_weight: float = 1.0

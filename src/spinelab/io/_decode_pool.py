@@ -37,6 +37,8 @@ __all__ = [
     "decode_stored",
     "shutdown_pool",
     "pool_pids",
+    "check_native_extent",
+    "decode_with_fallback",
 ]
 
 #: Transfer syntaxes for which dicomsdl's stored values were verified identical to pydicom's (lossless only:
@@ -89,6 +91,7 @@ def decode_stored(path: str | Path, *, backend: str = "pydicom", frame: int | No
     if backend == "dicomsdl":
         import dicomsdl
 
+        check_native_extent(path)
         dset = dicomsdl.open(str(path))
         info = dset.getPixelDataInfo()
         n_frames = int(info.get("NumberOfFrames") or 1)
@@ -114,6 +117,50 @@ def decode_stored(path: str | Path, *, backend: str = "pydicom", frame: int | No
     if frame is not None and arr.ndim == 3:
         arr = arr[frame]
     return arr
+
+
+_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
+
+
+def check_native_extent(path: str | Path, *, head_bytes: int = 65536) -> None:
+    """Raise ``ValueError`` if uncompressed pixel data runs past the end of the file.
+
+    dicomsdl 0.109 trusts the element length of native pixel data and crashes the process (SIGSEGV) on a
+    truncated file; this check turns that into an ordinary, per-file error. Encapsulated (compressed) data has
+    an undefined length and dicomsdl raises a Python error on truncation, so it is not checked. Only the
+    first ``head_bytes`` are read unless the PixelData tag lies further in.
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        data = fh.read(head_bytes)
+        if _PIXEL_DATA_TAG not in data and size > head_bytes:
+            data += fh.read()
+    pos = data.find(_PIXEL_DATA_TAG)
+    if pos < 0:
+        raise ValueError("no PixelData element found")
+    if data[pos + 4:pos + 6] in (b"OW", b"OB", b"OD", b"OF", b"OL", b"UN"):  # explicit VR: 2 reserved bytes
+        header, length = 12, int.from_bytes(data[pos + 8:pos + 12], "little")
+    else:  # implicit VR
+        header, length = 8, int.from_bytes(data[pos + 4:pos + 8], "little")
+    if length != 0xFFFFFFFF and pos + header + length > size:
+        raise ValueError(f"pixel data truncated: {size - pos - header} of {length} bytes present")
+
+
+def decode_with_fallback(path: str | Path, *, backend: str) -> np.ndarray:
+    """``decode_stored`` with ``backend``, then with the other backend if that fails.
+
+    Each library has gaps (pydicom's plugins cannot decode 12-bit JPEG Extended 4.51; dicomsdl cannot index
+    frames of some encapsulated multi-frame files), so a file fails only when both fail; the first error is
+    raised.
+    """
+    try:
+        return decode_stored(path, backend=backend)
+    except Exception as first:  # noqa: BLE001
+        other = "pydicom" if backend == "dicomsdl" else "dicomsdl"
+        try:
+            return decode_stored(path, backend=other)
+        except Exception:  # noqa: BLE001
+            raise first from None
 
 
 def _apply(stored: np.ndarray, out: np.ndarray, task: SliceTask) -> None:
@@ -145,7 +192,7 @@ def decode_into(out: np.ndarray, tasks: Sequence[SliceTask]) -> list[tuple[int, 
     results: list[tuple[int, str | None]] = []
     for task in tasks:
         try:
-            stored = decode_stored(task.path, backend=task.backend)
+            stored = decode_with_fallback(task.path, backend=task.backend)
             if stored.ndim != 2:
                 raise ValueError(f"expected one frame, got pixel array of shape {stored.shape}")
             _apply(stored, out[task.slot], task)
@@ -175,17 +222,35 @@ _POOL_LOCK = threading.Lock()
 def _get_pool(workers: int) -> ProcessPoolExecutor:
     global _POOL, _POOL_WORKERS
     with _POOL_LOCK:
-        if _POOL is not None and workers != _POOL_WORKERS:
-            _POOL.shutdown(wait=True)
-            _POOL = None
+        # An existing pool is reused even when ``workers`` differs: replacing it could cancel decodes that
+        # another thread has in flight. Call ``shutdown_pool()`` first to change the size.
         if _POOL is None:
             # fork (Linux): workers start in milliseconds and never re-import the caller's ``__main__`` (spawn
             # and forkserver do, which breaks scripts without a main guard). Workers only decode, so threads
             # the parent may hold (torch, OpenMP) are never touched in them.
             ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-            _POOL = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+            # PDEATHSIG fires when the *thread* that forked the worker ends, so it is only safe to ask for it
+            # when the pool is created from the main thread.
+            in_main = threading.current_thread() is threading.main_thread()
+            _POOL = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_exit_with_parent,
+                                        initargs=(in_main,))
             _POOL_WORKERS = workers
         return _POOL
+
+
+def _exit_with_parent(enabled: bool) -> None:
+    """Ask Linux to SIGTERM this worker when its parent dies, so a killed reader leaves no orphans."""
+    if not enabled:
+        return
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except (OSError, AttributeError):  # pragma: no cover - not Linux/glibc: rely on atexit only
+        pass
 
 
 def shutdown_pool() -> None:

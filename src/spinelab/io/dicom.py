@@ -9,6 +9,10 @@ Values: CT (and any non-MR modality) in rescaled units (HU), ``int16`` when ever
 int16, else ``float32``; MR keeps its stored values (no rescale), ``int16`` when they fit, else ``float32``.
 MONOCHROME1 stored values are inverted (``max_stored - stored``) before the rescale.
 
+Speed: the header pass uses dicomsdl for Part-10 files (pydicom for the rest, and for ``backend="pydicom"``);
+``backend="auto"`` decodes the lossless syntaxes in ``_decode_pool.DICOMSDL_VERIFIED_SYNTAXES`` with dicomsdl
+(tested equal to pydicom) and everything else (lossy JPEG 4.50/4.51/4.91, big endian, ...) with pydicom.
+
 ``slice_ids`` are the file names without a ``.dcm``/``.dicom``/``.ima`` suffix (``'101'`` for ``101.dcm``;
 ``'CT.1.2.3'`` stays whole), i.e. RSNA's ``slice_number`` / ``instance_number``.
 
@@ -20,10 +24,11 @@ Rules (each is a warning -- in ``meta["warnings"]`` and through ``warnings.warn(
 | path missing, or an empty folder | error |
 | no readable DICOM image among the files | error listing what was found |
 | non-DICOM file, corrupt header, or a DICOM without pixels among good slices | warning, file skipped (named) |
+| pixels fail with the chosen decoder | the other library (pydicom <-> dicomsdl) is tried before giving up |
 | file whose pixels fail to decode among good slices | warning, slice dropped (named), geometry recomputed |
 | hidden files (name starts with ``.``) and sub-folders | ignored silently |
-| several series, ``series`` not given or matching several | ``SeriesSelectionError`` listing uid, description, n files |
-| empty SeriesInstanceUID / StudyInstanceUID / SOPInstanceUID | warning; files with an empty series UID form one series |
+| several series; ``series`` missing or matching several | ``SeriesSelectionError`` listing uid, description, n files |
+| empty Series/Study/SOP Instance UID | warning; files with an empty series UID form one series |
 | mixed image sizes or orientations | error listing sizes; ``mixed_sizes="majority"`` keeps the most common, warns |
 | duplicate positions (same IPP along the normal) | identical pixels: warning, one kept; different pixels: error |
 | missing slices (a step > 1.5 x median spacing) | warning; the affine still uses the mean step |
@@ -122,7 +127,7 @@ def _read_header(path: Path) -> dict[str, Any] | str:
         "study_uid": str(ds.get("StudyInstanceUID", "") or ""),
         "sop_uid": str(ds.get("SOPInstanceUID", "") or ""),
         "description": str(ds.get("SeriesDescription", "") or ""),
-        "series_number": ds.get("SeriesNumber"),
+        "series_number": int(ds.SeriesNumber) if ds.get("SeriesNumber") not in (None, "") else None,
         "modality": str(ds.get("Modality", "") or ""),
         "patient_id": str(ds.get("PatientID", "") or ""),
         "transfer_syntax": ts,
@@ -144,7 +149,74 @@ def _read_header(path: Path) -> dict[str, Any] | str:
     }
 
 
-def _scan(path: Path) -> tuple[list[dict[str, Any]], list[tuple[Path, str]]]:
+def _read_header_dicomsdl(path: Path) -> dict[str, Any] | None:
+    """Fast header read with dicomsdl (about 6x pydicom's); ``None`` when pydicom should read the file instead.
+
+    Only Part-10 files (``DICM`` after the preamble) are tried, after the pixel-extent check that keeps
+    dicomsdl away from truncated uncompressed data (it would crash the process).
+    """
+    try:
+        import dicomsdl
+    except ImportError:
+        return None
+    try:
+        with path.open("rb") as fh:
+            if fh.read(132)[128:132] != b"DICM":
+                return None
+        _decode_pool.check_native_extent(path)
+        d = dicomsdl.open(str(path))
+        get = d.getValue if hasattr(d, "getValue") else lambda k: getattr(d, k)
+        values = {k: get(k) for k in _HEADER_TAGS}
+        ts = str(d.TransferSyntaxUID or "")
+    except Exception:  # noqa: BLE001 - anything odd goes to pydicom, which reports it properly
+        return None
+    rows, cols = values["Rows"], values["Columns"]
+    if not rows or not cols:
+        return None
+
+    def num(key: str, default: float) -> float:
+        v = values[key]
+        if isinstance(v, list | tuple):
+            v = v[0] if v else None
+        try:
+            return float(v) if v not in (None, "") else default
+        except (TypeError, ValueError):
+            return default
+
+    ipp = _float_list(values["ImagePositionPatient"], 3) if values["ImagePositionPatient"] is not None else None
+    iop = _float_list(values["ImageOrientationPatient"], 6) if values["ImageOrientationPatient"] is not None \
+        else None
+    ps = _float_list(values["PixelSpacing"], 2) if values["PixelSpacing"] is not None else None
+    instance = values["InstanceNumber"]
+    return {
+        "path": path,
+        "series_uid": str(values["SeriesInstanceUID"] or ""),
+        "study_uid": str(values["StudyInstanceUID"] or ""),
+        "sop_uid": str(values["SOPInstanceUID"] or ""),
+        "description": str(values["SeriesDescription"] or ""),
+        "series_number": values["SeriesNumber"],
+        "modality": str(values["Modality"] or ""),
+        "patient_id": str(values["PatientID"] or ""),
+        "transfer_syntax": ts,
+        "rows": int(rows),
+        "cols": int(cols),
+        "ipp": ipp,
+        "iop": iop,
+        "pixel_spacing": tuple(ps.tolist()) if ps is not None else None,
+        "instance_number": int(instance) if isinstance(instance, int | float) else None,
+        "slope": num("RescaleSlope", 1.0),
+        "intercept": num("RescaleIntercept", 0.0),
+        "photometric": str(values["PhotometricInterpretation"] or "MONOCHROME2").strip(),
+        "bits_stored": int(num("BitsStored", 16)),
+        "bits_allocated": int(num("BitsAllocated", 16)),
+        "signed": int(num("PixelRepresentation", 0)) == 1,
+        "frames": int(num("NumberOfFrames", 1)),
+        "samples": int(num("SamplesPerPixel", 1)),
+        "thickness": num("SliceThickness", 0.0) or None,
+    }
+
+
+def _scan(path: Path, *, fast: bool = True) -> tuple[list[dict[str, Any]], list[tuple[Path, str]]]:
     """Read every header under ``path`` (a folder or one file). Returns image headers and skipped files."""
     if not path.exists():
         raise InputError(path, "does not exist")
@@ -156,7 +228,7 @@ def _scan(path: Path) -> tuple[list[dict[str, Any]], list[tuple[Path, str]]]:
             raise InputError(path, "folder is empty (no files to read as DICOM)")
     headers, skipped = [], []
     for f in files:
-        h = _read_header(f)
+        h = (_read_header_dicomsdl(f) if fast else None) or _read_header(f)
         if isinstance(h, str):
             skipped.append((f, h))
         else:
@@ -273,7 +345,7 @@ def read_series(
     if mixed_sizes not in ("error", "majority"):
         raise ValueError(f"mixed_sizes must be 'error' or 'majority', got {mixed_sizes!r}")
     path = Path(path)
-    headers, skipped = _scan(path)
+    headers, skipped = _scan(path, fast=backend != "pydicom")
     groups = _group(headers)
     uid = _select(path, groups, series)
     hs = sorted(groups[uid], key=lambda h: h["path"].name)
@@ -410,7 +482,7 @@ def read_dicom_pixels(path: str | Path, *, rescale: bool = False, backend: str =
     Args:
         path: the DICOM file.
         rescale: apply RescaleSlope/Intercept (result float32) instead of returning stored values.
-        backend: ``"pydicom"`` or ``"dicomsdl"``.
+        backend: ``"pydicom"`` or ``"dicomsdl"`` (the other one is tried if it fails).
 
     Returns:
         ``(H, W)`` or ``(F, H, W)`` stored values (or rescaled float32).
@@ -422,7 +494,7 @@ def read_dicom_pixels(path: str | Path, *, rescale: bool = False, backend: str =
     if not path.is_file():
         raise InputError(path, "does not exist or is not a file")
     try:
-        arr = _decode_pool.decode_stored(path, backend=backend)
+        arr = _decode_pool.decode_with_fallback(path, backend=backend)
     except Exception as err:  # noqa: BLE001 - decoder errors become one typed error naming the file
         raise InputError(path, f"pixel data could not be decoded ({type(err).__name__}: {err})") from err
     if rescale:

@@ -218,9 +218,11 @@ def _predict_one(model: torch.nn.Module, images: torch.Tensor, pos: torch.Tensor
 def summarize_localization(pred: dict[str, np.ndarray], volume: Volume, cfg: CervicalConfig) -> dict[str, Any]:
     """Per-vertebra slice ranges and a square study crop box from per-slice predictions.
 
-    Ranges come from the ratio smoothed by a centred rolling mean (``smooth_window``) above
-    ``ratio_threshold``. Vertebrae not found are placed next to their found neighbours (or, when none is
-    found, by splitting the study evenly) and listed under ``missing`` so callers can warn.
+    Each vertebra's ratio is smoothed by a centred rolling mean over ``smooth_mm`` millimetres; its range is
+    the contiguous run of slices around its peak above ``min(ratio_threshold, relative_threshold * peak)``
+    (the seeds' absolute 0.3 for a confident model; relative for a blurred one), and a vertebra whose peak is
+    below ``min_peak`` is not found. Vertebrae not found are placed next to their found neighbours (or, when
+    none is found, by splitting the study evenly) and listed under ``missing`` so callers can warn.
 
     Returns:
         ``{"ranges": {"C1": [start, end], ...}, "box": [x0, y0, x1, y1] (pixels), "missing": [...],
@@ -228,11 +230,22 @@ def summarize_localization(pred: dict[str, np.ndarray], volume: Volume, cfg: Cer
     """
     s1 = cfg.stage1
     depth, height, width = volume.shape
-    smooth = pd.DataFrame(pred["ratio"]).rolling(s1.smooth_window, center=True, min_periods=1).mean().to_numpy()
+    window = max(1, int(round(s1.smooth_mm / volume.spacing[0])))
+    smooth = pd.DataFrame(pred["ratio"]).rolling(window, center=True, min_periods=1).mean().to_numpy()
     ranges: dict[str, list[int] | None] = {}
     for j, v in enumerate(VERTEBRAE):
-        idx = np.flatnonzero(smooth[:, j] > s1.ratio_threshold)
-        ranges[v] = [int(idx.min()), int(idx.max())] if idx.size else None
+        peak = int(np.argmax(smooth[:, j]))
+        top = float(smooth[peak, j])
+        if top < s1.min_peak:
+            ranges[v] = None
+            continue
+        above = smooth[:, j] >= min(s1.ratio_threshold, s1.relative_threshold * top)
+        start, end = peak, peak
+        while start > 0 and above[start - 1]:
+            start -= 1
+        while end < depth - 1 and above[end + 1]:
+            end += 1
+        ranges[v] = [start, end]
     missing = [v for v, r in ranges.items() if r is None]
     warnings = []
     if missing:
@@ -240,7 +253,7 @@ def summarize_localization(pred: dict[str, np.ndarray], volume: Volume, cfg: Cer
         _fill_missing(ranges, depth, head_first(volume))
     sel = pred["has_box"] > s1.box_threshold
     if not sel.any():
-        sel = smooth.max(axis=1) > s1.ratio_threshold
+        sel = smooth.max(axis=1) > s1.min_peak
     if sel.any():
         b = pred["box"][sel]
         box = np.array([np.quantile(b[:, 0], 0.02) * width, np.quantile(b[:, 1], 0.02) * height,

@@ -24,7 +24,7 @@ from spinelab.tasks.lumbar.points import AxialPointStage, SagT1PointStage, SagT2
 from spinelab.tasks.lumbar.studies import LumbarStudies
 from spinelab.train.run import train_stage, trained_folds
 
-__all__ = ["train_lumbar", "prepare_lumbar_data", "write_cv_scores", "demo_commands"]
+__all__ = ["train_lumbar", "prepare_lumbar_data", "write_cv_scores", "demo_commands", "run_lumbar_demo"]
 
 log = logging.getLogger("spinelab")
 STAGE1 = (SagT2PointStage, SagT1PointStage, AxialPointStage)
@@ -176,3 +176,36 @@ def demo_commands(dataset: str = "data/lumbar_demo", run: str = "runs/lumbar/dem
         f"spinelab predict lumbar --model {run} --input {dataset} --out {out}",
         f"spinelab report lumbar --predictions {out} --input {dataset} --out {out}/report",
     ]
+
+
+def run_lumbar_demo(out_dir: str | Path, *, studies: int = 24, test_studies: int = 4, size: int = 96,
+                    config: str | Path | None = None, progress: bool = True) -> dict[str, Path]:
+    """``make demo TASK=lumbar``: synthesise a small dataset, train fold 0 with ``configs/lumbar/demo.yaml``,
+    predict the synthetic test split (scored against its labels) and write the report.
+
+    Args:
+        out_dir: everything goes below it (``data/``, ``run/``, ``predictions/``, ``report/``).
+        studies, test_studies, size: synthetic dataset options.
+        config: recipe (default ``configs/lumbar/demo.yaml`` of the source tree).
+        progress: show progress bars.
+
+    Returns:
+        ``{"dataset", "run_dir", "predictions", "evaluation", "report"}`` paths.
+    """
+    from spinelab.api import predict, report, train
+    from spinelab.config.load import load_config
+    from spinelab.data.synthetic.lumbar import generate_lumbar_dataset
+
+    out = Path(out_dir)
+    dataset = out / "data"
+    if not (dataset / "train.csv").is_file():
+        generate_lumbar_dataset(dataset, studies=studies, test_studies=test_studies, size=size, seed=0,
+                                workers=2, progress=progress)
+    config = Path(config) if config else Path(__file__).resolve().parents[4] / "configs" / "lumbar" / "demo.yaml"
+    cfg = load_config("lumbar", [config], [f"data.dataset_dir={dataset}"])
+    run_dir = train(cfg, run_dir=out / "run", fold="0", progress=progress)
+    result = predict("lumbar", model=run_dir, input=dataset, out=out / "predictions", device="cpu",
+                     progress=progress)
+    index = report("lumbar", predictions=out / "predictions", input=dataset, out=out / "report", model=run_dir)
+    return {"dataset": dataset, "run_dir": run_dir, "predictions": out / "predictions",
+            "evaluation": result["evaluation"], "report": index}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from spinelab.tasks.lumbar.studies import LumbarStudy, load_study, read_descript
 from spinelab.train.run import load_stage_models, trained_folds
 
 __all__ = ["LumbarPredictor", "predict_lumbar", "predict_lumbar_dataset", "evaluate_lumbar_predictions",
-           "point_errors"]
+           "point_errors", "sagittal_variants"]
 
 log = logging.getLogger("spinelab")
 STAGES = (SagT2PointStage, SagT1PointStage, AxialPointStage, GradingStage)
@@ -68,9 +69,12 @@ class LumbarPredictor:
         return list(folds)
 
     def grade(self, study: LumbarStudy, anchors: dict[str, np.ndarray]) -> np.ndarray:
-        """Stage-2 probabilities ``(25, 3)`` (lumbar_columns order), averaged over folds and the mirror."""
-        inputs = grading_inputs(study, anchors, self.cfg)
-        variants = [(inputs, False)] + ([(flip_items(inputs), True)] if self.tta else [])
+        """Stage-2 probabilities ``(25, 3)`` (lumbar_columns order), averaged over folds and the mirror, and
+        with ``series_policy: all`` over every sagittal series of a kind (crops at the same world points)."""
+        variants = []
+        for view in sagittal_variants(study) if self.cfg.stage2.series_policy == "all" else [study]:
+            inputs = grading_inputs(view, anchors, self.cfg)
+            variants += [(inputs, False)] + ([(flip_items(inputs), True)] if self.tta else [])
         outs = []
         for model in self.models["stage2"]:
             for inp, flipped in variants:
@@ -117,6 +121,20 @@ class LumbarPredictor:
                   for col, p in zip(lumbar_columns(), self.prior, strict=True)}
         return {"study": study_id, "grades": grades, "status": "failed", "error": error,
                 "warnings": [f"prediction failed, prior used: {error}"]}
+
+
+def sagittal_variants(study: LumbarStudy) -> list[LumbarStudy]:
+    """One view of ``study`` per sagittal series when it has several of a kind (the i-th of each kind)."""
+    n = max(len(study.series.get("sag_t1") or []), len(study.series.get("sag_t2") or []), 1)
+    out = []
+    for i in range(n):
+        series, ids = dict(study.series), dict(study.series_ids)
+        for kind in ("sag_t1", "sag_t2"):
+            if len(study.series.get(kind) or []) > 1:
+                j = i % len(study.series[kind])
+                series[kind], ids[kind] = [study.series[kind][j]], [study.series_ids[kind][j]]
+        out.append(replace(study, series=series, series_ids=ids))
+    return out
 
 
 def point_errors(pred: dict[str, np.ndarray], truth: dict[tuple[str, str], np.ndarray]) -> dict[str, dict]:

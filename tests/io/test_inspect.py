@@ -1,0 +1,72 @@
+"""describe / render_description and the `spinelab info` command."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from spinelab.cli import app
+from spinelab.errors import InputError, SeriesSelectionError
+from spinelab.io.inspect import describe, render_description
+from spinelab.io.nifti import write_nifti
+from spinelab.io.volume import Volume
+from tests.io._helpers import ct_volume, write
+
+
+def test_dicom_folder(tmp_path, rng, oblique_affine):
+    vol = ct_volume(rng, oblique_affine, (5, 32, 32))
+    paths = write(vol, tmp_path, series_uid="1.4.4", series_description="Axial CT")
+    paths[2].unlink()
+    desc = describe(tmp_path)
+    assert desc["kind"] == "dicom"
+    assert desc["series"] == [{"uid": "1.4.4", "description": "Axial CT", "modality": "CT", "n_files": 4,
+                               "transfer_syntaxes": ["1.2.840.10008.1.2.1"]}]
+    sel = desc["selected"]
+    assert sel["shape"] == [4, 32, 32] and sel["orientation"] == "SPL"
+    assert sel["value_range"] == [float(np.delete(vol.array, 2, 0).min()), float(np.delete(vol.array, 2, 0).max())]
+    assert any("missing slices" in w for w in sel["warnings"])
+    console = Console(record=True, width=150)
+    render_description(desc, console)
+    text = console.export_text()
+    assert "Axial CT" in text and "missing slices" in text and "SPL" in text
+
+
+def test_several_series_and_selection(tmp_path, rng, oblique_affine):
+    write(ct_volume(rng, oblique_affine, (3, 32, 32)), tmp_path, series_uid="1.1", series_description="A",
+          file_names=["a1", "a2", "a3"])
+    write(ct_volume(rng, oblique_affine, (2, 32, 32)), tmp_path, series_uid="1.2", series_description="B",
+          file_names=["b1", "b2"])
+    desc = describe(tmp_path)
+    assert desc["selected"] is None and len(desc["series"]) == 2 and "--series" in desc["note"]
+    assert describe(tmp_path, series="B")["selected"]["shape"] == [2, 32, 32]
+    with pytest.raises(SeriesSelectionError, match="matches no series"):
+        describe(tmp_path, series="C")
+
+
+def test_nifti_and_bad_paths(tmp_path):
+    lab = np.zeros((4, 5, 6), np.uint8)
+    lab[1, 2, 3] = 7
+    write_nifti(Volume(array=lab, affine=np.eye(4), is_label=True), tmp_path / "seg.nii.gz")
+    desc = describe(tmp_path / "seg.nii.gz")
+    assert desc["kind"] == "nifti" and desc["labels"] == [0, 7] and desc["shape"] == [4, 5, 6]
+    (tmp_path / "fake.nii.gz").write_text("x")
+    with pytest.raises(InputError, match="not a NIfTI file"):
+        describe(tmp_path / "fake.nii.gz")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="not a folder of DICOM files"):
+        describe(empty)
+
+
+def test_cli_info(tmp_path, rng, oblique_affine):
+    write(ct_volume(rng, oblique_affine, (3, 32, 32)), tmp_path / "s")
+    runner = CliRunner()
+    res = runner.invoke(app, ["info", str(tmp_path / "s"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["selected"]["shape"] == [3, 32, 32]
+    res = runner.invoke(app, ["info", str(tmp_path / "nothing")])
+    assert res.exit_code == 2 and "does not exist" in res.output
