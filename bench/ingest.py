@@ -242,7 +242,7 @@ def main() -> None:
     lines += ["", "Targets (2 cores): JPEG Lossless >= 3x the seed loop; peak memory < 2x the int16 volume.",
               "CPU s = user + system time of the process and its pool workers per load: on a machine shared with "
               "other jobs (see the load average) the wall-time ratio understates the parallel speed-up, the "
-              "CPU-time ratio does not depend on the load.",
+              "CPU-time ratio depends much less on it (it cannot show the 2-process overlap).",
               "Peak memory = increase of peak RSS (`VmHWM` = `ru_maxrss` of the address space) over the post-import "
               "baseline of a fresh process for one load, after reading every voxel of the result. Workers write "
               "into the shared output buffer, so their RSS (max worker, `RUSAGE_CHILDREN`) is mostly their half of "

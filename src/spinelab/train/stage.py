@@ -37,17 +37,23 @@ class Stage(ABC):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
 
-    # --- what subclasses provide ------------------------------------------------------------------
+    # --- config sections (by default ``cfg.<name>``; override when a stage's section is named otherwise) --
     @property
-    @abstractmethod
+    def section(self) -> Any:
+        """This stage's config section, ``cfg.<name>`` (e.g. ``cfg.stage1``)."""
+        return getattr(self.cfg, self.name)
+
+    @property
     def model_config(self) -> ModelConfig:
         """The ``model`` section of this stage."""
+        return self.section.model
 
     @property
-    @abstractmethod
     def train_config(self) -> TrainConfig:
         """The ``train`` section of this stage."""
+        return self.section.train
 
+    # --- what subclasses provide ------------------------------------------------------------------
     @abstractmethod
     def datasets(self, fold: int | None) -> tuple[Dataset, Dataset | None]:
         """Training and validation datasets for ``fold`` (``None``: all data, no validation)."""

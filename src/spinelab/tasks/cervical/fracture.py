@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from spinelab.config.schema import CervicalConfig, ModelConfig, TrainConfig
+from spinelab.config.schema import CervicalConfig
 from spinelab.data.transforms import SequenceAugment, evenly_spaced
 from spinelab.errors import InputError
 from spinelab.io.volume import Volume
@@ -114,14 +114,6 @@ class FractureStage(Stage):
     def __init__(self, cfg: CervicalConfig, run_dir: Any) -> None:
         super().__init__(cfg, run_dir)
         self.studies = CervicalStudies(cfg)
-
-    @property
-    def model_config(self) -> ModelConfig:
-        return self.cfg.stage2.model
-
-    @property
-    def train_config(self) -> TrainConfig:
-        return self.cfg.stage2.train
 
     def model_kwargs(self) -> dict[str, Any]:
         return {"in_chans": 3 * len(self.cfg.stage2.windows), "overall": self.cfg.stage2.overall}

@@ -170,7 +170,7 @@ def demo_commands(dataset: str = "data/lumbar_demo", run: str = "runs/lumbar/dem
                   out: str = "out/lumbar_demo") -> list[str]:
     """The shell commands of ``make demo TASK=lumbar`` (synthetic data, train fold 0, predict, report)."""
     return [
-        f"spinelab synth lumbar {dataset} --studies 24 --test-studies 4 --size 96",
+        f"spinelab synth lumbar --out {dataset} --studies 24 --test-studies 4 --size 64",
         f"spinelab train lumbar --config configs/lumbar/demo.yaml --run-dir {run} --fold 0 "
         f"data.dataset_dir={dataset}",
         f"spinelab predict lumbar --model {run} --input {dataset} --out {out}",
@@ -178,7 +178,7 @@ def demo_commands(dataset: str = "data/lumbar_demo", run: str = "runs/lumbar/dem
     ]
 
 
-def run_lumbar_demo(out_dir: str | Path, *, studies: int = 24, test_studies: int = 4, size: int = 96,
+def run_lumbar_demo(out_dir: str | Path, *, studies: int = 24, test_studies: int = 4, size: int = 64,
                     config: str | Path | None = None, progress: bool = True) -> dict[str, Path]:
     """``make demo TASK=lumbar``: synthesise a small dataset, train fold 0 with ``configs/lumbar/demo.yaml``,
     predict the synthetic test split (scored against its labels) and write the report.
