@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TASK ?= all
 
-.PHONY: setup test demo bench lint clean
+.PHONY: setup test demo bench bench-accuracy lint clean
 
 setup: $(STAMP)
 
@@ -25,10 +25,16 @@ test: setup
 demo: setup
 	$(BIN)/python -m spinelab.demo --task $(TASK) --out demo_out
 
+# Timing benchmarks (minutes); each rewrites its own block of BENCHMARKS.md.
 bench: setup
 	$(BIN)/python bench/ingest.py
-	$(BIN)/python bench/synth.py
-	$(BIN)/python bench/predict.py
+	$(BIN)/python bench/synth.py --task all --studies 20 --write
+	$(BIN)/python bench/predict.py --write
+
+# Accuracy benchmarks: 100 synthetic studies per task, trained on CPU (tens of minutes each).
+bench-accuracy: setup
+	$(BIN)/python bench/cervical_accuracy.py --write
+	$(BIN)/python bench/lumbar_accuracy.py --write
 
 lint: setup
 	$(BIN)/ruff check src tests bench

@@ -63,7 +63,7 @@ def run_cervical_demo(out: Path, *, studies: int = 40, test_studies: int = 8, si
             "baseline": evaluation.get("prevalence_constant_score")}
 
 
-def run_lumbar_demo(out: Path, *, studies: int = 40, test_studies: int = 8, size: int = 128,
+def run_lumbar_demo(out: Path, *, studies: int = 40, test_studies: int = 8, size: int = 64,
                     seed: int = 0) -> dict[str, Any]:
     """The lumbar main job; returns the paths it wrote."""
     from spinelab import api
@@ -89,7 +89,7 @@ def run_lumbar_demo(out: Path, *, studies: int = 40, test_studies: int = 8, size
     index = _step("6. report", lambda: api.report("lumbar", predictions=pred, input=data, out=rep, model=run))
     evaluation = json.loads(Path(result["evaluation"]).read_text()) if result.get("evaluation") else {}
     return {"task": "lumbar", "run": run, "submission": result["submission"], "evaluation": result["evaluation"],
-            "report": index, "score": evaluation.get("competition_score", evaluation.get("score")),
+            "report": index, "score": evaluation.get("lumbar_score"),
             "baseline": evaluation.get("weight_optimal_constant_score")}
 
 

@@ -39,3 +39,22 @@ def test_roi_grader_shape_and_masked_view() -> None:
     a = model(sag, axial, mask, cond, level)["logits"]
     b = model(sag, torch.rand_like(axial), mask, cond, level)["logits"]
     torch.testing.assert_close(a, b)
+
+
+def test_roi_grader_group_heads_pick_the_condition_group() -> None:
+    torch.manual_seed(0)
+    model = create_model("test_lumbar_roi_grader", in_chans=3, condition_groups=[1, 2, 1, 2, 0]).eval()
+    assert len(model.heads) == 3
+    sag = torch.rand(1, 25, 3, 32, 32)
+    mask = torch.ones(1, 25, 2, dtype=torch.bool)
+    cond = torch.arange(5).repeat_interleave(5)[None]
+    level = torch.arange(5).repeat(5)[None]
+    out = model(sag, sag, mask, cond, level)["logits"]
+    with torch.no_grad():  # zeroing the spinal group's head changes only the spinal rows (condition 4)
+        for p in model.heads[0].parameters():
+            p.zero_()
+    out2 = model(sag, sag, mask, cond, level)["logits"]
+    changed = (out - out2).abs().sum(-1)[0] > 0
+    assert changed[20:].all() and not changed[:20].any()
+    with pytest.raises(ConfigError, match="condition_groups"):
+        create_model("test_lumbar_roi_grader", condition_groups=[0, 1])

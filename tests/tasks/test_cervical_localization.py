@@ -84,4 +84,4 @@ def test_box_is_square_with_margin_and_inside_the_image(cfg) -> None:
     x0, y0, x1, y1 = out["box"]
     assert x1 - x0 == pytest.approx(y1 - y0)  # square
     assert x1 - x0 == pytest.approx(max(0.25 * 80, 0.2 * 100) * (1 + 2 * cfg.stage1.crop_margin))
-    assert 0 <= x0 and x1 <= 80 and 0 <= y0 and y1 <= 100
+    assert x0 >= 0 and x1 <= 80 and y0 >= 0 and y1 <= 100

@@ -39,13 +39,15 @@ class ModelConfig(StrictModel):
     """Which registered architecture to build and how.
 
     ``pretrained_path`` points at a local backbone checkpoint (timm state dict); nothing is downloaded.
+    Fields left unset (``None``) fall back to the registered builder's defaults, so a ``test_*`` model
+    stays tiny unless a recipe says otherwise.
     """
 
     name: str
-    backbone: str = "resnet18"
+    backbone: str | None = None
     pretrained_path: Path | None = None
-    hidden: int = 128
-    drop_rate: float = 0.1
+    hidden: int | None = None
+    drop_rate: float | None = None
 
 
 class OptimConfig(StrictModel):
@@ -174,6 +176,7 @@ class LumbarStage2Config(StrictModel):
     point_jitter_mm: float = 2.0
     series_policy: Literal["first", "all"] = "first"
     any_severe_weight: float = 1.0
+    group_heads: bool = True
 
 
 class LumbarConfig(StrictModel):

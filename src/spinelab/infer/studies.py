@@ -6,7 +6,7 @@ from pathlib import Path
 
 from spinelab.errors import InputError
 
-__all__ = ["find_input_studies", "has_dicom_files"]
+__all__ = ["find_input_studies", "has_dicom_files", "label_file"]
 
 
 def has_dicom_files(folder: Path) -> bool:
@@ -62,3 +62,14 @@ def _is_study(folder: Path, nested: bool) -> bool:
         return has_dicom_files(folder)
     subdirs = [d for d in folder.iterdir() if d.is_dir()]
     return bool(subdirs) and any(has_dicom_files(d) for d in subdirs)
+
+
+def label_file(input: Path, split: str, labels: str | Path | None) -> Path | None:
+    """The labels to evaluate predictions against: ``labels`` when given, else ``train.csv`` for a train
+    split or the synthetic ``test_labels.csv`` for a test split, when present."""
+    if labels is not None:
+        if not Path(labels).is_file():
+            raise InputError(labels, "labels file not found")
+        return Path(labels)
+    candidate = {"train": input / "train.csv", "test": input / "test_labels.csv"}.get(split)
+    return candidate if candidate is not None and candidate.is_file() else None

@@ -59,21 +59,27 @@ class RoiGrader(nn.Module):
 
     Input ``sag``, ``axial`` ``(B, N, C, S, S)`` crops of N items (25: 5 conditions x 5 levels), ``mask``
     ``(B, N, 2)`` which views exist, ``condition`` / ``level`` ``(B, N)`` indices. One CNN encodes every crop;
-    a view embedding, then masked features of both views, a condition and a level embedding feed an MLP.
+    masked features of both views, a condition and a level embedding feed an MLP; with ``condition_groups``
+    (the group index of each condition) there is one MLP per group (spinal, foraminal, subarticular).
     Output dict: ``logits`` ``(B, N, 3)``.
     """
 
     def __init__(self, *, backbone: str = "resnet18", in_chans: int = 3, hidden: int = 128,
                  pretrained_path: str | Path | None = None, drop_rate: float = 0.1, n_conditions: int = 5,
-                 n_levels: int = 5, n_grades: int = 3):
+                 n_levels: int = 5, n_grades: int = 3, condition_groups: list[int] | None = None):
         super().__init__()
+        groups = list(condition_groups) if condition_groups else [0] * n_conditions
+        if len(groups) != n_conditions:
+            raise ConfigError(f"condition_groups needs {n_conditions} entries, got {len(groups)}")
+        self.register_buffer("group_of_condition", torch.tensor(groups, dtype=torch.long), persistent=False)
         self.cnn = create_backbone(backbone, in_chans=in_chans, pretrained_path=pretrained_path)
         f = self.cnn.num_features
         self.project = nn.ModuleList([nn.Linear(f, hidden), nn.Linear(f, hidden)])  # sagittal, axial
         self.condition_embedding = nn.Embedding(n_conditions, hidden)
         self.level_embedding = nn.Embedding(n_levels, hidden)
-        self.head = nn.Sequential(nn.Linear(3 * hidden, hidden), nn.GELU(), nn.Dropout(drop_rate),
-                                  nn.Linear(hidden, n_grades))
+        self.heads = nn.ModuleList(
+            nn.Sequential(nn.Linear(3 * hidden, hidden), nn.GELU(), nn.Dropout(drop_rate), nn.Linear(hidden, n_grades))
+            for _ in range(max(groups) + 1))
 
     def forward(self, sag: torch.Tensor, axial: torch.Tensor, mask: torch.Tensor, condition: torch.Tensor,
                 level: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -84,4 +90,9 @@ class RoiGrader(nn.Module):
                  for i, (proj, part) in enumerate(zip(self.project, feats.chunk(2), strict=True))]
         fused = views[0] + views[1]
         cond = self.condition_embedding(condition) + self.level_embedding(level)
-        return {"logits": self.head(torch.cat([fused, cond, fused * cond], dim=-1))}
+        x = torch.cat([fused, cond, fused * cond], dim=-1)
+        if len(self.heads) == 1:
+            return {"logits": self.heads[0](x)}
+        group = self.group_of_condition[condition]  # (B, N)
+        logits = torch.stack([head(x) for head in self.heads], dim=-2)  # (B, N, G, 3)
+        return {"logits": logits.gather(-2, group[..., None, None].expand(-1, -1, 1, logits.shape[-1]))[..., 0, :]}

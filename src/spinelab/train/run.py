@@ -27,7 +27,15 @@ from spinelab.io.atomic import atomic_path, atomic_write_csv, atomic_write_json
 from spinelab.train.module import SpineModule
 from spinelab.train.stage import Stage
 
-__all__ = ["train_stage", "fold_dir", "load_stage_models", "trained_folds", "read_training_log"]
+__all__ = [
+    "train_stage",
+    "fold_dir",
+    "load_stage_models",
+    "trained_folds",
+    "select_folds",
+    "parse_fold_spec",
+    "read_training_log",
+]
 
 
 def fold_dir(run_dir: str | Path, stage: str, fold: int | None) -> Path:
@@ -138,6 +146,34 @@ def trained_folds(run_dir: str | Path, stage: str) -> list[int | None]:
         if (d / "model.pt").is_file():
             found.append(None if d.name == "full" else int(d.name.removeprefix("fold_")))
     return found
+
+
+def parse_fold_spec(spec: str, k: int) -> list[int | None]:
+    """``"all"`` -> every fold in turn, ``"full"`` -> the all-data model (``None``), ``"0,2"`` -> those folds."""
+    if spec == "all":
+        return list(range(k))
+    if spec == "full":
+        return [None]
+    try:
+        return [int(f) for f in spec.split(",")]
+    except ValueError:
+        from spinelab.errors import ConfigError
+
+        raise ConfigError(f"--fold must be 'all', 'full' or fold numbers like '0,1', got {spec!r}") from None
+
+
+def select_folds(run_dir: str | Path, stage: str, folds: list[int | None] | None) -> list[int | None]:
+    """Folds of ``stage`` to ensemble: the requested ones (all must be trained), else every trained CV fold,
+    else the full-data model."""
+    from spinelab.errors import InputError
+
+    available = trained_folds(run_dir, stage)
+    if folds is None:
+        return [f for f in available if f is not None] or available
+    missing = [f for f in folds if f not in available]
+    if missing:
+        raise InputError(Path(run_dir) / stage, f"folds {missing} not trained (available: {available})")
+    return list(folds)
 
 
 def load_stage_models(stage: Stage, folds: list[int | None] | None = None, *, device: str = "cpu"

@@ -17,7 +17,7 @@ from spinelab.registry import CERVICAL_TARGETS
 from spinelab.tasks.cervical.fracture import FractureStage, evaluate_cervical
 from spinelab.tasks.cervical.localization import LocalizerStage, localize, summarize_localization
 from spinelab.tasks.cervical.studies import CervicalStudies
-from spinelab.train.run import load_stage_models, train_stage, trained_folds
+from spinelab.train.run import load_stage_models, parse_fold_spec, train_stage, trained_folds
 
 __all__ = ["train_cervical", "localize_training_studies", "prepare_cervical_data"]
 
@@ -25,30 +25,16 @@ log = logging.getLogger("spinelab")
 
 
 def prepare_cervical_data(cfg: CervicalConfig, *, progress: bool = True) -> CervicalConfig:
-    """Make sure the volume cache, derived slice labels and folds exist (each built once, then reused)."""
+    """The volume cache, folds and derived slice labels exist (each built once, then reused)."""
     from spinelab.data.cervical_labels import derive_cervical_labels
-    from spinelab.data.folds import write_folds
-    from spinelab.io.cache import build_cache
+    from spinelab.data.prepare import prepare_dataset
 
-    data = cfg.data
-    dataset = Path(data.dataset_dir)
-    if data.cache_dir is None:
-        data.cache_dir = dataset.parent / f"{dataset.name}_cache"
-    build_cache(dataset, data.cache_dir, workers=2, progress=progress)
-    derived = Path(data.derived_dir or dataset / "derived")
+    cfg = prepare_dataset(cfg, progress=progress)
+    dataset = Path(cfg.data.dataset_dir)
+    derived = Path(cfg.data.derived_dir or dataset / "derived")
     if not (derived / "slice_labels.csv").is_file():
-        derive_cervical_labels(dataset, out=derived, cache_dir=data.cache_dir, progress=progress)
-    if not (dataset / "folds.csv").is_file():
-        write_folds(dataset, k=data.folds, seed=data.fold_seed, task="cervical")
+        derive_cervical_labels(dataset, out=derived, cache_dir=cfg.data.cache_dir, progress=progress)
     return cfg
-
-
-def _folds_to_run(spec: str, k: int) -> list[int | None]:
-    if spec == "all":
-        return list(range(k))
-    if spec == "full":
-        return [None]
-    return [int(f) for f in spec.split(",")]
 
 
 def train_cervical(cfg: CervicalConfig, run_dir: Path, *, fold: str = "all", stage: str = "all",
@@ -70,7 +56,7 @@ def train_cervical(cfg: CervicalConfig, run_dir: Path, *, fold: str = "all", sta
     atomic_write_json(run_dir / "targets.json", list(CERVICAL_TARGETS))
     prior = studies.labels[list(CERVICAL_TARGETS)].mean().to_dict()
     atomic_write_json(run_dir / "prior.json", prior)
-    folds = _folds_to_run(fold, cfg.data.folds)
+    folds = parse_fold_spec(fold, cfg.data.folds)
     if stage in ("all", "stage1"):
         s1 = LocalizerStage(cfg, run_dir)
         for f in folds:

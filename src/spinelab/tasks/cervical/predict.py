@@ -14,16 +14,15 @@ import torch
 
 from spinelab import __version__
 from spinelab.config.load import read_run_config
-from spinelab.errors import InputError
 from spinelab.infer.batch import predict_studies
 from spinelab.infer.runtime import Runtime
-from spinelab.infer.studies import find_input_studies
+from spinelab.infer.studies import find_input_studies, label_file
 from spinelab.io.atomic import atomic_write_csv, atomic_write_json
 from spinelab.io.volume import Volume
 from spinelab.registry import CERVICAL_TARGETS, VERTEBRAE
 from spinelab.tasks.cervical.fracture import FractureStage, fracture_inputs
 from spinelab.tasks.cervical.localization import LocalizerStage, localize, summarize_localization
-from spinelab.train.run import load_stage_models, trained_folds
+from spinelab.train.run import load_stage_models, select_folds
 
 __all__ = ["CervicalPredictor", "predict_cervical", "predict_cervical_dataset", "evaluate_cervical_predictions"]
 
@@ -47,21 +46,12 @@ class CervicalPredictor:
         self.runtime = runtime or Runtime()
         self.tta = tta
         s1, s2 = LocalizerStage(self.cfg, self.run_dir), FractureStage(self.cfg, self.run_dir)
-        self.folds = {name: self._pick(stage.name, folds) for name, stage in (("stage1", s1), ("stage2", s2))}
+        self.folds = {stage.name: select_folds(self.run_dir, stage.name, folds) for stage in (s1, s2)}
         self.stage1 = load_stage_models(s1, self.folds["stage1"])
         self.stage2 = load_stage_models(s2, self.folds["stage2"])
         prior = self.run_dir / "prior.json"
         self.prior = json.loads(prior.read_text()) if prior.is_file() else dict.fromkeys(CERVICAL_TARGETS, 0.5)
 
-    def _pick(self, stage: str, folds: list[int] | None) -> list[int | None]:
-        available = trained_folds(self.run_dir, stage)
-        if folds is None:
-            cv = [f for f in available if f is not None]
-            return cv or available
-        missing = [f for f in folds if f not in available]
-        if missing:
-            raise InputError(self.run_dir / stage, f"folds {missing} not trained (available: {available})")
-        return list(folds)
 
     def predict_volume(self, volume: Volume, study_id: str | None = None) -> dict[str, Any]:
         """Probabilities for C1-C7 and the patient, plus vertebra slice ranges and the crop box."""
@@ -137,21 +127,13 @@ def predict_cervical_dataset(input: str | Path, model: str | Path, out: str | Pa
                                   cervical_submission_frame(wide.set_index("StudyInstanceUID")))
     predictions = atomic_write_csv(out / "predictions.csv", wide)
     failed = [r["study"] for r in results if r.get("status") == "failed"]
-    label_path = _label_file(input, split, labels)
+    label_path = label_file(input, split, labels)
     evaluation = None
     if label_path is not None:
         evaluation = evaluate_cervical_predictions(wide, label_path, out)
     return {"submission": submission, "predictions": predictions, "evaluation": evaluation,
             "studies": len(results), "failed": len(failed)}
 
-
-def _label_file(input: Path, split: str, labels: str | Path | None) -> Path | None:
-    if labels is not None:
-        if not Path(labels).is_file():
-            raise InputError(labels, "labels file not found")
-        return Path(labels)
-    candidate = {"train": input / "train.csv", "test": input / "test_labels.csv"}.get(split)
-    return candidate if candidate is not None and candidate.is_file() else None
 
 
 def _warn_listed_but_absent(input: Path, split: str, present: set[str]) -> None:

@@ -180,7 +180,11 @@ class GradingStage(Stage):
         return self.cfg.stage2.train
 
     def model_kwargs(self) -> dict[str, Any]:
-        return {"in_chans": self.cfg.stage2.in_slices}
+        from spinelab.registry import LUMBAR_GROUPS, condition_group
+
+        groups = [list(LUMBAR_GROUPS).index(condition_group(c)) for c in LUMBAR_CONDITIONS]
+        return {"in_chans": self.cfg.stage2.in_slices,
+                "condition_groups": groups if self.cfg.stage2.group_heads else None}
 
     def datasets(self, fold: int | None) -> tuple[Dataset, Dataset | None]:
         train_ids, val_ids = self.studies.split(list(self.studies.labels.index), fold)

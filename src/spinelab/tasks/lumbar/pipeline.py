@@ -22,35 +22,19 @@ from spinelab.registry import LUMBAR_GRADES, lumbar_columns
 from spinelab.tasks.lumbar.grading import GradingStage
 from spinelab.tasks.lumbar.points import AxialPointStage, SagT1PointStage, SagT2PointStage, side_offsets
 from spinelab.tasks.lumbar.studies import LumbarStudies
-from spinelab.train.run import train_stage, trained_folds
+from spinelab.train.run import parse_fold_spec, train_stage, trained_folds
 
-__all__ = ["train_lumbar", "prepare_lumbar_data", "write_cv_scores", "demo_commands", "run_lumbar_demo"]
+__all__ = ["train_lumbar", "prepare_lumbar_data", "write_cv_scores"]
 
 log = logging.getLogger("spinelab")
 STAGE1 = (SagT2PointStage, SagT1PointStage, AxialPointStage)
 
 
 def prepare_lumbar_data(cfg: LumbarConfig, *, progress: bool = True) -> LumbarConfig:
-    """Make sure the volume cache and folds exist (each built once, then reused)."""
-    from spinelab.data.folds import write_folds
-    from spinelab.io.cache import build_cache
+    """The volume cache and folds exist (each built once, then reused)."""
+    from spinelab.data.prepare import prepare_dataset
 
-    data = cfg.data
-    dataset = Path(data.dataset_dir)
-    if data.cache_dir is None:
-        data.cache_dir = dataset.parent / f"{dataset.name}_cache"
-    build_cache(dataset, data.cache_dir, workers=2, progress=progress)
-    if not (dataset / "folds.csv").is_file():
-        write_folds(dataset, k=data.folds, seed=data.fold_seed, task="lumbar")
-    return cfg
-
-
-def _folds_to_run(spec: str, k: int) -> list[int | None]:
-    if spec == "all":
-        return list(range(k))
-    if spec == "full":
-        return [None]
-    return [int(f) for f in spec.split(",")]
+    return prepare_dataset(cfg, progress=progress)
 
 
 def _prior(studies: LumbarStudies, ids: list[str]) -> np.ndarray:
@@ -88,7 +72,7 @@ def train_lumbar(cfg: LumbarConfig, run_dir: Path, *, fold: str = "all", stage: 
     atomic_write_json(run_dir / "targets.json", lumbar_columns())
     atomic_write_json(run_dir / "prior.json", _prior(studies, ids).tolist())
     atomic_write_json(run_dir / "geometry.json", {"t1_offsets_mm": side_offsets(studies, ids)})
-    folds = _folds_to_run(fold, cfg.data.folds)
+    folds = parse_fold_spec(fold, cfg.data.folds)
     if stage in ("all", "stage1"):
         for cls in STAGE1:
             s1 = cls(cfg, run_dir, studies)
@@ -164,48 +148,3 @@ def write_cv_scores(cfg: LumbarConfig, run_dir: Path, *, studies: LumbarStudies 
     atomic_write_json(run_dir / "oof_points.json", {r["study"]: r.get("point_error_mm") for r in results})
     atomic_write_json(run_dir / "cv_scores.json", scores)
     return scores
-
-
-def demo_commands(dataset: str = "data/lumbar_demo", run: str = "runs/lumbar/demo",
-                  out: str = "out/lumbar_demo") -> list[str]:
-    """The shell commands of ``make demo TASK=lumbar`` (synthetic data, train fold 0, predict, report)."""
-    return [
-        f"spinelab synth lumbar --out {dataset} --studies 24 --test-studies 4 --size 64",
-        f"spinelab train lumbar --config configs/lumbar/demo.yaml --run-dir {run} --fold 0 "
-        f"data.dataset_dir={dataset}",
-        f"spinelab predict lumbar --model {run} --input {dataset} --out {out}",
-        f"spinelab report lumbar --predictions {out} --input {dataset} --out {out}/report",
-    ]
-
-
-def run_lumbar_demo(out_dir: str | Path, *, studies: int = 24, test_studies: int = 4, size: int = 64,
-                    config: str | Path | None = None, progress: bool = True) -> dict[str, Path]:
-    """``make demo TASK=lumbar``: synthesise a small dataset, train fold 0 with ``configs/lumbar/demo.yaml``,
-    predict the synthetic test split (scored against its labels) and write the report.
-
-    Args:
-        out_dir: everything goes below it (``data/``, ``run/``, ``predictions/``, ``report/``).
-        studies, test_studies, size: synthetic dataset options.
-        config: recipe (default ``configs/lumbar/demo.yaml`` of the source tree).
-        progress: show progress bars.
-
-    Returns:
-        ``{"dataset", "run_dir", "predictions", "evaluation", "report"}`` paths.
-    """
-    from spinelab.api import predict, report, train
-    from spinelab.config.load import load_config
-    from spinelab.data.synthetic.lumbar import generate_lumbar_dataset
-
-    out = Path(out_dir)
-    dataset = out / "data"
-    if not (dataset / "train.csv").is_file():
-        generate_lumbar_dataset(dataset, studies=studies, test_studies=test_studies, size=size, seed=0,
-                                workers=2, progress=progress)
-    config = Path(config) if config else Path(__file__).resolve().parents[4] / "configs" / "lumbar" / "demo.yaml"
-    cfg = load_config("lumbar", [config], [f"data.dataset_dir={dataset}"])
-    run_dir = train(cfg, run_dir=out / "run", fold="0", progress=progress)
-    result = predict("lumbar", model=run_dir, input=dataset, out=out / "predictions", device="cpu",
-                     progress=progress)
-    index = report("lumbar", predictions=out / "predictions", input=dataset, out=out / "report", model=run_dir)
-    return {"dataset": dataset, "run_dir": run_dir, "predictions": out / "predictions",
-            "evaluation": result["evaluation"], "report": index}

@@ -18,14 +18,14 @@ from spinelab.config.load import read_run_config
 from spinelab.errors import InputError
 from spinelab.infer.batch import predict_studies
 from spinelab.infer.runtime import Runtime
-from spinelab.infer.studies import find_input_studies
+from spinelab.infer.studies import find_input_studies, label_file
 from spinelab.io.atomic import atomic_write_csv, atomic_write_json
 from spinelab.registry import LUMBAR_CONDITIONS, LUMBAR_GRADES, LUMBAR_LEVELS, lumbar_columns
 from spinelab.tasks.lumbar.grading import FLIP_ORDER, GradingStage, flip_items, grading_inputs
 from spinelab.tasks.lumbar.localize import localize_study
 from spinelab.tasks.lumbar.points import AxialPointStage, SagT1PointStage, SagT2PointStage, read_geometry
 from spinelab.tasks.lumbar.studies import LumbarStudy, load_study, read_descriptions
-from spinelab.train.run import load_stage_models, trained_folds
+from spinelab.train.run import load_stage_models, select_folds
 
 __all__ = ["LumbarPredictor", "predict_lumbar", "predict_lumbar_dataset", "evaluate_lumbar_predictions",
            "point_errors", "sagittal_variants"]
@@ -51,22 +51,13 @@ class LumbarPredictor:
         self.runtime = runtime or Runtime()
         self.tta = tta
         stages = [cls(self.cfg, self.run_dir) for cls in STAGES]
-        self.folds = {s.name: self._pick(s.name, folds) for s in stages}
+        self.folds = {s.name: select_folds(self.run_dir, s.name, folds) for s in stages}
         self.models = {s.name: load_stage_models(s, self.folds[s.name]) for s in stages}
         self.geometry = read_geometry(self.run_dir)
         prior = self.run_dir / "prior.json"
         self.prior = (np.asarray(json.loads(prior.read_text())) if prior.is_file()
                       else np.full((len(lumbar_columns()), 3), 1 / 3))
 
-    def _pick(self, stage: str, folds: list[int | None] | None) -> list[int | None]:
-        available = trained_folds(self.run_dir, stage)
-        if folds is None:
-            cv = [f for f in available if f is not None]
-            return cv or available
-        missing = [f for f in folds if f not in available]
-        if missing:
-            raise InputError(self.run_dir / stage, f"folds {missing} not trained (available: {available})")
-        return list(folds)
 
     def grade(self, study: LumbarStudy, anchors: dict[str, np.ndarray]) -> np.ndarray:
         """Stage-2 probabilities ``(25, 3)`` (lumbar_columns order), averaged over folds and the mirror, and
@@ -213,7 +204,7 @@ def predict_lumbar_dataset(input: str | Path, model: str | Path, out: str | Path
                             for k, g in enumerate(LUMBAR_GRADES)}})
     predictions = atomic_write_csv(out / "predictions.csv", wide)
     failed = [r["study"] for r in results if r.get("status") == "failed"]
-    label_path = _label_file(input, split, labels)
+    label_path = label_file(input, split, labels)
     evaluation = None
     if label_path is not None:
         evaluation = evaluate_lumbar_predictions(probs, label_path, out,
@@ -245,14 +236,6 @@ def _truth_points(input: Path, split: str) -> Any:
 
     return lookup
 
-
-def _label_file(input: Path, split: str, labels: str | Path | None) -> Path | None:
-    if labels is not None:
-        if not Path(labels).is_file():
-            raise InputError(labels, "labels file not found")
-        return Path(labels)
-    candidate = {"train": input / "train.csv", "test": input / "test_labels.csv"}.get(split)
-    return candidate if candidate is not None and candidate.is_file() else None
 
 
 def evaluate_lumbar_predictions(probs: dict[str, np.ndarray], label_path: Path, out: Path, *,
