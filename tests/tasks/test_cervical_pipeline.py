@@ -96,7 +96,7 @@ def test_study_with_no_vertebrae_found_gets_prediction_and_warning(run: Path, da
     from spinelab.tasks.cervical.predict import CervicalPredictor
 
     predictor = CervicalPredictor(run, runtime=Runtime(device="cpu"))
-    predictor.cfg.stage1.ratio_threshold = 1.01  # no ratio can pass: nothing is "found"
+    predictor.cfg.stage1.min_peak = 1.01  # no ratio peak can reach it: nothing is "found"
     study = sorted((dataset / "test_images").iterdir())[0]
     result = predictor.predict_study(study)
     assert result["missing_vertebrae"] == [f"C{i}" for i in range(1, 8)]
