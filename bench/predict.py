@@ -27,19 +27,24 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mdblock import REPO, machine_description, replace_block  # noqa: E402
 from spinelab.config.load import load_config, save_config  # noqa: E402
-from spinelab.infer.runtime import Runtime  # noqa: E402
+from spinelab.infer.runtime import Runtime, cpu_has_bf16_units  # noqa: E402
 from spinelab.io.dicom import read_series  # noqa: E402
 from spinelab.models import create_model  # noqa: E402
 from spinelab.tasks.cervical.fracture import fracture_inputs  # noqa: E402
 from spinelab.tasks.cervical.predict import CervicalPredictor  # noqa: E402
 
 WORK = REPO / "bench" / "_work" / "predict"
+# name -> Runtime options, plus ``fast``: no flip TTA and 2 stage-1 offsets instead of the recipe's.
 MODES = {
     "fp32 NCHW eager (baseline)": {"precision": "fp32", "channels_last": False, "compile": False},
     "fp32 channels_last": {"precision": "fp32", "channels_last": True, "compile": False},
+    "fp32 channels_last fast (no TTA / 2 offsets)": {"precision": "fp32", "channels_last": True, "compile": False,
+                                                      "fast": True},
     "bf16 channels_last": {"precision": "bf16", "channels_last": True, "compile": False},
     "bf16 channels_last + compile": {"precision": "bf16", "channels_last": True, "compile": True},
 }
+#: Modes whose metric differs from plain fp32 (channels_last and TTA-free runs are not numerics changes).
+METRIC_MODES = ("fp32 channels_last", "bf16 channels_last", "bf16 channels_last + compile")
 
 
 def make_study(slices: int, size: int) -> Path:
@@ -69,10 +74,14 @@ def make_run(overrides: list[str]) -> Path:
     return run
 
 
-def time_modes(study: Path, run: Path, repeats: int) -> list[dict]:
+def time_modes(study: Path, run: Path, repeats: int, modes: list[str]) -> list[dict]:
     rows = []
-    for name, opts in MODES.items():
-        predictor = CervicalPredictor(run, runtime=Runtime(device="cpu", **opts), tta=True)
+    for name in modes:
+        opts = dict(MODES[name])
+        fast = opts.pop("fast", False)
+        predictor = CervicalPredictor(run, runtime=Runtime(device="cpu", **opts), tta=not fast)
+        if fast:
+            predictor.cfg.stage1.infer_offsets = 2
         times: dict[str, list[float]] = {"decode": [], "stage1": [], "stage2": [], "total": []}
         for rep in range(repeats + 1):  # the first run warms up (and compiles)
             t0 = time.perf_counter()
@@ -80,13 +89,13 @@ def time_modes(study: Path, run: Path, repeats: int) -> list[dict]:
             t1 = time.perf_counter()
             from spinelab.tasks.cervical.localization import localize, summarize_localization
 
-            pred = localize(vol, predictor.stage1, predictor.cfg, tta=True, runtime=predictor.runtime)
+            pred = localize(vol, predictor.stage1, predictor.cfg, tta=predictor.tta, runtime=predictor.runtime)
             summary = summarize_localization(pred, vol, predictor.cfg)
             t2 = time.perf_counter()
             images, found = fracture_inputs(vol, summary, predictor.cfg)
             x, mask = torch.from_numpy(images)[None], torch.from_numpy(found)[None]
             for model in predictor.stage2:
-                for flip in (False, True):
+                for flip in (False, True) if predictor.tta else (False,):
                     predictor.runtime.run(model, x.flip(-1) if flip else x, mask=mask)
             t3 = time.perf_counter()
             if rep == 0:
@@ -104,11 +113,12 @@ def time_modes(study: Path, run: Path, repeats: int) -> list[dict]:
     return rows
 
 
-def metric_check(run: Path, data: Path) -> list[dict]:
+def metric_check(run: Path, data: Path, modes: list[str]) -> list[dict]:
     from spinelab import api
 
     rows = []
-    for name, opts in MODES.items():
+    for name in [m for m in modes if m in METRIC_MODES]:
+        opts = MODES[name]
         out = WORK / "metric" / name.split(" ")[0] / ("compiled" if opts["compile"] else "eager")
         start = time.perf_counter()
         res = api.predict("cervical", model=run, input=data, out=out, device="cpu", precision=opts["precision"],
@@ -134,12 +144,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--run", type=Path, help="trained cervical run folder for the metric check")
     parser.add_argument("--data", type=Path, help="labelled dataset for the metric check")
+    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of: " + ", ".join(MODES))
     parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
     args = parser.parse_args()
+    modes = [m.strip() for m in args.modes.split(",")]
     torch.set_num_threads(max(1, torch.get_num_threads()))
     study = make_study(args.slices, args.size)
     run = make_run([])
-    rows = time_modes(study, run, args.repeats)
+    rows = time_modes(study, run, args.repeats, modes)
     cfg = load_config("cervical")
     lines = [
         "## Cervical inference per study (`bench/predict.py`)",
@@ -148,7 +160,8 @@ def main() -> None:
         "Lossless 4.70. Default recipe (random weights): stage 1 "
         f"{cfg.stage1.model.backbone or 'resnet18'} at {cfg.stage1.image_size} px, {cfg.stage1.seq_len} slices x "
         f"{cfg.stage1.infer_offsets} offsets; stage 2 {cfg.stage2.model.backbone}, 7 vertebrae x "
-        f"{cfg.stage2.n_slices} slices at {cfg.stage2.image_size} px; flip TTA; one fold. Median of "
+        f"{cfg.stage2.n_slices} slices at {cfg.stage2.image_size} px; flip TTA unless marked fast; one fold. "
+        f"CPU bf16 support (AMX / AVX512-BF16): {cpu_has_bf16_units()}. Median of "
         f"{args.repeats} runs after a warm-up; speed-up against the eager fp32 NCHW baseline of the same run.",
         "",
         "| mode | decode s | stage 1 s | stage 2 s | total s | speed-up | first call s |",
@@ -162,7 +175,7 @@ def main() -> None:
                  f"{args.repeats}{' --run RUN --data DATA' if args.run else ''} --write`. Target: under 15 s per "
                  "study on 2 CPU cores.")
     if args.run and args.data:
-        checks = metric_check(args.run, args.data)
+        checks = metric_check(args.run, args.data, modes)
         lines += ["", f"Metric check on `{args.data}` with the trained run `{args.run}` (same studies, same "
                   "weights; the faster modes are adopted only where the metric holds):", "",
                   "| mode | studies | competition score | vertebra AUC | max abs prob. diff vs fp32 | wall s |",

@@ -104,13 +104,15 @@ def main(task: Annotated[str, typer.Option(help="cervical, lumbar or all")] = "a
     start = time.perf_counter()
     summaries = [runners[t](out / t if task == "all" else out, studies=studies) for t in chosen]
     table = Table(title=f"spinelab demo finished in {time.perf_counter() - start:.0f} s")
-    for col in ("task", "score", "baseline", "submission", "report", "run"):
+    for col in ("task", "test score (lower is better)", "constant baseline"):
         table.add_column(col)
     for s in summaries:
         table.add_row(s["task"], f"{s['score']:.4f}" if s["score"] is not None else "-",
-                      f"{s['baseline']:.4f}" if s["baseline"] is not None else "-",
-                      str(s["submission"]), str(s["report"]), str(s["run"]))
+                      f"{s['baseline']:.4f}" if s["baseline"] is not None else "-")
     console.print(table)
+    for s in summaries:
+        console.print(f"[bold]{s['task']}[/]: report {s['report']}\n  submission {s['submission']}\n"
+                      f"  evaluation {s['evaluation']}\n  run folder {s['run']}", soft_wrap=True)
     console.print("Open the report's index.html in a browser; `spinelab --help` lists every command.")
 
 

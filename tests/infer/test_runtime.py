@@ -38,3 +38,18 @@ def test_prepare_is_cached_per_model() -> None:
     rt = Runtime(device="cpu")
     model = create_model("test_cervical_slice_localizer")
     assert rt.prepare(model) is rt.prepare(model)
+
+
+def test_bf16_on_a_cpu_without_bf16_units_warns(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+                                                 ) -> None:
+    import spinelab.infer.runtime as runtime
+
+    monkeypatch.setattr(runtime, "cpu_has_bf16_units", lambda: False)
+    with caplog.at_level("WARNING", logger="spinelab"):
+        Runtime(device="cpu", precision="bf16")
+    assert "no bf16 units" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(runtime, "cpu_has_bf16_units", lambda: True)
+    with caplog.at_level("WARNING", logger="spinelab"):
+        Runtime(device="cpu", precision="bf16")
+    assert caplog.text == ""

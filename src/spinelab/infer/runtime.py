@@ -1,12 +1,14 @@
 """How models run at inference: device, bf16 autocast, channels_last and torch.compile.
 
-On CPUs with AMX (bf16 matrix units) bf16 autocast is several times faster than fp32; it must be checked
-against fp32 on the metric before use (``bench/predict.py`` does), so fp32 stays the default.
+On CPUs with AMX or AVX512-BF16 (bf16 matrix units) bf16 autocast is several times faster than fp32; on
+CPUs without them it is emulated and slower, so ``Runtime`` warns. It must be checked against fp32 on the
+metric before use (``bench/predict.py`` does), so fp32 stays the default.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +16,14 @@ import torch
 
 from spinelab.errors import ConfigError
 
-__all__ = ["Runtime", "resolve_device"]
+__all__ = ["Runtime", "resolve_device", "cpu_has_bf16_units"]
+
+log = logging.getLogger("spinelab")
+
+
+def cpu_has_bf16_units() -> bool:
+    """True when this CPU computes bf16 natively (AMX tiles or AVX512-BF16); otherwise bf16 is emulated."""
+    return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
 
 
 def resolve_device(device: str) -> str:
@@ -49,6 +58,9 @@ class Runtime:
         self.device = resolve_device(self.device)
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError(f"precision must be fp32 or bf16, got {self.precision!r}")
+        if self.precision == "bf16" and self.device == "cpu" and not cpu_has_bf16_units():
+            log.warning("this CPU has no bf16 units (AMX / AVX512-BF16): bf16 autocast is emulated and slower "
+                        "than fp32; use --precision fp32")
 
     def prepare(self, model: torch.nn.Module) -> Any:
         """Move, convert and optionally compile ``model`` once; later calls reuse it."""
