@@ -159,7 +159,7 @@ def main() -> None:
         f"Machine: {machine_description()}. Study: {args.slices} slices x {args.size}x{args.size} px, JPEG "
         "Lossless 4.70. Default recipe (random weights): stage 1 "
         f"{cfg.stage1.model.backbone or 'resnet18'} at {cfg.stage1.image_size} px, {cfg.stage1.seq_len} slices x "
-        f"{cfg.stage1.infer_offsets} offsets; stage 2 {cfg.stage2.model.backbone}, 7 vertebrae x "
+        f"{cfg.stage1.infer_offsets} offsets; stage 2 {cfg.stage2.model.backbone or 'resnet18'}, 7 vertebrae x "
         f"{cfg.stage2.n_slices} slices at {cfg.stage2.image_size} px; flip TTA unless marked fast; one fold. "
         f"CPU bf16 support (AMX / AVX512-BF16): {cpu_has_bf16_units()}. Median of "
         f"{args.repeats} runs after a warm-up; speed-up against the eager fp32 NCHW baseline of the same run.",
