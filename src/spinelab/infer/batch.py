@@ -16,10 +16,10 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from spinelab.errors import SpinelabError
+from spinelab.errors import InputError, SpinelabError
 from spinelab.io.atomic import atomic_write_json
 
-__all__ = ["predict_studies", "progress_bar"]
+__all__ = ["predict_studies", "progress_bar", "read_study_results"]
 
 log = logging.getLogger("spinelab")
 
@@ -57,4 +57,20 @@ def predict_studies(studies: Sequence[tuple[str, Path]], predict_one: Callable[[
             atomic_write_json(out_dir / "studies" / f"{sid}.json", result)
             results.append(result)
             bar.advance(task)
+    return results
+
+
+def read_study_results(predictions: str | Path) -> list[dict[str, Any]]:
+    """The per-study JSONs written by ``predict_studies`` (``predictions`` may be the folder or a file in it).
+
+    Raises:
+        InputError: no ``studies/*.json`` there.
+    """
+    import json
+
+    predictions = Path(predictions)
+    folder = predictions if predictions.is_dir() else predictions.parent
+    results = [json.loads(p.read_text()) for p in sorted((folder / "studies").glob("*.json"))]
+    if not results:
+        raise InputError(predictions, "no per-study predictions (studies/*.json); run `spinelab predict` first")
     return results

@@ -3,14 +3,12 @@ coloured and labelled and the fracture probabilities beside them; an HTML index 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from spinelab.errors import InputError
-from spinelab.infer.batch import progress_bar
+from spinelab.infer.batch import progress_bar, read_study_results
 from spinelab.infer.studies import find_input_studies
 from spinelab.io.volume import Volume
 from spinelab.registry import CERVICAL_TARGETS, VERTEBRAE
@@ -81,9 +79,7 @@ def write_cervical_report(*, predictions: str | Path, input: str | Path, out: st
     from spinelab.io.dicom import read_series
 
     predictions, out = Path(predictions), Path(out)
-    results = [json.loads(p.read_text()) for p in sorted((predictions / "studies").glob("*.json"))]
-    if not results:
-        raise InputError(predictions, "no per-study predictions (studies/*.json); run `spinelab predict` first")
+    results = read_study_results(predictions)
     _, studies = find_input_studies(input)
     folders = dict(studies)
     rows = []

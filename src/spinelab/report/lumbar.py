@@ -3,14 +3,13 @@ predicted points drawn, plus the 25 grades as a table; an HTML index sorted by t
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from spinelab.errors import InputError
-from spinelab.infer.batch import progress_bar
+from spinelab.infer.batch import progress_bar, read_study_results
 from spinelab.infer.studies import find_input_studies
 from spinelab.registry import LUMBAR_CONDITIONS, LUMBAR_GRADES, LUMBAR_LEVEL_TITLES, LUMBAR_LEVELS
 from spinelab.report.curves import plot_training_curves
@@ -111,15 +110,6 @@ def _grade_table(axes: Any, result: dict[str, Any]) -> None:
         ax.set_title(f"P({grade})", fontsize=9)
 
 
-def _find_predictions(predictions: Path) -> list[dict[str, Any]]:
-    folder = predictions if predictions.is_dir() else predictions.parent
-    results = [json.loads(p.read_text()) for p in sorted((folder / "studies").glob("*.json"))]
-    if not results:
-        raise InputError(predictions, "no per-study predictions (studies/*.json); run `spinelab predict` "
-                                      "first")
-    return results
-
-
 def write_lumbar_report(*, predictions: str | Path, input: str | Path, out: str | Path,
                         model: str | Path | None = None, progress: bool = True) -> Path:
     """Per-study PNGs and ``index.html`` sorted by the highest P(severe); training curves with ``model``.
@@ -136,7 +126,7 @@ def write_lumbar_report(*, predictions: str | Path, input: str | Path, out: str 
     from spinelab.tasks.lumbar.studies import load_study, read_descriptions
 
     predictions, out, input = Path(predictions), Path(out), Path(input)
-    results = _find_predictions(predictions)
+    results = read_study_results(predictions)
     split, studies = find_input_studies(input, nested=True)
     descriptions = read_descriptions(input, split) if split in ("train", "test") else None
     folders = dict(studies)

@@ -13,6 +13,7 @@ import pandas as pd
 from spinelab.config.load import save_config
 from spinelab.config.schema import CervicalConfig
 from spinelab.io.atomic import atomic_write_csv, atomic_write_json
+from spinelab.metrics import cervical_prevalence_constant, cervical_score
 from spinelab.registry import CERVICAL_TARGETS
 from spinelab.tasks.cervical.fracture import FractureStage, evaluate_cervical
 from spinelab.tasks.cervical.localization import LocalizerStage, localize, summarize_localization
@@ -112,13 +113,11 @@ def write_cv_scores(run_dir: Path) -> dict[str, Any]:
     oof = pd.concat(frames, ignore_index=True)
     atomic_write_csv(run_dir / "oof.csv", oof)
     scores: dict[str, Any] = {"studies": len(oof), **evaluate_cervical(oof)}
-    labels = oof[[f"true_{t}" for t in CERVICAL_TARGETS]]
-    labels.columns = list(CERVICAL_TARGETS)
-    constant = evaluate_cervical(
-        pd.concat([oof[["StudyInstanceUID"]], labels.mean().to_frame().T.loc[[0] * len(oof)].reset_index(drop=True),
-                   oof[[f"true_{t}" for t in CERVICAL_TARGETS]]], axis=1))
-    scores["prevalence_constant_score"] = constant["competition_score"]
-    scores["relative_improvement"] = 1 - scores["competition_score"] / constant["competition_score"]
+    truth = oof[["StudyInstanceUID", *(f"true_{t}" for t in CERVICAL_TARGETS)]]
+    truth.columns = ["StudyInstanceUID", *CERVICAL_TARGETS]
+    constant = float(cervical_score(truth, cervical_prevalence_constant(truth)))
+    scores["prevalence_constant_score"] = constant
+    scores["relative_improvement"] = 1 - scores["competition_score"] / constant
     per_fold = {}
     for p in sorted((run_dir / "stage2").glob("fold_*/scores.json")):
         per_fold[p.parent.name] = json.loads(p.read_text())

@@ -152,7 +152,7 @@ def evaluate_cervical_predictions(wide: pd.DataFrame, label_path: Path, out: Pat
     """Competition metric, AUCs and a calibration table for the predicted studies that have labels."""
     from sklearn.metrics import roc_auc_score
 
-    from spinelab.metrics import cervical_score, cervical_submission_frame
+    from spinelab.metrics import cervical_prevalence_constant, cervical_score, cervical_submission_frame
     from spinelab.report.calibration import calibration_table
 
     truth = pd.read_csv(label_path)
@@ -161,9 +161,7 @@ def evaluate_cervical_predictions(wide: pd.DataFrame, label_path: Path, out: Pat
     result: dict[str, Any] = {"labels": str(label_path), "studies": len(truth)}
     if len(truth):
         result["competition_score"] = float(cervical_score(truth, cervical_submission_frame(probs)))
-        prevalence = probs.copy()
-        prevalence[:] = truth[list(CERVICAL_TARGETS)].mean().to_numpy()
-        result["prevalence_constant_score"] = float(cervical_score(truth, cervical_submission_frame(prevalence)))
+        result["prevalence_constant_score"] = float(cervical_score(truth, cervical_prevalence_constant(truth)))
         aucs = {}
         for t in CERVICAL_TARGETS:
             y = truth[t].to_numpy()
