@@ -31,9 +31,12 @@ def train(cfg: Any, *, run_dir: str | Path | None = None, fold: str = "all", sta
 
 
 def predict(task: str, *, model: str | Path, input: str | Path, out: str | Path, labels: str | Path | None = None,
-            device: str = "auto", precision: str = "fp32", compile: bool = False, tta: bool = True,
-            folds: list[int] | None = None, progress: bool = True) -> dict[str, Any]:
-    """Predict a dataset or study folder with a run folder; see ``spinelab predict --help``."""
+            device: str | None = None, precision: str | None = None, compile: bool | None = None,
+            tta: bool | None = None, folds: list[int] | None = None, progress: bool = True) -> dict[str, Any]:
+    """Predict a dataset or study folder with a run folder; see ``spinelab predict --help``.
+
+    ``device``, ``precision``, ``compile`` and ``tta`` left ``None`` come from the run's ``infer`` section.
+    """
     kwargs = dict(labels=labels, device=device, precision=precision, compile=compile, tta=tta, folds=folds,
                   progress=progress)
     if task == "cervical":

@@ -212,11 +212,14 @@ def predict(
     input: Annotated[Path, typer.Option("--input", "-i", help="A dataset folder or one study folder.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
     labels: Annotated[Path | None, typer.Option(help="Labels CSV to evaluate against (train.csv format).")] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
-    precision: Annotated[str, typer.Option(help="fp32 or bf16 (autocast).")] = "fp32",
-    compile: Annotated[bool, typer.Option(help="torch.compile the models.")] = False,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or auto [default: the run's infer.device]")] = None,
+    precision: Annotated[str | None, typer.Option(
+        help="fp32 or bf16 autocast [default: the run's infer.precision]")] = None,
+    compile: Annotated[bool | None, typer.Option(
+        "--compile/--no-compile", help="torch.compile the models [default: the run's infer.compile]")] = None,
     folds: Annotated[str | None, typer.Option(help="Comma-separated folds to ensemble (default all).")] = None,
-    tta: Annotated[bool, typer.Option(help="Flip test-time augmentation.")] = True,
+    tta: Annotated[bool | None, typer.Option(
+        "--tta/--no-tta", help="Flip test-time augmentation [default: the run's infer.tta]")] = None,
 ) -> None:
     """Predict every study: submission.csv, one JSON per study, and an evaluation when labels exist."""
     from spinelab.api import predict as api_predict

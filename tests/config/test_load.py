@@ -69,3 +69,13 @@ def test_run_config_round_trip(tmp_path: Path) -> None:
     assert again == cfg
     with pytest.raises(ConfigError, match="not found"):
         read_run_config(tmp_path / "missing")
+
+
+def test_run_config_of_spinelab_0_1_is_still_read(tmp_path: Path) -> None:
+    import yaml
+
+    save_config(load_config("cervical"), tmp_path / "config.yaml")
+    data = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    data["infer"] = {"device": "auto", "tta_flip": False, "batch_size": 16}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))
+    assert read_run_config(tmp_path).infer.tta is False

@@ -53,3 +53,17 @@ def test_bf16_on_a_cpu_without_bf16_units_warns(monkeypatch: pytest.MonkeyPatch,
     with caplog.at_level("WARNING", logger="spinelab"):
         Runtime(device="cpu", precision="bf16")
     assert caplog.text == ""
+
+
+def test_run_folder_infer_section_supplies_defaults_and_options_win(tmp_path) -> None:
+    from spinelab.config.load import load_config, save_config
+    from spinelab.infer.runtime import run_inference_options
+
+    cfg = load_config("cervical", overrides=["infer.device=cpu", "infer.tta=false", "infer.channels_last=false",
+                                             "infer.compile=true"])
+    save_config(cfg, tmp_path / "config.yaml")
+    runtime, tta = run_inference_options(tmp_path)
+    assert (runtime.device, runtime.precision, runtime.channels_last, runtime.compile, tta) == (
+        "cpu", "fp32", False, True, False)
+    runtime, tta = run_inference_options(tmp_path, compile=False, tta=True, precision="bf16")
+    assert (runtime.compile, tta, runtime.precision) == (False, True, "bf16")

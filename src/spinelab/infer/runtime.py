@@ -92,3 +92,25 @@ class Runtime:
         if not isinstance(x, torch.Tensor):
             return x
         return x.to(self.device, non_blocking=True)
+
+
+def run_inference_options(run_dir: Any, *, device: str | None = None, precision: str | None = None,
+                          compile: bool | None = None, tta: bool | None = None) -> tuple[Runtime, bool]:
+    """The ``Runtime`` and flip-TTA flag for predicting with a run folder.
+
+    Arguments left ``None`` come from the run's ``infer`` section (``config.yaml``), so a run trained for an
+    AMX CPU or a GPU can carry ``infer.precision: bf16``; explicit arguments (the CLI options) win.
+
+    Args:
+        run_dir: run folder written by ``spinelab train``.
+        device, precision, compile, tta: overrides; ``None`` keeps the run's setting.
+
+    Returns:
+        ``(runtime, tta)``.
+    """
+    from spinelab.config.load import read_run_config
+
+    cfg = read_run_config(run_dir).infer
+    runtime = Runtime(device=device or cfg.device, precision=precision or cfg.precision,
+                      channels_last=cfg.channels_last, compile=cfg.compile if compile is None else compile)
+    return runtime, cfg.tta if tta is None else tta

@@ -17,7 +17,7 @@ from spinelab import __version__
 from spinelab.config.load import read_run_config
 from spinelab.errors import InputError
 from spinelab.infer.batch import predict_studies
-from spinelab.infer.runtime import Runtime
+from spinelab.infer.runtime import Runtime, run_inference_options
 from spinelab.infer.studies import find_input_studies, label_file
 from spinelab.io.atomic import atomic_write_csv, atomic_write_json
 from spinelab.registry import LUMBAR_CONDITIONS, LUMBAR_GRADES, LUMBAR_LEVELS, lumbar_columns
@@ -164,17 +164,18 @@ def probs_of(results: list[dict[str, Any]]) -> dict[str, np.ndarray]:
             for r in results}
 
 
-def predict_lumbar(study_dir: str | Path, model_dir: str | Path, *, device: str = "auto",
-                   precision: str = "fp32", compile: bool = False, tta: bool = True,
+def predict_lumbar(study_dir: str | Path, model_dir: str | Path, *, device: str | None = None,
+                   precision: str | None = None, compile: bool | None = None, tta: bool | None = None,
                    folds: list[int] | None = None) -> dict[str, Any]:
     """Predict one lumbar MRI study folder (one folder per series) with a trained run folder."""
-    runtime = Runtime(device=device, precision=precision, compile=compile)
+    runtime, tta = run_inference_options(model_dir, device=device, precision=precision, compile=compile, tta=tta)
     return LumbarPredictor(model_dir, folds=folds, runtime=runtime, tta=tta).predict_study(study_dir)
 
 
 def predict_lumbar_dataset(input: str | Path, model: str | Path, out: str | Path, *,
-                           labels: str | Path | None = None, device: str = "auto", precision: str = "fp32",
-                           compile: bool = False, tta: bool = True, folds: list[int] | None = None,
+                           labels: str | Path | None = None, device: str | None = None,
+                           precision: str | None = None, compile: bool | None = None, tta: bool | None = None,
+                           folds: list[int] | None = None,
                            progress: bool = True) -> dict[str, Any]:
     """Predict every study under ``input``: ``submission.csv``, ``studies/<id>.json`` and an evaluation.
 
@@ -184,8 +185,8 @@ def predict_lumbar_dataset(input: str | Path, model: str | Path, out: str | Path
     input, out = Path(input), Path(out)
     split, studies = find_input_studies(input, nested=True)
     descriptions = read_descriptions(input, split) if split in ("train", "test") else None
-    predictor = LumbarPredictor(model, folds=folds, runtime=Runtime(device=device, precision=precision,
-                                                                    compile=compile), tta=tta)
+    runtime, tta = run_inference_options(model, device=device, precision=precision, compile=compile, tta=tta)
+    predictor = LumbarPredictor(model, folds=folds, runtime=runtime, tta=tta)
     truth_points = _truth_points(input, split)
 
     def one(sid: str, path: Path) -> dict[str, Any]:
