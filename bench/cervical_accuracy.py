@@ -19,6 +19,29 @@ from spinelab import api  # noqa: E402
 from spinelab.config.load import load_config  # noqa: E402
 
 
+def range_quality(loc: dict, slice_labels: Path, folds: Path) -> tuple[float, float]:
+    """Mean share of each true vertebra slice range (ratio > 0.2) inside the predicted range, and mean share
+    of each predicted range outside the true one, over the held-out (fold 0) studies with a segmentation."""
+    import pandas as pd
+
+    from spinelab.registry import VERTEBRAE
+
+    labels = pd.read_csv(slice_labels)
+    held_out = set(pd.read_csv(folds).query("fold == 0").StudyInstanceUID)
+    covered, outside = [], []
+    for uid, rows in labels[labels.StudyInstanceUID.isin(held_out)].groupby("StudyInstanceUID"):
+        for v in VERTEBRAE:
+            idx = rows["index"][rows[v] > 0.2]
+            if idx.empty:
+                continue
+            true = set(range(int(idx.min()), int(idx.max()) + 1))
+            start, end = loc[uid]["ranges"][v]
+            pred = set(range(start, end + 1))
+            covered.append(len(true & pred) / len(true))
+            outside.append(len(pred - true) / len(pred))
+    return float(sum(covered) / len(covered)), float(sum(outside) / len(outside))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--studies", type=int, default=100)
@@ -43,8 +66,10 @@ def main() -> None:
     timings["train"] = time.perf_counter() - start
     cv = json.loads((run / "cv_scores.json").read_text())
     s1 = json.loads((run / "stage1/fold_0/scores.json").read_text())
+    s2 = json.loads((run / "stage2/fold_0/scores.json").read_text())
     loc = json.loads((run / "localization.json").read_text())
     found = sum(len(v["missing"]) == 0 for v in loc.values()) / len(loc)
+    coverage, outside = range_quality(loc, data / "derived" / "slice_labels.csv", run / "folds.csv")
     text = "\n".join([
         "## Cervical accuracy on a synthetic benchmark (`bench/cervical_accuracy.py`)",
         "",
@@ -60,10 +85,14 @@ def main() -> None:
         f"| patient-level AUC | {cv.get('auc_overall', float('nan')):.3f} |",
         f"| stage 1: slice ratio MAE / presence accuracy | {s1['ratio_mae']:.3f} / {s1['presence_acc']:.3f} |",
         f"| stage 1: studies with all seven vertebrae found | {100 * found:.0f} % |",
+        f"| stage 1: share of each true vertebra range covered / share of predicted range outside it "
+        f"(held-out segmented studies) | {100 * coverage:.0f} % / {100 * outside:.0f} % |",
         "",
-        f"Time: generation {timings['generate'] / 60:.1f} min, training both stages on fold 0 "
-        f"{timings['train'] / 60:.1f} min. Command: `python bench/cervical_accuracy.py --studies {args.studies} "
-        f"--size {args.size} --write`.",
+        f"Time: generation {timings['generate'] / 60:.1f} min; training on fold 0: stage 1 "
+        f"{s1['seconds'] / 60:.1f} min ({s1['epochs']} epochs, {s1['global_step']} steps), stage 2 "
+        f"{s2['seconds'] / 60:.1f} min ({s2['epochs']} epochs, {s2['global_step']} steps); this call "
+        f"{timings['train'] / 60:.1f} min (a stage already trained is reused with `--resume`). Command: "
+        f"`python bench/cervical_accuracy.py --studies {args.studies} --size {args.size} --write`.",
     ])
     print(text)
     if args.write:

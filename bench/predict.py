@@ -2,9 +2,9 @@
 
 Part 1 (timing): a 300-slice 512 px synthetic neck CT in JPEG Lossless (the RSNA 2022 syntax) and a run folder
 with the default recipe's architectures (random weights: timing does not depend on them). Each mode runs
-decode (``read_series``), stage 1 (localisation over the whole study) and stage 2 (seven vertebra sequences),
-with flip TTA, one warm-up then ``--repeats`` timed runs. The baseline is eager fp32 in NCHW (what the seeds
-do on a CPU), measured in the same run.
+decode (``read_series``), stage 1 (localisation over the whole study) and stage 2 (seven vertebra sequences)
+exactly as ``CervicalPredictor`` does, one warm-up then ``--repeats`` timed runs. The baseline is the same work
+in eager fp32 NCHW (what the seeds do on a CPU), measured in the same run.
 
 Part 2 (``--run RUN --data DATASET``): predicts a labelled dataset with a trained run in fp32 and in the faster
 modes and reports the competition metric of each, so bf16 is adopted only when the metric holds.
@@ -34,17 +34,19 @@ from spinelab.tasks.cervical.fracture import fracture_inputs  # noqa: E402
 from spinelab.tasks.cervical.predict import CervicalPredictor  # noqa: E402
 
 WORK = REPO / "bench" / "_work" / "predict"
-# name -> Runtime options, plus ``fast``: no flip TTA and 2 stage-1 offsets instead of the recipe's.
+# name -> Runtime options, plus what the predictor does: ``tta`` (stage-2 flip TTA, default on),
+# ``stage1_flip`` (flip TTA in stage 1 too) and ``offsets`` (stage-1 interleaved sequences; default: the recipe's).
 MODES = {
     "fp32 NCHW eager (baseline)": {"precision": "fp32", "channels_last": False, "compile": False},
-    "fp32 channels_last": {"precision": "fp32", "channels_last": True, "compile": False},
-    "fp32 channels_last fast (no TTA / 2 offsets)": {"precision": "fp32", "channels_last": True, "compile": False,
-                                                      "fast": True},
+    "fp32 channels_last (default)": {"precision": "fp32", "channels_last": True, "compile": False},
+    "fp32 channels_last, stage-1 flip + 4 offsets": {"precision": "fp32", "channels_last": True,
+                                                     "compile": False, "stage1_flip": True, "offsets": 4},
+    "fp32 channels_last, no TTA": {"precision": "fp32", "channels_last": True, "compile": False, "tta": False},
     "bf16 channels_last": {"precision": "bf16", "channels_last": True, "compile": False},
     "bf16 channels_last + compile": {"precision": "bf16", "channels_last": True, "compile": True},
 }
 #: Modes whose metric differs from plain fp32 (channels_last and TTA-free runs are not numerics changes).
-METRIC_MODES = ("fp32 channels_last", "bf16 channels_last", "bf16 channels_last + compile")
+METRIC_MODES = ("fp32 channels_last (default)", "bf16 channels_last", "bf16 channels_last + compile")
 
 
 def make_study(slices: int, size: int) -> Path:
@@ -78,10 +80,12 @@ def time_modes(study: Path, run: Path, repeats: int, modes: list[str]) -> list[d
     rows = []
     for name in modes:
         opts = dict(MODES[name])
-        fast = opts.pop("fast", False)
-        predictor = CervicalPredictor(run, runtime=Runtime(device="cpu", **opts), tta=not fast)
-        if fast:
-            predictor.cfg.stage1.infer_offsets = 2
+        tta, stage1_flip, offsets = opts.pop("tta", True), opts.pop("stage1_flip", None), opts.pop("offsets", None)
+        predictor = CervicalPredictor(run, runtime=Runtime(device="cpu", **opts), tta=tta)
+        if stage1_flip is not None:
+            predictor.cfg.stage1.infer_flip = stage1_flip
+        if offsets is not None:
+            predictor.cfg.stage1.infer_offsets = offsets
         times: dict[str, list[float]] = {"decode": [], "stage1": [], "stage2": [], "total": []}
         for rep in range(repeats + 1):  # the first run warms up (and compiles)
             t0 = time.perf_counter()
@@ -89,10 +93,11 @@ def time_modes(study: Path, run: Path, repeats: int, modes: list[str]) -> list[d
             t1 = time.perf_counter()
             from spinelab.tasks.cervical.localization import localize, summarize_localization
 
-            pred = localize(vol, predictor.stage1, predictor.cfg, tta=predictor.tta, runtime=predictor.runtime)
+            pred = localize(vol, predictor.stage1, predictor.cfg, runtime=predictor.runtime,
+                            tta=predictor.tta and predictor.cfg.stage1.infer_flip)
             summary = summarize_localization(pred, vol, predictor.cfg)
             t2 = time.perf_counter()
-            images, found = fracture_inputs(vol, summary, predictor.cfg)
+            images, found, _ = fracture_inputs(vol, summary, predictor.cfg)
             x, mask = torch.from_numpy(images)[None], torch.from_numpy(found)[None]
             for model in predictor.stage2:
                 for flip in (False, True) if predictor.tta else (False,):
@@ -160,7 +165,7 @@ def main() -> None:
         "Lossless 4.70. Default recipe (random weights): stage 1 "
         f"{cfg.stage1.model.backbone or 'resnet18'} at {cfg.stage1.image_size} px, {cfg.stage1.seq_len} slices x "
         f"{cfg.stage1.infer_offsets} offsets; stage 2 {cfg.stage2.model.backbone or 'resnet18'}, 7 vertebrae x "
-        f"{cfg.stage2.n_slices} slices at {cfg.stage2.image_size} px; flip TTA unless marked fast; one fold. "
+        f"{cfg.stage2.n_slices} slices at {cfg.stage2.image_size} px; stage-2 flip TTA unless marked; one fold. "
         f"CPU bf16 support (AMX / AVX512-BF16): {cpu_has_bf16_units()}. Median of "
         f"{args.repeats} runs after a warm-up; speed-up against the eager fp32 NCHW baseline of the same run.",
         "",

@@ -7,9 +7,9 @@ written into each run folder and is the input contract at inference time (window
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "StrictModel",
@@ -98,14 +98,25 @@ class DataConfig(StrictModel):
 
 
 class InferConfig(StrictModel):
-    """Inference defaults; the CLI can override each."""
+    """Inference defaults stored with the run; ``spinelab predict`` options override each one."""
 
     device: str = "auto"
+    # bf16 pays only on CPUs with bf16 units (AMX / AVX512-BF16) or on a GPU; see BENCHMARKS.md.
     precision: Literal["fp32", "bf16"] = "fp32"
     channels_last: bool = True
     compile: bool = False
-    tta_flip: bool = True
-    batch_size: int = 16
+    tta: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _accept_spinelab_0_1_fields(cls, data: Any) -> Any:
+        """Run folders of spinelab 0.1 wrote ``tta_flip`` (now ``tta``) and an unused ``batch_size``."""
+        if isinstance(data, dict) and ("tta_flip" in data or "batch_size" in data):
+            data = dict(data)
+            if "tta_flip" in data:
+                data.setdefault("tta", data.pop("tta_flip"))
+            data.pop("batch_size", None)
+        return data
 
 
 class CervicalStage1Config(StrictModel):
@@ -117,7 +128,11 @@ class CervicalStage1Config(StrictModel):
     image_size: int = 256
     seq_len: int = 32
     samples_per_study: int = 1
-    infer_offsets: int = 4
+    # Inference: the study is read as ``infer_offsets`` interleaved sequences of ``seq_len`` slices. Flip
+    # TTA (``--tta``) reaches stage 1 only with ``infer_flip``: ranges are coarse, and on a CPU the extra
+    # stage-1 passes cost more than stage 2 (bench/predict.py).
+    infer_offsets: int = 2
+    infer_flip: bool = False
     ratio_threshold: float = 0.3
     relative_threshold: float = 0.5
     min_peak: float = 0.1
@@ -138,6 +153,13 @@ class CervicalStage2Config(StrictModel):
     n_slices: int = 24
     overall: Literal["learned", "noisy_or"] = "learned"
     range_jitter: float = 0.1
+    # Weight of the per-step fracture loss (targets from the fracture boxes; 0 turns it off). The study
+    # labels give ~one positive per fractured vertebra; the boxes say which slices show it (3rd place).
+    step_loss_weight: float = Field(default=1.0, ge=0.0)
+    # Training only: each intact vertebra gets a painted cleft with this probability (7th place's fake
+    # fractures). Its steps become per-step positives; the study-level loss and the patient head's pooling
+    # leave it out, so the vertebra and patient heads stay calibrated on real labels only.
+    fake_fracture_prob: float = Field(default=0.0, ge=0.0, le=1.0)
 
 
 class CervicalConfig(StrictModel):

@@ -7,6 +7,7 @@ losses and the predictor can name what they use.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -46,18 +47,20 @@ class SliceLocalizer(nn.Module):
 
 
 class FractureClassifier(nn.Module):
-    """Per-vertebra slice sequences -> vertebra fracture logits and a patient-level logit.
+    """Per-vertebra slice sequences -> vertebra fracture logits, per-step logits and a patient-level logit.
 
     Input ``x`` ``(B, V, S, C, H, W)``: V vertebrae (7), S steps of C-slice stacks each; ``mask`` ``(B, V)``
-    marks vertebrae that were found. Each vertebra goes through CNN -> BiGRU -> attention pooling; a
-    learned vertebra-identity embedding is added; ``overall="learned"`` pools the seven embeddings with
-    attention for ``patient_overall``, ``"noisy_or"`` combines the vertebra probabilities instead.
-    Output dict: ``vertebra`` logits ``(B, V)``, ``overall`` logit ``(B,)``.
+    marks vertebrae that were found. Each vertebra goes through CNN -> BiGRU; a per-step head scores every
+    step (trained on slice-level fracture targets when there are boxes) and attention pooling gives the
+    vertebra embedding, to which a learned vertebra-identity embedding is added. ``overall="learned"``
+    pools the seven embeddings with attention for ``patient_overall``, ``"noisy_or"`` combines the
+    vertebra probabilities instead. Output dict: ``vertebra`` logits ``(B, V)``, ``step`` logits
+    ``(B, V, S)``, ``overall`` logit ``(B,)``.
     """
 
     def __init__(self, *, backbone: str = "resnet18", in_chans: int = 3, hidden: int = 128,
                  pretrained_path: str | Path | None = None, drop_rate: float = 0.1, n_vertebrae: int = 7,
-                 overall: str = "learned"):
+                 overall: str = "learned", prior: float = 0.1):
         super().__init__()
         if overall not in ("learned", "noisy_or"):
             raise ValueError(f"overall must be 'learned' or 'noisy_or', got {overall!r}")
@@ -67,18 +70,33 @@ class FractureClassifier(nn.Module):
         self.pool = AttentionPool(f)
         self.vertebra_embedding = nn.Parameter(torch.zeros(n_vertebrae, f))
         self.vertebra_head = nn.Linear(f, 1)
+        self.step_head = nn.Linear(f, 1)
+        # Start the rare-positive heads at the prior rate: from a 0.5 start the first epochs are spent
+        # only learning the base rate, which with a few hundred training studies is most of the training.
+        bias = float(torch.logit(torch.tensor(prior)))
+        nn.init.constant_(self.vertebra_head.bias, bias)
+        nn.init.constant_(self.step_head.bias, bias)
         self.overall_mode = overall
         self.overall_pool = AttentionPool(f)
         self.overall_head = nn.Linear(f, 1)
 
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """As ``nn.Module.load_state_dict``; weights from spinelab 0.1 have no ``step_head``, which only
+        training uses, so it keeps its initial values instead of failing the load."""
+        if "step_head.weight" not in state_dict:
+            state_dict = {**state_dict, **{f"step_head.{k}": v for k, v in self.step_head.state_dict().items()}}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     def forward_features(self, x: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
-        """``(B, V, S, C, H, W)`` -> vertebra embeddings ``(B, V, F)``."""
+        """``(B, V, S, C, H, W)`` -> per-step sequence features ``(B, V, S, F)``."""
         b, v = x.shape[:2]
         seq = self.encoder(x.flatten(0, 1), None if pos is None else pos.flatten(0, 1))
-        emb = self.pool(seq).view(b, v, -1)
-        return emb + self.vertebra_embedding[:v]
+        return seq.view(b, v, *seq.shape[1:])
 
-    def forward_head(self, emb: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward_head(self, feats: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        b, v = feats.shape[:2]
+        step = self.step_head(feats).squeeze(-1)
+        emb = self.pool(feats.flatten(0, 1)).view(b, v, -1) + self.vertebra_embedding[:v]
         vert = self.vertebra_head(emb).squeeze(-1)
         if self.overall_mode == "noisy_or":
             # log(1 - prod(1 - p)) as a logit: sum of log(1-p) is the log probability of "no fracture".
@@ -89,7 +107,7 @@ class FractureClassifier(nn.Module):
             overall = torch.log(-torch.expm1(log_none)) - log_none
         else:
             overall = self.overall_head(self.overall_pool(emb, mask)).squeeze(-1)
-        return {"vertebra": vert, "overall": overall}
+        return {"vertebra": vert, "step": step, "overall": overall}
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

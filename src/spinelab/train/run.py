@@ -11,6 +11,7 @@ Run folder layout (the API of ``spinelab predict``; nnU-Net's results folder is 
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,8 @@ def train_stage(stage: Stage, *, trainer_cfg: TrainerConfig, fold: int | None, r
         progress: show a progress bar.
 
     Returns:
-        ``{"dir": fold folder, "scores": validation metrics of the best model, "seconds": wall time}``.
+        ``{"dir": fold folder, "scores": validation metrics of the best model, "seconds": training wall time,
+        summed over the resumed parts that finished}``.
     """
     tc = stage.train_config
     out = fold_dir(stage.run_dir, stage.name, fold)
@@ -71,7 +73,7 @@ def train_stage(stage: Stage, *, trainer_cfg: TrainerConfig, fold: int | None, r
                              collate_fn=collate, persistent_workers=persistent) if val_ds is not None else None)
 
     checkpoint = ModelCheckpoint(dirpath=out, filename="checkpoint_best", save_last=True, save_top_k=1,
-                                 monitor="val/loss" if val_loader is not None else None, mode="min",
+                                 monitor=stage.monitor if val_loader is not None else None, mode="min",
                                  enable_version_counter=False)
     checkpoint.CHECKPOINT_NAME_LAST = "checkpoint_last"
     callbacks: list[Any] = [checkpoint, LearningRateMonitor(logging_interval="step")]
@@ -94,9 +96,13 @@ def train_stage(stage: Stage, *, trainer_cfg: TrainerConfig, fold: int | None, r
     )
     module = SpineModule(stage)
     last = out / "checkpoint_last.ckpt"
+    resuming = resume and last.is_file()
+    # Training time adds up over resumed parts (those that finished; a killed part's time is not known).
+    earlier = (json.loads((out / "scores.json").read_text()).get("seconds", 0.0)
+               if resuming and (out / "scores.json").is_file() else 0.0)
     start = time.perf_counter()
-    trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume and last.is_file() else None)
-    seconds = time.perf_counter() - start
+    trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resuming else None)
+    seconds = time.perf_counter() - start + earlier
     if trainer.global_rank != 0:
         return {"dir": out, "scores": {}, "seconds": seconds}
 

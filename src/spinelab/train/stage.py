@@ -32,6 +32,9 @@ class Stage(ABC):
 
     #: folder name inside the run folder, e.g. ``"stage1"``.
     name: str = "stage"
+    #: validation quantity (minimised) that picks ``checkpoint_best``; a stage whose optimised loss carries
+    #: auxiliary terms names the loss that matters here instead.
+    monitor: str = "val/loss"
 
     def __init__(self, cfg: Any, run_dir: Path) -> None:
         self.cfg = cfg

@@ -1,11 +1,15 @@
 """Stage 2: is each vertebra fractured? Per vertebra, ``n_slices`` evenly spaced slices inside its
 predicted range, cropped to the study box, grouped into 2.5D triplets; CNN -> BiGRU -> attention pooling
 per vertebra and a patient-level head over the seven embeddings (trantuan / 2nd-place recipe).
-The loss is the competition's weighted BCE, normalised per study."""
+
+The loss is the competition's weighted BCE, normalised per study, plus a per-step BCE whose targets come from
+the fracture boxes (3rd place's slice-level labels) and, in training, from clefts painted into intact
+vertebrae (7th place's fake fractures). A few hundred labelled positives are too few for a CNN to learn what
+a fracture looks like from study labels alone; these two terms say where it is."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -14,6 +18,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from spinelab.config.schema import CervicalConfig
+from spinelab.data.fake_fracture import paint_cleft
 from spinelab.data.transforms import SequenceAugment, evenly_spaced
 from spinelab.errors import InputError
 from spinelab.io.volume import Volume
@@ -22,12 +27,24 @@ from spinelab.tasks.cervical.slices import stack_images
 from spinelab.tasks.cervical.studies import CervicalStudies, head_first
 from spinelab.train.stage import Stage
 
-__all__ = ["FractureDataset", "FractureStage", "fracture_inputs", "competition_bce", "read_localization"]
+__all__ = ["FractureDataset", "FractureInputs", "FractureStage", "fracture_inputs", "step_targets",
+           "competition_bce", "fake_fracture_ignore", "read_localization"]
+
+
+class FractureInputs(NamedTuple):
+    """Stage-2 input of one study."""
+
+    #: ``(7, steps, 3 * n_windows, S, S)`` float32 images, steps = ``n_slices // 3``.
+    images: np.ndarray
+    #: ``(7,)`` bool, the vertebrae stage 1 found.
+    found: np.ndarray
+    #: ``(7, steps, 3)`` array indices of the slices behind each step.
+    slices: np.ndarray
 
 
 def fracture_inputs(volume: Volume, summary: dict[str, Any], cfg: CervicalConfig, *,
-                    rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Stage-2 input of one study: ``(7, n_slices // 3, 3 * n_windows, S, S)`` images and the found-mask.
+                    rng: np.random.Generator | None = None) -> FractureInputs:
+    """Stage-2 input of one study: per vertebra, ``n_slices`` evenly spaced slices grouped into triplets.
 
     Args:
         volume: the CT study.
@@ -51,9 +68,35 @@ def fracture_inputs(volume: Volume, summary: dict[str, Any], cfg: CervicalConfig
     images = stack_images(volume, np.concatenate(centres), windows=s2.windows, size=s2.image_size,
                           box=summary["box"], span=1)
     steps = s2.n_slices // 3
-    images = images[:, :, :, :].reshape(len(VERTEBRAE), steps, -1, s2.image_size, s2.image_size)
+    images = images.reshape(len(VERTEBRAE), steps, -1, s2.image_size, s2.image_size)
     found = np.array([v not in summary.get("missing", []) for v in VERTEBRAE], dtype=bool)
-    return images.astype(np.float32), found
+    slices = np.stack(centres)[:, :steps * 3].reshape(len(VERTEBRAE), steps, 3)
+    return FractureInputs(images.astype(np.float32), found, slices)
+
+
+def step_targets(slices: np.ndarray, labels: np.ndarray, boxes: dict[str, set[int]] | None) -> np.ndarray:
+    """Per-step fracture targets ``(7, steps)``: 1, 0, or -1 for "unknown" (left out of the loss).
+
+    A vertebra labelled intact has no fractured slice, so all its steps are 0. For a fractured vertebra
+    the fracture boxes say which slices show the fracture: a step is 1 when one of its slices has a box
+    attributed to that vertebra (or to none, when the study has no segmentation). A fractured vertebra
+    without boxes (most real positives) is unknown.
+
+    Args:
+        slices: ``(7, steps, k)`` array indices of each step (``FractureInputs.slices``).
+        labels: study targets in registry order (C1..C7 first).
+        boxes: ``CervicalStudies.fracture_slices[uid]``, or ``None`` when the study has no boxes.
+    """
+    out = np.zeros(slices.shape[:2], dtype=np.float32)
+    for i, v in enumerate(VERTEBRAE):
+        if labels[i] < 0.5:
+            continue
+        marked = (boxes or {}).get(v, set()) | (boxes or {}).get("", set())
+        if not marked:
+            out[i] = -1.0
+            continue
+        out[i] = [float(any(int(d) in marked for d in step)) for step in slices[i]]
+    return out
 
 
 def read_localization(run_dir: Any) -> dict[str, dict[str, Any]]:
@@ -74,6 +117,7 @@ class FractureDataset(Dataset):
                  localization: dict[str, dict[str, Any]], *, train: bool) -> None:
         self.studies, self.ids, self.cfg, self.loc, self.train = studies, list(ids), cfg, localization, train
         self.augment = SequenceAugment(affine=0.3) if train else None
+        self.fake_prob = cfg.stage2.fake_fracture_prob if train else 0.0
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -82,34 +126,56 @@ class FractureDataset(Dataset):
         uid = self.ids[i]
         vol = self.studies.volume(uid)
         rng = np.random.default_rng() if self.train else None
-        images, found = fracture_inputs(vol, self.loc[uid], self.cfg, rng=rng)
+        images, found, slices = fracture_inputs(vol, self.loc[uid], self.cfg, rng=rng)
+        target = self.studies.targets(uid)
+        steps = step_targets(slices, target, self.studies.fracture_slices.get(uid))
+        fake = np.zeros(len(VERTEBRAE), dtype=bool)
+        if rng is not None and self.fake_prob > 0:
+            for i in np.flatnonzero((target[:len(VERTEBRAE)] < 0.5) & found):
+                if rng.random() < self.fake_prob:
+                    painted = paint_cleft(images[i], self.cfg.stage2.windows, rng)
+                    steps[i, painted] = 1.0
+                    fake[i] = len(painted) > 0
         if self.augment is not None:
             v, t = images.shape[:2]
             flat, _, _ = self.augment(images.reshape(v * t, *images.shape[2:]))
             images = flat.reshape(images.shape)
         return {"image": torch.from_numpy(images), "mask": torch.from_numpy(found),
-                "target": torch.from_numpy(self.studies.targets(uid)), "uid": uid}
+                "target": torch.from_numpy(target), "step_target": torch.from_numpy(steps),
+                "fake": torch.from_numpy(fake), "uid": uid}
 
 
 _W_NEG = torch.tensor([CERVICAL_WEIGHTS[t][0] for t in CERVICAL_TARGETS])
 _W_POS = torch.tensor([CERVICAL_WEIGHTS[t][1] for t in CERVICAL_TARGETS])
 
 
-def competition_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def competition_bce(logits: torch.Tensor, target: torch.Tensor, ignore: torch.Tensor | None = None) -> torch.Tensor:
     """The RSNA 2022 metric as a loss: weighted BCE over (C1..C7, overall), normalised per study.
 
     Args:
         logits, target: ``(B, 8)`` in registry order.
+        ignore: optional ``(B, 8)`` bool, entries left out (their weight is 0; the normalisation follows).
     """
     w = target * _W_POS.to(logits) + (1 - target) * _W_NEG.to(logits)
+    if ignore is not None:
+        w = w * (~ignore)
     loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    return ((w * loss).sum(-1) / w.sum(-1)).mean()
+    return ((w * loss).sum(-1) / w.sum(-1).clamp(min=1e-6)).mean()
+
+
+def fake_fracture_ignore(fake: torch.Tensor) -> torch.Tensor:
+    """``(B, 8)`` entries the study-level loss skips: vertebrae with a painted fracture (the image shows a
+    fracture, the label says intact). ``patient_overall`` keeps its real label because the patient head
+    does not see painted vertebrae (``FractureStage.forward`` masks them out of its pooling)."""
+    return torch.cat([fake.bool(), torch.zeros_like(fake[:, :1], dtype=torch.bool)], dim=1)
 
 
 class FractureStage(Stage):
     """Stage 2 of the cervical pipeline."""
 
     name = "stage2"
+    # The per-step term is auxiliary: the best checkpoint is the one with the best competition loss.
+    monitor = "val/study_loss"
 
     def __init__(self, cfg: CervicalConfig, run_dir: Any) -> None:
         super().__init__(cfg, run_dir)
@@ -127,11 +193,26 @@ class FractureStage(Stage):
         return train, val
 
     def forward(self, model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        return model(batch["image"], mask=batch["mask"])
+        mask = batch["mask"]
+        if "fake" in batch:
+            # Painted vertebrae stay out of the patient-level pooling, so patient_overall keeps its real label
+            # without ignoring it for most negative studies (which would push the patient head upwards).
+            mask = mask & ~batch["fake"].bool()
+        return model(batch["image"], mask=mask)
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         logits = torch.cat([outputs["vertebra"], outputs["overall"][:, None]], dim=1).float()
-        return {"loss": competition_bce(logits, batch["target"].float())}
+        ignore = fake_fracture_ignore(batch["fake"]) if "fake" in batch else None
+        study = competition_bce(logits, batch["target"].float(), ignore)
+        weight = self.cfg.stage2.step_loss_weight
+        if not weight or "step_target" not in batch:
+            return {"loss": study, "study_loss": study}
+        target = batch["step_target"].float()
+        known = (target >= 0) & batch["mask"][:, :, None].bool()
+        step_bce = F.binary_cross_entropy_with_logits(outputs["step"].float(), target.clamp(min=0),
+                                                      reduction="none")
+        step = (step_bce * known).sum() / known.sum().clamp(min=1)
+        return {"loss": study + weight * step, "study_loss": study, "step_loss": step}
 
     def predictions(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> pd.DataFrame:
         probs = torch.sigmoid(torch.cat([outputs["vertebra"], outputs["overall"][:, None]], 1).float())

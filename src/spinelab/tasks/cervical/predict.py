@@ -15,7 +15,7 @@ import torch
 from spinelab import __version__
 from spinelab.config.load import read_run_config
 from spinelab.infer.batch import predict_studies
-from spinelab.infer.runtime import Runtime
+from spinelab.infer.runtime import Runtime, run_inference_options
 from spinelab.infer.studies import find_input_studies, label_file
 from spinelab.io.atomic import atomic_write_csv, atomic_write_json
 from spinelab.io.volume import Volume
@@ -36,7 +36,7 @@ class CervicalPredictor:
         run_dir: folder written by ``spinelab train cervical``.
         folds: folds to ensemble (default every trained fold; the full-data model when only it exists).
         runtime: device / precision / compile settings.
-        tta: average with left-right flipped inputs.
+        tta: average stage 2 with left-right flipped inputs (stage 1 too when ``stage1.infer_flip``).
     """
 
     def __init__(self, run_dir: str | Path, *, folds: list[int] | None = None, runtime: Runtime | None = None,
@@ -55,9 +55,10 @@ class CervicalPredictor:
 
     def predict_volume(self, volume: Volume, study_id: str | None = None) -> dict[str, Any]:
         """Probabilities for C1-C7 and the patient, plus vertebra slice ranges and the crop box."""
-        pred = localize(volume, self.stage1, self.cfg, tta=self.tta, runtime=self.runtime)
+        pred = localize(volume, self.stage1, self.cfg, tta=self.tta and self.cfg.stage1.infer_flip,
+                        runtime=self.runtime)
         summary = summarize_localization(pred, volume, self.cfg)
-        images, found = fracture_inputs(volume, summary, self.cfg)
+        images, found, _ = fracture_inputs(volume, summary, self.cfg)
         x, mask = torch.from_numpy(images)[None], torch.from_numpy(found)[None]
         outs = []
         for model in self.stage2:
@@ -96,17 +97,18 @@ class CervicalPredictor:
                 "status": "failed", "error": error, "warnings": [f"prediction failed, prior used: {error}"]}
 
 
-def predict_cervical(study_dir: str | Path, model_dir: str | Path, *, device: str = "auto",
-                     precision: str = "fp32", compile: bool = False, tta: bool = True,
+def predict_cervical(study_dir: str | Path, model_dir: str | Path, *, device: str | None = None,
+                     precision: str | None = None, compile: bool | None = None, tta: bool | None = None,
                      folds: list[int] | None = None) -> dict[str, Any]:
     """Predict one cervical CT study folder with a trained run folder (same options as the CLI)."""
-    runtime = Runtime(device=device, precision=precision, compile=compile)
+    runtime, tta = run_inference_options(model_dir, device=device, precision=precision, compile=compile, tta=tta)
     return CervicalPredictor(model_dir, folds=folds, runtime=runtime, tta=tta).predict_study(study_dir)
 
 
 def predict_cervical_dataset(input: str | Path, model: str | Path, out: str | Path, *,
-                             labels: str | Path | None = None, device: str = "auto", precision: str = "fp32",
-                             compile: bool = False, tta: bool = True, folds: list[int] | None = None,
+                             labels: str | Path | None = None, device: str | None = None,
+                             precision: str | None = None, compile: bool | None = None, tta: bool | None = None,
+                             folds: list[int] | None = None,
                              progress: bool = True) -> dict[str, Any]:
     """Predict every study under ``input``: ``submission.csv``, ``studies/<id>.json`` and an evaluation.
 
@@ -116,8 +118,8 @@ def predict_cervical_dataset(input: str | Path, model: str | Path, out: str | Pa
     input, out = Path(input), Path(out)
     split, studies = find_input_studies(input)
     _warn_listed_but_absent(input, split, {s for s, _ in studies})
-    predictor = CervicalPredictor(model, folds=folds, runtime=Runtime(device=device, precision=precision,
-                                                                      compile=compile), tta=tta)
+    runtime, tta = run_inference_options(model, device=device, precision=precision, compile=compile, tta=tta)
+    predictor = CervicalPredictor(model, folds=folds, runtime=runtime, tta=tta)
     results = predict_studies(studies, lambda sid, p: predictor.predict_study(p, sid), predictor.fallback,
                               out_dir=out, progress=progress, description="cervical predict")
     wide = pd.DataFrame([{"StudyInstanceUID": r["study"], **r["probabilities"]} for r in results])

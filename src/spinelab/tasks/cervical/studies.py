@@ -73,6 +73,20 @@ class CervicalStudies:
         df = pd.read_csv(path)
         return df[df.StudyInstanceUID.isin(self.labels.index)]
 
+    @cached_property
+    def fracture_slices(self) -> dict[str, dict[str, set[int]]]:
+        """Array indices of the slices with a fracture box, per study and per vertebra (``""`` when the box
+        could not be attributed to one, e.g. the study has no segmentation). Studies absent from the map
+        have no boxes (most real RSNA 2022 positives); an absent table means no boxes at all."""
+        path = self.derived_dir / "fracture_boxes.csv"
+        if not path.is_file():
+            return {}
+        table = pd.read_csv(path, dtype={"vertebra": str}, keep_default_na=False)
+        out: dict[str, dict[str, set[int]]] = {}
+        for rec in table.itertuples(index=False):
+            out.setdefault(rec.StudyInstanceUID, {}).setdefault(rec.vertebra, set()).add(int(rec.index))
+        return out
+
     def segmented_ids(self) -> list[str]:
         """Studies with slice labels (i.e. with a segmentation)."""
         return sorted(self.slice_labels.StudyInstanceUID.unique())
