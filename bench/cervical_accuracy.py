@@ -54,7 +54,8 @@ def main() -> None:
     data = args.work / f"data_{args.studies}x{args.size}"
     timings = {}
     start = time.perf_counter()
-    if not (data / "train.csv").is_file():
+    reused = (data / "train.csv").is_file()
+    if not reused:
         from spinelab.data.synthetic.cervical import generate_cervical_dataset
 
         generate_cervical_dataset(data, studies=args.studies, test_studies=0, size=args.size, seed=args.seed)
@@ -88,7 +89,8 @@ def main() -> None:
         f"| stage 1: share of each true vertebra range covered / share of predicted range outside it "
         f"(held-out segmented studies) | {100 * coverage:.0f} % / {100 * outside:.0f} % |",
         "",
-        f"Time: generation {timings['generate'] / 60:.1f} min; training on fold 0: stage 1 "
+        ("Time: dataset reused from an earlier run (generation times: the synthetic block); " if reused else
+         f"Time: generation {timings['generate'] / 60:.1f} min; ") + "training on fold 0: stage 1 "
         f"{s1['seconds'] / 60:.1f} min ({s1['epochs']} epochs, {s1['global_step']} steps), stage 2 "
         f"{s2['seconds'] / 60:.1f} min ({s2['epochs']} epochs, {s2['global_step']} steps); this call "
         f"{timings['train'] / 60:.1f} min (a stage already trained is reused with `--resume`). Command: "

@@ -37,16 +37,18 @@ WORK = REPO / "bench" / "_work" / "predict"
 # name -> Runtime options, plus what the predictor does: ``tta`` (stage-2 flip TTA, default on),
 # ``stage1_flip`` (flip TTA in stage 1 too) and ``offsets`` (stage-1 interleaved sequences; default: the recipe's).
 MODES = {
-    "fp32 NCHW eager (baseline)": {"precision": "fp32", "channels_last": False, "compile": False},
-    "fp32 channels_last (default)": {"precision": "fp32", "channels_last": True, "compile": False},
-    "fp32 channels_last, stage-1 flip + 4 offsets": {"precision": "fp32", "channels_last": True,
-                                                     "compile": False, "stage1_flip": True, "offsets": 4},
-    "fp32 channels_last, no TTA": {"precision": "fp32", "channels_last": True, "compile": False, "tta": False},
+    "fp32 NCHW eager + flip TTA (baseline)": {"precision": "fp32", "channels_last": False, "compile": False},
+    "fp32 channels_last + flip TTA": {"precision": "fp32", "channels_last": True, "compile": False},
+    "fp32 channels_last + flip TTA in both stages + 4 offsets": {"precision": "fp32", "channels_last": True,
+                                                                "compile": False, "stage1_flip": True,
+                                                                "offsets": 4},
+    "fp32 channels_last no TTA (CPU default)": {"precision": "fp32", "channels_last": True, "compile": False,
+                                                 "tta": False},
     "bf16 channels_last": {"precision": "bf16", "channels_last": True, "compile": False},
     "bf16 channels_last + compile": {"precision": "bf16", "channels_last": True, "compile": True},
 }
 #: Modes whose metric differs from plain fp32 (channels_last and TTA-free runs are not numerics changes).
-METRIC_MODES = ("fp32 channels_last (default)", "bf16 channels_last", "bf16 channels_last + compile")
+METRIC_MODES = ("fp32 channels_last no TTA (CPU default)", "bf16 channels_last", "bf16 channels_last + compile")
 
 
 def make_study(slices: int, size: int) -> Path:
@@ -165,7 +167,7 @@ def main() -> None:
         "Lossless 4.70. Default recipe (random weights): stage 1 "
         f"{cfg.stage1.model.backbone or 'resnet18'} at {cfg.stage1.image_size} px, {cfg.stage1.seq_len} slices x "
         f"{cfg.stage1.infer_offsets} offsets; stage 2 {cfg.stage2.model.backbone or 'resnet18'}, 7 vertebrae x "
-        f"{cfg.stage2.n_slices} slices at {cfg.stage2.image_size} px; stage-2 flip TTA unless marked; one fold. "
+        f"{cfg.stage2.n_slices} slices at {cfg.stage2.image_size} px; one fold. "
         f"CPU bf16 support (AMX / AVX512-BF16): {cpu_has_bf16_units()}. Median of "
         f"{args.repeats} runs after a warm-up; speed-up against the eager fp32 NCHW baseline of the same run.",
         "",

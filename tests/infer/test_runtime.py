@@ -67,3 +67,13 @@ def test_run_folder_infer_section_supplies_defaults_and_options_win(tmp_path) ->
         "cpu", "fp32", False, True, False)
     runtime, tta = run_inference_options(tmp_path, compile=False, tta=True, precision="bf16")
     assert (runtime.compile, tta, runtime.precision) == (False, True, "bf16")
+
+
+def test_flip_tta_left_unset_is_off_on_a_cpu(tmp_path) -> None:
+    from spinelab.config.load import load_config, save_config
+    from spinelab.infer.runtime import run_inference_options
+
+    save_config(load_config("lumbar", overrides=["infer.device=cpu"]), tmp_path / "config.yaml")
+    assert run_inference_options(tmp_path)[1] is False
+    assert run_inference_options(tmp_path, tta=True)[1] is True
+

@@ -105,7 +105,8 @@ class InferConfig(StrictModel):
     precision: Literal["fp32", "bf16"] = "fp32"
     channels_last: bool = True
     compile: bool = False
-    tta: bool = True
+    # Flip TTA; None = on a GPU, off on a CPU (it doubles stage-2 time there: bench/predict.py).
+    tta: bool | None = None
 
     @model_validator(mode="before")
     @classmethod

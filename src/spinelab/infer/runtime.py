@@ -99,7 +99,8 @@ def run_inference_options(run_dir: Any, *, device: str | None = None, precision:
     """The ``Runtime`` and flip-TTA flag for predicting with a run folder.
 
     Arguments left ``None`` come from the run's ``infer`` section (``config.yaml``), so a run trained for an
-    AMX CPU or a GPU can carry ``infer.precision: bf16``; explicit arguments (the CLI options) win.
+    AMX CPU or a GPU can carry ``infer.precision: bf16``; explicit arguments (the CLI options) win. Flip TTA
+    left unset everywhere is on for a GPU and off for a CPU.
 
     Args:
         run_dir: run folder written by ``spinelab train``.
@@ -113,4 +114,6 @@ def run_inference_options(run_dir: Any, *, device: str | None = None, precision:
     cfg = read_run_config(run_dir).infer
     runtime = Runtime(device=device or cfg.device, precision=precision or cfg.precision,
                       channels_last=cfg.channels_last, compile=cfg.compile if compile is None else compile)
-    return runtime, cfg.tta if tta is None else tta
+    if tta is None:
+        tta = cfg.tta if cfg.tta is not None else runtime.device != "cpu"
+    return runtime, tta
