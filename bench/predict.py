@@ -30,7 +30,6 @@ from spinelab.config.load import load_config, save_config  # noqa: E402
 from spinelab.infer.runtime import Runtime, cpu_has_bf16_units  # noqa: E402
 from spinelab.io.dicom import read_series  # noqa: E402
 from spinelab.models import create_model  # noqa: E402
-from spinelab.tasks.cervical.fracture import fracture_inputs  # noqa: E402
 from spinelab.tasks.cervical.predict import CervicalPredictor  # noqa: E402
 
 WORK = REPO / "bench" / "_work" / "predict"
@@ -93,17 +92,9 @@ def time_modes(study: Path, run: Path, repeats: int, modes: list[str]) -> list[d
             t0 = time.perf_counter()
             vol = read_series(study)
             t1 = time.perf_counter()
-            from spinelab.tasks.cervical.localization import localize, summarize_localization
-
-            pred = localize(vol, predictor.stage1, predictor.cfg, runtime=predictor.runtime,
-                            tta=predictor.tta and predictor.cfg.stage1.infer_flip)
-            summary = summarize_localization(pred, vol, predictor.cfg)
+            summary = predictor.locate(vol)
             t2 = time.perf_counter()
-            images, found, _ = fracture_inputs(vol, summary, predictor.cfg)
-            x, mask = torch.from_numpy(images)[None], torch.from_numpy(found)[None]
-            for model in predictor.stage2:
-                for flip in (False, True) if predictor.tta else (False,):
-                    predictor.runtime.run(model, x.flip(-1) if flip else x, mask=mask)
+            predictor.classify(vol, summary)
             t3 = time.perf_counter()
             if rep == 0:
                 warm = t3 - t0

@@ -87,11 +87,12 @@ def step_targets(slices: np.ndarray, labels: np.ndarray, boxes: dict[str, set[in
         labels: study targets in registry order (C1..C7 first).
         boxes: ``CervicalStudies.fracture_slices[uid]``, or ``None`` when the study has no boxes.
     """
+    boxes = boxes or {}
     out = np.zeros(slices.shape[:2], dtype=np.float32)
     for i, v in enumerate(VERTEBRAE):
         if labels[i] < 0.5:
             continue
-        marked = (boxes or {}).get(v, set()) | (boxes or {}).get("", set())
+        marked = boxes.get(v, set()) | boxes.get("", set())
         if not marked:
             out[i] = -1.0
             continue

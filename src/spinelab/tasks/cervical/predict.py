@@ -52,12 +52,14 @@ class CervicalPredictor:
         prior = self.run_dir / "prior.json"
         self.prior = json.loads(prior.read_text()) if prior.is_file() else dict.fromkeys(CERVICAL_TARGETS, 0.5)
 
-
-    def predict_volume(self, volume: Volume, study_id: str | None = None) -> dict[str, Any]:
-        """Probabilities for C1-C7 and the patient, plus vertebra slice ranges and the crop box."""
+    def locate(self, volume: Volume) -> dict[str, Any]:
+        """Stage 1: vertebra slice ranges and the crop box (``summarize_localization``'s dict)."""
         pred = localize(volume, self.stage1, self.cfg, tta=self.tta and self.cfg.stage1.infer_flip,
                         runtime=self.runtime)
-        summary = summarize_localization(pred, volume, self.cfg)
+        return summarize_localization(pred, volume, self.cfg)
+
+    def classify(self, volume: Volume, summary: dict[str, Any]) -> np.ndarray:
+        """Stage 2: probabilities ``(8,)`` in ``CERVICAL_TARGETS`` order, averaged over folds and flips."""
         images, found, _ = fracture_inputs(volume, summary, self.cfg)
         x, mask = torch.from_numpy(images)[None], torch.from_numpy(found)[None]
         outs = []
@@ -65,7 +67,12 @@ class CervicalPredictor:
             for flip in (False, True) if self.tta else (False,):
                 o = self.runtime.run(model, x.flip(-1) if flip else x, mask=mask)
                 outs.append(torch.sigmoid(torch.cat([o["vertebra"], o["overall"][:, None]], 1))[0].cpu().numpy())
-        probs = np.clip(np.mean(outs, axis=0), 1e-4, 1 - 1e-4)
+        return np.clip(np.mean(outs, axis=0), 1e-4, 1 - 1e-4)
+
+    def predict_volume(self, volume: Volume, study_id: str | None = None) -> dict[str, Any]:
+        """Probabilities for C1-C7 and the patient, plus vertebra slice ranges and the crop box."""
+        summary = self.locate(volume)
+        probs = self.classify(volume, summary)
         for w in summary["warnings"]:
             log.warning("%s: %s", study_id or "study", w)
         ids = volume.slice_ids
@@ -135,7 +142,6 @@ def predict_cervical_dataset(input: str | Path, model: str | Path, out: str | Pa
         evaluation = evaluate_cervical_predictions(wide, label_path, out)
     return {"submission": submission, "predictions": predictions, "evaluation": evaluation,
             "studies": len(results), "failed": len(failed)}
-
 
 
 def _warn_listed_but_absent(input: Path, split: str, present: set[str]) -> None:

@@ -58,7 +58,6 @@ class LumbarPredictor:
         self.prior = (np.asarray(json.loads(prior.read_text())) if prior.is_file()
                       else np.full((len(lumbar_columns()), 3), 1 / 3))
 
-
     def grade(self, study: LumbarStudy, anchors: dict[str, np.ndarray]) -> np.ndarray:
         """Stage-2 probabilities ``(25, 3)`` (lumbar_columns order), averaged over folds and the mirror, and
         with ``series_policy: all`` over every sagittal series of a kind (crops at the same world points)."""
@@ -236,7 +235,6 @@ def _truth_points(input: Path, split: str) -> Any:
         return out
 
     return lookup
-
 
 
 def evaluate_lumbar_predictions(probs: dict[str, np.ndarray], label_path: Path, out: Path, *,
