@@ -68,6 +68,8 @@ def main() -> None:
     cv = json.loads((run / "cv_scores.json").read_text())
     s1 = json.loads((run / "stage1/fold_0/scores.json").read_text())
     s2 = json.loads((run / "stage2/fold_0/scores.json").read_text())
+    frames_path = run / "frames/fold_0/scores.json"
+    fr = json.loads(frames_path.read_text()) if cfg.frames.enabled and frames_path.is_file() else None
     loc = json.loads((run / "localization.json").read_text())
     found = sum(len(v["missing"]) == 0 for v in loc.values()) / len(loc)
     coverage, outside = range_quality(loc, data / "derived" / "slice_labels.csv", run / "folds.csv")
@@ -88,10 +90,14 @@ def main() -> None:
         f"| stage 1: studies with all seven vertebrae found | {100 * found:.0f} % |",
         f"| stage 1: share of each true vertebra range covered / share of predicted range outside it "
         f"(held-out segmented studies) | {100 * coverage:.0f} % / {100 * outside:.0f} % |",
+        *([f"| frame pre-training: step AUC / vertebra AUC from its highest step | "
+           f"{fr.get('auc_step', float('nan')):.3f} / {fr.get('auc_vertebra_max_step', float('nan')):.3f} |"]
+          if fr else []),
         "",
         ("Time: dataset reused from an earlier run (generation times: the synthetic block); " if reused else
          f"Time: generation {timings['generate'] / 60:.1f} min; ") + "training on fold 0: stage 1 "
-        f"{s1['seconds'] / 60:.1f} min ({s1['epochs']} epochs, {s1['global_step']} steps), stage 2 "
+        f"{s1['seconds'] / 60:.1f} min ({s1['epochs']} epochs, {s1['global_step']} steps), "
+        + (f"frames {fr['seconds'] / 60:.1f} min ({fr['global_step']} steps), " if fr else "") + "stage 2 "
         f"{s2['seconds'] / 60:.1f} min ({s2['epochs']} epochs, {s2['global_step']} steps); this call "
         f"{timings['train'] / 60:.1f} min (a stage already trained is reused with `--resume`). Command: "
         f"`python bench/cervical_accuracy.py --studies {args.studies} --size {args.size} --write`.",

@@ -8,6 +8,7 @@ Heavy modules are imported inside each command so that ``spinelab --help`` stays
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -40,6 +41,31 @@ app.add_typer(labels_app, name="labels")
 class Task(StrEnum):
     cervical = "cervical"
     lumbar = "lumbar"
+
+
+def _configure_logging(level: int) -> None:
+    """Send the ``spinelab`` logger's messages (stage notes, skipped studies, fallbacks) to stderr via rich.
+
+    Library use leaves logging to the application; the command line is the application here.
+    """
+    from rich.logging import RichHandler
+
+    logger = logging.getLogger("spinelab")
+    for handler in [h for h in logger.handlers if getattr(h, "_spinelab_cli", False)]:
+        logger.removeHandler(handler)
+    handler = RichHandler(console=console, show_path=False, show_time=False, markup=False)
+    handler._spinelab_cli = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(level)
+
+
+@app.callback()
+def _global_options(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also print debug messages.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only warnings and errors.")] = False,
+) -> None:
+    """RSNA spine pipelines: cervical fracture detection (CT) and lumbar degenerative grading (MRI)."""
+    _configure_logging(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
 
 
 def _fail(err: Exception) -> None:
@@ -178,7 +204,8 @@ def train(
     config: Annotated[list[Path] | None, typer.Option("--config", "-c", help="YAML config (repeatable).")] = None,
     run_dir: Annotated[Path | None, typer.Option(help="Run folder (default runs/<task>/<experiment>).")] = None,
     fold: Annotated[str, typer.Option(help="A fold number, 'all' (every fold in turn) or 'full'.")] = "all",
-    stage: Annotated[str, typer.Option(help="Which stage(s) to train: 'all' or a stage name.")] = "all",
+    stage: Annotated[str, typer.Option(help="all; cervical: stage1, frames or stage2; lumbar: stage1 or stage2.")
+                     ] = "all",
     resume: Annotated[bool, typer.Option(help="Resume each fold from its last checkpoint.")] = False,
     devices: Annotated[str | None, typer.Option(help="Devices for Lightning (e.g. 1, 2, auto).")] = None,
     strategy: Annotated[str | None, typer.Option(help="Lightning strategy, e.g. ddp.")] = None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -70,3 +71,14 @@ def test_cli_info(tmp_path, rng, oblique_affine):
     assert json.loads(res.stdout)["selected"]["shape"] == [3, 32, 32]
     res = runner.invoke(app, ["info", str(tmp_path / "nothing")])
     assert res.exit_code == 2 and "does not exist" in res.output
+
+
+@pytest.mark.parametrize(("flags", "level"), [([], logging.INFO), (["--quiet"], logging.WARNING),
+                                              (["-v"], logging.DEBUG)])
+def test_cli_sets_the_spinelab_log_level(tmp_path, rng, oblique_affine, flags, level):
+    write(ct_volume(rng, oblique_affine, (3, 16, 16)), tmp_path / "s", series_uid="1.4.5")
+    res = CliRunner().invoke(app, [*flags, "info", str(tmp_path / "s"), "--json"])
+    assert res.exit_code == 0, res.output
+    logger = logging.getLogger("spinelab")
+    assert logger.level == level
+    assert sum(getattr(h, "_spinelab_cli", False) for h in logger.handlers) == 1  # no handler pile-up

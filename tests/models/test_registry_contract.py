@@ -16,13 +16,15 @@ INPUTS = {
     "test_cervical_slice_localizer": lambda: ((torch.rand(2, 5, 3, 32, 32), torch.rand(2, 5)), {}),
     "test_cervical_fracture_classifier": lambda: ((torch.rand(2, 7, 2, 3, 32, 32),),
                                                   {"mask": torch.ones(2, 7, dtype=torch.bool)}),
+    "test_cervical_frame_classifier": lambda: ((torch.rand(4, 3, 32, 32),), {}),
 }
 
 
 def test_registry_lists_seed_and_test_models() -> None:
     names = list_models()
     assert {"cervical_slice_localizer", "cervical_fracture_classifier"} <= set(names)
-    assert list_models("test_cervical") == ["test_cervical_fracture_classifier", "test_cervical_slice_localizer"]
+    assert list_models("test_cervical") == ["test_cervical_fracture_classifier", "test_cervical_frame_classifier",
+                                            "test_cervical_slice_localizer"]
 
 
 @pytest.mark.parametrize("name", sorted(INPUTS))
@@ -53,6 +55,10 @@ def test_output_shapes() -> None:
     # noisy-OR: the patient probability is at least the largest vertebra probability
     p_v, p_o = torch.sigmoid(frac["vertebra"]), torch.sigmoid(frac["overall"])
     assert (p_o >= p_v.max(dim=1).values - 1e-4).all()
+    frame = create_model("test_cervical_frame_classifier", prior=0.2).eval()
+    step = frame(torch.rand(5, 3, 32, 32))["step"]
+    assert step.shape == (5,)
+    assert torch.sigmoid(frame.head.bias).item() == pytest.approx(0.2)  # balanced batches start near the prior
 
 
 def test_unknown_names_raise_config_errors() -> None:

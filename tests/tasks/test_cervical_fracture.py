@@ -14,6 +14,8 @@ from spinelab.models.cervical import FractureClassifier
 from spinelab.tasks.cervical.fracture import FractureStage, step_targets
 from spinelab.tasks.cervical.studies import CervicalStudies
 
+REPO = Path(__file__).resolve().parents[2]
+
 # 7 vertebrae x 2 steps x 3 slices; vertebra i covers slices 10*i .. 10*i + 5
 SLICES = np.array([[[10 * i, 10 * i + 1, 10 * i + 2], [10 * i + 3, 10 * i + 4, 10 * i + 5]] for i in range(7)])
 
@@ -175,3 +177,41 @@ def test_training_items_carry_painted_fractures_as_step_positives() -> None:
     assert (train["step_target"][:6].sum(-1) >= 1).all() and train["step_target"][6].sum() == 0
     val = FractureDataset(_StubStudies(), ["s"], cfg, {"s": summary}, train=False)[0]
     assert not val["fake"].any() and val["step_target"].sum() == 0
+
+
+def _tiny(tmp_path: Path, *overrides: str):
+    return load_config("cervical", [REPO / "configs" / "cervical" / "tiny.yaml"],
+                       overrides=[f"data.dataset_dir={tmp_path}", *overrides])
+
+
+def _save_stage1(cfg, run: Path, fold: int, seed: int) -> dict[str, torch.Tensor]:
+    from spinelab.tasks.cervical.localization import LocalizerStage
+
+    torch.manual_seed(seed)
+    model = LocalizerStage(cfg, run).build_model()
+    (run / "stage1" / f"fold_{fold}").mkdir(parents=True)
+    torch.save(model.state_dict(), run / "stage1" / f"fold_{fold}" / "model.pt")
+    return model.encoder.backbone.state_dict()
+
+
+def test_stage2_cnn_starts_from_the_same_folds_stage1_backbone(tmp_path: Path) -> None:
+    cfg, run = _tiny(tmp_path), tmp_path / "run"
+    fold0, fold1 = _save_stage1(cfg, run, 0, seed=0), _save_stage1(cfg, run, 1, seed=1)
+    stage = FractureStage(cfg, run)
+    model = stage.build_model()
+    stage.initialize(model, 1)
+    got = model.encoder.backbone.state_dict()
+    assert all(torch.equal(got[k], fold1[k]) for k in fold1)
+    assert not all(torch.equal(got[k], fold0[k]) for k in fold0 if k.endswith("weight"))
+
+
+@pytest.mark.parametrize("override", ["stage2.init_from_stage1=false", "stage1.model.backbone=resnet18"])
+def test_stage2_keeps_its_own_weights_when_init_is_off_or_the_backbones_differ(tmp_path: Path,
+                                                                              override: str) -> None:
+    cfg, run = _tiny(tmp_path, override), tmp_path / "run"
+    _save_stage1(cfg, run, 0, seed=0)
+    stage = FractureStage(cfg, run)
+    model = stage.build_model()
+    before = {k: v.clone() for k, v in model.encoder.backbone.state_dict().items()}
+    stage.initialize(model, 0)
+    assert all(torch.equal(v, before[k]) for k, v in model.encoder.backbone.state_dict().items())

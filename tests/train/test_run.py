@@ -65,6 +65,32 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path: Path) -> None:
     assert log["epoch"].min() == 0 and log["epoch"].max() == 2
 
 
+def test_last_checkpoint_follows_every_epoch_when_the_best_stays(tmp_path: Path) -> None:
+    """Lightning refreshes save_last only with a new best; a resume must not go back to the best epoch."""
+    steps_per_epoch = 64 // 8
+    killed = BoringStage(tmp_path, epochs=4, monitor="val/constant", fail_at_step=2 * steps_per_epoch + 3)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train_stage(killed, trainer_cfg=CPU, fold=0, progress=False)
+    out = fold_dir(tmp_path, "boring", 0)
+    assert torch.load(out / "checkpoint_best.ckpt", weights_only=False)["epoch"] == 0
+    assert torch.load(out / "checkpoint_last.ckpt", weights_only=False)["epoch"] == 1  # two epochs finished
+    resumed = train_stage(BoringStage(tmp_path, epochs=4, monitor="val/constant"), trainer_cfg=CPU, fold=0,
+                          resume=True, progress=False)
+    log = read_training_log(out)
+    trained = log.dropna(subset=["train/loss_epoch"])
+    assert trained["epoch"].tolist() == [0, 1, 2, 3]  # no epoch trained twice
+    assert resumed["scores"]["best_checkpoint"] == "checkpoint_best.ckpt"
+
+
+def test_stage_without_monitor_keeps_its_last_epoch(tmp_path: Path) -> None:
+    result = train_stage(BoringStage(tmp_path, epochs=2, monitor=None), trainer_cfg=CPU, fold=0, progress=False)
+    out = fold_dir(tmp_path, "boring", 0)
+    assert result["scores"]["best_checkpoint"] == "checkpoint_last.ckpt"
+    assert not (out / "checkpoint_best.ckpt").exists() and (out / "oof.csv").is_file()
+    last = torch.load(out / "checkpoint_last.ckpt", weights_only=False)["state_dict"]["model.weight"]
+    assert torch.equal(torch.load(out / "model.pt")["weight"], last)
+
+
 def test_ema_weights_are_saved(tmp_path: Path) -> None:
     plain = train_stage(BoringStage(tmp_path / "plain", epochs=2), trainer_cfg=CPU, fold=0, progress=False)
     ema = train_stage(BoringStage(tmp_path / "ema", epochs=2, ema=0.5), trainer_cfg=CPU, fold=0, progress=False)

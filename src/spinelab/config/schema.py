@@ -161,6 +161,35 @@ class CervicalStage2Config(StrictModel):
     # fractures). Its steps become per-step positives; the study-level loss and the patient head's pooling
     # leave it out, so the vertebra and patient heads stay calibrated on real labels only.
     fake_fracture_prob: float = Field(default=0.0, ge=0.0, le=1.0)
+    # Where the CNN starts: the same fold's frame pre-training when ``frames.enabled``; otherwise, without
+    # ImageNet weights (model.pretrained_path unset), the same fold's stage-1 backbone when architecture and
+    # input channels match. Stage 1 already knows the anatomy; a held-out check learned fractures about
+    # twice as fast from it as from random weights (BENCHMARKS.md). The frame pre-training uses it too.
+    init_from_stage1: bool = True
+
+
+class CervicalFramesConfig(StrictModel):
+    """Optional 2D pre-training of the stage-2 CNN (2nd place's first stage), run between stage 1 and stage 2.
+
+    Items are single stage-2 step images (a slice triplet of one vertebra, built exactly as stage 2 builds
+    them) drawn balanced: ``positive_share`` steps that a fracture box marks, ``fake_share`` intact steps with
+    a painted cleft, the rest intact steps. Balanced single images teach the CNN what a fracture looks like
+    far sooner than whole studies, where a few percent of the steps show one; stage 2 then starts from it.
+    """
+
+    enabled: bool = False
+    # backbone unset = stage 2's, so the weights carry over; windows, size and slices are stage 2's.
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig(name="cervical_frame_classifier"))
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=4, batch_size=32, ema=None))
+    frames_per_epoch: int = Field(default=4096, ge=1)
+    positive_share: float = Field(default=0.25, ge=0.0, le=1.0)
+    fake_share: float = Field(default=0.25, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _shares_fit(self) -> CervicalFramesConfig:
+        if self.positive_share + self.fake_share > 1.0:
+            raise ValueError("frames.positive_share + frames.fake_share must be at most 1")
+        return self
 
 
 class CervicalConfig(StrictModel):
@@ -170,6 +199,7 @@ class CervicalConfig(StrictModel):
     experiment: str = "default"
     data: DataConfig = Field(default_factory=DataConfig)
     stage1: CervicalStage1Config = Field(default_factory=CervicalStage1Config)
+    frames: CervicalFramesConfig = Field(default_factory=CervicalFramesConfig)
     stage2: CervicalStage2Config = Field(default_factory=CervicalStage2Config)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     infer: InferConfig = Field(default_factory=InferConfig)

@@ -15,7 +15,7 @@ from torch import nn
 from spinelab.models.backbones import create_backbone
 from spinelab.models.heads import AttentionPool, SliceSequenceEncoder
 
-__all__ = ["SliceLocalizer", "FractureClassifier"]
+__all__ = ["SliceLocalizer", "FractureClassifier", "FrameClassifier"]
 
 
 class SliceLocalizer(nn.Module):
@@ -112,3 +112,30 @@ class FractureClassifier(nn.Module):
     def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         return self.forward_head(self.forward_features(x, pos), mask)
+
+
+class FrameClassifier(nn.Module):
+    """One stage-2 step image (a slice triplet of one vertebra) -> fracture logit (2nd place's 2D stage).
+
+    Trained on single steps with balanced positives before the sequence model, whose CNN then starts from
+    ``backbone``. Input ``(B, C, H, W)``; output dict ``step`` logits ``(B,)``.
+    """
+
+    def __init__(self, *, backbone: str = "resnet18", in_chans: int = 3, hidden: int | None = None,
+                 pretrained_path: str | Path | None = None, drop_rate: float = 0.1, prior: float = 0.5):
+        super().__init__()
+        del hidden  # accepted so every cervical model takes the same config fields; nothing to size here
+        self.backbone = create_backbone(backbone, in_chans=in_chans, pretrained_path=pretrained_path)
+        self.dropout = nn.Dropout(drop_rate)
+        self.head = nn.Linear(self.backbone.num_features, 1)
+        nn.init.constant_(self.head.bias, float(torch.logit(torch.tensor(prior))))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def forward_head(self, feats: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"step": self.head(self.dropout(feats)).squeeze(-1)}
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.forward_head(self.forward_features(x))
+

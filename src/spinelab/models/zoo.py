@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import nn
 
-from spinelab.models.cervical import FractureClassifier, SliceLocalizer
+from spinelab.models.cervical import FractureClassifier, FrameClassifier, SliceLocalizer
 from spinelab.models.lumbar import PointHeatmapNet, RoiGrader
 from spinelab.models.registry import register_model
 
@@ -18,6 +18,8 @@ __all__ = [
     "cervical_fracture_classifier",
     "test_cervical_slice_localizer",
     "test_cervical_fracture_classifier",
+    "cervical_frame_classifier",
+    "test_cervical_frame_classifier",
     "lumbar_point_heatmap",
     "lumbar_roi_grader",
     "test_lumbar_point_heatmap",
@@ -49,6 +51,19 @@ def test_cervical_fracture_classifier(**kwargs: Any) -> nn.Module:
     """Tiny stage-2 variant for CPU tests."""
     kwargs = {"backbone": "test_resnet", "hidden": 16, **kwargs}
     return FractureClassifier(**kwargs)
+
+
+@register_model
+def cervical_frame_classifier(**kwargs: Any) -> nn.Module:
+    """Optional 2D pre-training of the stage-2 CNN on single step images (2nd place's first stage)."""
+    return FrameClassifier(**kwargs)
+
+
+@register_model
+def test_cervical_frame_classifier(**kwargs: Any) -> nn.Module:
+    """Tiny frame-classifier variant for CPU tests (the same backbone as the tiny stage 2)."""
+    kwargs = {"backbone": "test_resnet", **kwargs}
+    return FrameClassifier(**kwargs)
 
 
 @register_model

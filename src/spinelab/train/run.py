@@ -6,13 +6,15 @@ Run folder layout (the API of ``spinelab predict``; nnU-Net's results folder is 
     RUN_DIR/folds.csv                   the folds used
     RUN_DIR/<stage>/fold_<k>/           checkpoint_best.ckpt, checkpoint_last.ckpt, model.pt,
                                         logs/version_N/ (metrics.csv, TensorBoard), oof.csv, scores.json
-    RUN_DIR/<stage>/full/               the same for a model trained on all data (no validation)
+    RUN_DIR/<stage>/full/               the same for a model trained on all data (no validation, so no
+                                        checkpoint_best: model.pt is the last epoch)
 """
 
 from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,9 @@ from spinelab.config.schema import TrainerConfig
 from spinelab.io.atomic import atomic_path, atomic_write_csv, atomic_write_json
 from spinelab.train.module import SpineModule
 from spinelab.train.stage import Stage
+
+# The fold folder holds logs/ (and, on --resume, the checkpoints being continued) by design.
+warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 __all__ = [
     "train_stage",
@@ -72,11 +77,17 @@ def train_stage(stage: Stage, *, trainer_cfg: TrainerConfig, fold: int | None, r
     val_loader = (DataLoader(val_ds, batch_size=tc.batch_size, shuffle=False, num_workers=tc.num_workers,
                              collate_fn=collate, persistent_workers=persistent) if val_ds is not None else None)
 
-    checkpoint = ModelCheckpoint(dirpath=out, filename="checkpoint_best", save_last=True, save_top_k=1,
-                                 monitor=stage.monitor if val_loader is not None else None, mode="min",
-                                 enable_version_counter=False)
-    checkpoint.CHECKPOINT_NAME_LAST = "checkpoint_last"
-    callbacks: list[Any] = [checkpoint, LearningRateMonitor(logging_interval="step")]
+    # Two callbacks, not one with save_last=True: Lightning (2.6) refreshes "last" only when a new best was
+    # saved in that step, so a resumed run went back to the best epoch and trained the later ones again.
+    # The monitor-less callback rewrites checkpoint_last.ckpt after every epoch.
+    last_checkpoint = ModelCheckpoint(dirpath=out, filename="checkpoint_last", save_top_k=1, monitor=None,
+                                      enable_version_counter=False)
+    callbacks: list[Any] = [last_checkpoint, LearningRateMonitor(logging_interval="step")]
+    checkpoint = None
+    if val_loader is not None and stage.monitor:
+        checkpoint = ModelCheckpoint(dirpath=out, filename="checkpoint_best", save_top_k=1, monitor=stage.monitor,
+                                     mode="min", enable_version_counter=False)
+        callbacks.insert(0, checkpoint)
     if tc.ema:
         callbacks.append(EMAWeightAveraging(decay=tc.ema))
     if progress:
@@ -95,6 +106,7 @@ def train_stage(stage: Stage, *, trainer_cfg: TrainerConfig, fold: int | None, r
         enable_model_summary=False, num_sanity_val_steps=0,
     )
     module = SpineModule(stage)
+    stage.initialize(module.model, fold)  # a resumed run then loads its checkpoint over these weights
     last = out / "checkpoint_last.ckpt"
     resuming = resume and last.is_file()
     # Training time adds up over resumed parts (those that finished; a killed part's time is not known).
@@ -107,7 +119,7 @@ def train_stage(stage: Stage, *, trainer_cfg: TrainerConfig, fold: int | None, r
         return {"dir": out, "scores": {}, "seconds": seconds}
 
     # The best checkpoint holds the (EMA-averaged) weights to keep; model.pt is what inference loads.
-    best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else last
+    best = Path(checkpoint.best_model_path) if checkpoint is not None and checkpoint.best_model_path else last
     state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
     weights = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
     with atomic_path(out / "model.pt", suffix=".pt") as tmp:

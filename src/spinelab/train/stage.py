@@ -33,8 +33,8 @@ class Stage(ABC):
     #: folder name inside the run folder, e.g. ``"stage1"``.
     name: str = "stage"
     #: validation quantity (minimised) that picks ``checkpoint_best``; a stage whose optimised loss carries
-    #: auxiliary terms names the loss that matters here instead.
-    monitor: str = "val/loss"
+    #: auxiliary terms names the loss that matters here instead; ``None`` keeps the last epoch.
+    monitor: str | None = "val/loss"
 
     def __init__(self, cfg: Any, run_dir: Path) -> None:
         self.cfg = cfg
@@ -84,6 +84,10 @@ class Stage(ABC):
 
     def collate_fn(self) -> Callable[[list[Any]], Any] | None:
         """A custom collate function, or ``None`` for torch's default."""
+        return None
+
+    def initialize(self, model: nn.Module, fold: int | None) -> None:
+        """Set starting weights before training ``fold`` (default: keep the builder's); not called at inference."""
         return None
 
     def build_model(self) -> nn.Module:

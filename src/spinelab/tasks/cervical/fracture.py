@@ -9,6 +9,8 @@ a fracture looks like from study labels alone; these two terms say where it is."
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -25,10 +27,13 @@ from spinelab.io.volume import Volume
 from spinelab.registry import CERVICAL_TARGETS, CERVICAL_WEIGHTS, VERTEBRAE
 from spinelab.tasks.cervical.slices import stack_images
 from spinelab.tasks.cervical.studies import CervicalStudies, head_first
+from spinelab.train.run import fold_dir
 from spinelab.train.stage import Stage
 
-__all__ = ["FractureDataset", "FractureInputs", "FractureStage", "fracture_inputs", "step_targets",
-           "competition_bce", "fake_fracture_ignore", "read_localization"]
+log = logging.getLogger("spinelab")
+
+__all__ = ["FractureDataset", "FractureInputs", "FractureStage", "fracture_inputs", "step_images", "step_slices",
+           "step_targets", "competition_bce", "fake_fracture_ignore", "read_localization", "load_trained_backbone"]
 
 
 class FractureInputs(NamedTuple):
@@ -42,18 +47,21 @@ class FractureInputs(NamedTuple):
     slices: np.ndarray
 
 
-def fracture_inputs(volume: Volume, summary: dict[str, Any], cfg: CervicalConfig, *,
-                    rng: np.random.Generator | None = None) -> FractureInputs:
-    """Stage-2 input of one study: per vertebra, ``n_slices`` evenly spaced slices grouped into triplets.
+def step_slices(volume: Volume, summary: dict[str, Any], cfg: CervicalConfig, *,
+                rng: np.random.Generator | None = None) -> np.ndarray:
+    """Array indices of the slices behind each stage-2 step: ``(7, steps, 3)``, steps = ``n_slices // 3``.
+
+    Per vertebra, ``n_slices`` evenly spaced slices inside its stage-1 range, head to feet, in triplets.
 
     Args:
         volume: the CT study.
-        summary: stage-1 output of ``summarize_localization`` (ranges, box, missing).
-        cfg: config (stage2: n_slices, image_size, windows, range_jitter).
+        summary: stage-1 output of ``summarize_localization`` (ranges).
+        cfg: config (stage2: n_slices, range_jitter).
         rng: when given, range ends are jittered (training-time augmentation).
     """
     s2 = cfg.stage2
     depth = volume.shape[0]
+    steps = s2.n_slices // 3
     centres = []
     for v in VERTEBRAE:
         start, end = summary["ranges"][v]
@@ -64,14 +72,32 @@ def fracture_inputs(volume: Volume, summary: dict[str, Any], cfg: CervicalConfig
             start, end = int(np.clip(start, 0, depth - 1)), int(np.clip(end, 0, depth - 1))
             start, end = min(start, end), max(start, end)
         pos = evenly_spaced(start, end, s2.n_slices)
-        centres.append(pos if head_first(volume) else pos[::-1])
-    images = stack_images(volume, np.concatenate(centres), windows=s2.windows, size=s2.image_size,
+        centres.append((pos if head_first(volume) else pos[::-1])[:steps * 3])
+    return np.stack(centres).reshape(len(VERTEBRAE), steps, 3)
+
+
+def step_images(volume: Volume, slices: np.ndarray, summary: dict[str, Any], cfg: CervicalConfig) -> np.ndarray:
+    """Stage-2 step images for ``slices`` ``(..., 3)``: ``(..., 3 * n_windows, S, S)`` float32 in [0, 1],
+    cropped to the study box; channels slice-major, window-minor."""
+    s2 = cfg.stage2
+    images = stack_images(volume, slices.reshape(-1), windows=s2.windows, size=s2.image_size,
                           box=summary["box"], span=1)
-    steps = s2.n_slices // 3
-    images = images.reshape(len(VERTEBRAE), steps, -1, s2.image_size, s2.image_size)
+    return images.reshape(*slices.shape[:-1], -1, s2.image_size, s2.image_size).astype(np.float32)
+
+
+def fracture_inputs(volume: Volume, summary: dict[str, Any], cfg: CervicalConfig, *,
+                    rng: np.random.Generator | None = None) -> FractureInputs:
+    """Stage-2 input of one study: per vertebra, ``n_slices`` evenly spaced slices grouped into triplets.
+
+    Args:
+        volume: the CT study.
+        summary: stage-1 output of ``summarize_localization`` (ranges, box, missing).
+        cfg: config (stage2: n_slices, image_size, windows, range_jitter).
+        rng: when given, range ends are jittered (training-time augmentation).
+    """
+    slices = step_slices(volume, summary, cfg, rng=rng)
     found = np.array([v not in summary.get("missing", []) for v in VERTEBRAE], dtype=bool)
-    slices = np.stack(centres)[:, :steps * 3].reshape(len(VERTEBRAE), steps, 3)
-    return FractureInputs(images.astype(np.float32), found, slices)
+    return FractureInputs(step_images(volume, slices, summary, cfg), found, slices)
 
 
 def step_targets(slices: np.ndarray, labels: np.ndarray, boxes: dict[str, set[int]] | None) -> np.ndarray:
@@ -109,6 +135,39 @@ def read_localization(run_dir: Any) -> dict[str, dict[str, Any]]:
     if not path.is_file():
         raise InputError(path, "stage-1 localisation of the training studies not found; train stage1 first")
     return json.loads(path.read_text())
+
+
+def load_trained_backbone(backbone: torch.nn.Module, run_dir: str | Path, stage: str, prefix: str,
+                          fold: int | None) -> Path | None:
+    """Load the CNN of an earlier stage's ``fold`` model (else of its model trained on all data) into
+    ``backbone``, when the architecture and input channels match.
+
+    The same fold keeps the held-out studies unseen: no stage of fold k trained on fold k.
+
+    Args:
+        backbone: the module to fill.
+        run_dir: the run folder.
+        stage: the earlier stage's folder name (``"stage1"``, ``"frames"``).
+        prefix: the backbone's key prefix in that stage's ``model.pt``.
+        fold: the fold being trained.
+
+    Returns:
+        The ``model.pt`` loaded from, or ``None`` when there is none or it does not fit.
+    """
+    for f in dict.fromkeys([fold, None]):
+        path = fold_dir(run_dir, stage, f) / "model.pt"
+        if not path.is_file():
+            continue
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+        own = backbone.state_dict()
+        if state.keys() != own.keys() or any(state[k].shape != own[k].shape for k in own):
+            log.info("%s: backbone or input channels differ; not used as starting weights", path)
+            return None
+        backbone.load_state_dict(state)
+        log.info("CNN starts from %s", path)
+        return path
+    return None
 
 
 class FractureDataset(Dataset):
@@ -184,6 +243,19 @@ class FractureStage(Stage):
 
     def model_kwargs(self) -> dict[str, Any]:
         return {"in_chans": 3 * len(self.cfg.stage2.windows), "overall": self.cfg.stage2.overall}
+
+    def initialize(self, model: torch.nn.Module, fold: int | None) -> None:
+        """Start the CNN from the same fold's frame pre-training (``frames.enabled``), else from its stage-1
+        backbone (``stage2.init_from_stage1``) unless ImageNet weights were given (``model.pretrained_path``)."""
+        backbone = model.encoder.backbone
+        if self.cfg.frames.enabled:
+            if load_trained_backbone(backbone, self.run_dir, "frames", "backbone.", fold) is not None:
+                return
+            log.warning("frames.enabled but no frame model fits stage 2 in %s", self.run_dir / "frames")
+        s2 = self.cfg.stage2
+        if (s2.init_from_stage1 and s2.model.pretrained_path is None
+                and load_trained_backbone(backbone, self.run_dir, "stage1", "encoder.backbone.", fold) is None):
+            log.info("stage 2 starts from random weights: no stage-1 CNN that fits in %s", self.run_dir / "stage1")
 
     def datasets(self, fold: int | None) -> tuple[Dataset, Dataset | None]:
         loc = read_localization(self.run_dir)

@@ -1,4 +1,4 @@
-"""Train the cervical pipeline end to end: cache, labels, folds, stage 1, localisation, stage 2, CV scores."""
+"""Train the cervical pipeline end to end: cache, labels, folds, stage 1, localisation, [frames,] stage 2, CV scores."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from spinelab.io.atomic import atomic_write_csv, atomic_write_json
 from spinelab.metrics import cervical_prevalence_constant, cervical_score
 from spinelab.registry import CERVICAL_TARGETS
 from spinelab.tasks.cervical.fracture import FractureStage, evaluate_cervical
+from spinelab.tasks.cervical.frames import FrameStage
 from spinelab.tasks.cervical.localization import LocalizerStage, localize, summarize_localization
 from spinelab.tasks.cervical.studies import CervicalStudies
 from spinelab.train.run import load_stage_models, parse_fold_spec, train_stage, trained_folds
@@ -46,9 +47,14 @@ def train_cervical(cfg: CervicalConfig, run_dir: Path, *, fold: str = "all", sta
         cfg: validated cervical config.
         run_dir: run folder (created); its ``config.yaml`` is the model's input contract.
         fold: ``"all"`` (each fold in turn), ``"full"`` (all data, no validation) or ``"0"``, ``"0,1"``.
-        stage: ``"all"``, ``"stage1"`` or ``"stage2"``.
+        stage: ``"all"``, ``"stage1"``, ``"frames"`` (the optional CNN pre-training of stage 2; ``"all"``
+            runs it when ``frames.enabled``) or ``"stage2"``.
         resume: continue killed folds from their last checkpoint.
     """
+    if stage not in ("all", "stage1", "frames", "stage2"):
+        from spinelab.errors import ConfigError
+
+        raise ConfigError(f"unknown cervical stage {stage!r}; choose all, stage1, frames or stage2")
     cfg = prepare_cervical_data(cfg, progress=progress)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
@@ -62,8 +68,13 @@ def train_cervical(cfg: CervicalConfig, run_dir: Path, *, fold: str = "all", sta
         s1 = LocalizerStage(cfg, run_dir)
         for f in folds:
             train_stage(s1, trainer_cfg=cfg.trainer, fold=f, resume=resume, progress=progress)
-    if stage in ("all", "stage2"):
+    if stage in ("all", "frames", "stage2"):
         localize_training_studies(cfg, run_dir, progress=progress)
+    if stage == "frames" or (stage == "all" and cfg.frames.enabled):
+        frames = FrameStage(cfg, run_dir)
+        for f in folds:
+            train_stage(frames, trainer_cfg=cfg.trainer, fold=f, resume=resume, progress=progress)
+    if stage in ("all", "stage2"):
         s2 = FractureStage(cfg, run_dir)
         for f in folds:
             train_stage(s2, trainer_cfg=cfg.trainer, fold=f, resume=resume, progress=progress)

@@ -61,6 +61,10 @@ def train_lumbar(cfg: LumbarConfig, run_dir: Path, *, fold: str = "all", stage: 
     Returns:
         ``run_dir``.
     """
+    if stage not in ("all", "stage1", "stage2"):
+        from spinelab.errors import ConfigError
+
+        raise ConfigError(f"unknown lumbar stage {stage!r}; choose all, stage1 or stage2")
     cfg = prepare_lumbar_data(cfg, progress=progress)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

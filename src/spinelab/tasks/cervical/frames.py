@@ -1,0 +1,178 @@
+"""Optional 2D pre-training of the stage-2 CNN on single step images (2nd place's first stage).
+
+A stage-2 study item has 7 x ``n_slices // 3`` step images of which a few percent show a fracture, and
+the study labels say little about which. Here every item is one step image, built exactly as stage 2 builds
+it, and batches are balanced: steps that a fracture box marks, intact steps with a painted cleft (7th
+place's fake fractures) and intact steps. Stage 2 then starts its CNN from this one
+(``FractureStage.initialize``), so its sequence layers learn from features that already see fractures.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from spinelab.config.schema import CervicalConfig, ModelConfig
+from spinelab.data.fake_fracture import paint_cleft
+from spinelab.data.transforms import SequenceAugment
+from spinelab.io.volume import Volume
+from spinelab.registry import VERTEBRAE
+from spinelab.tasks.cervical.fracture import (
+    load_trained_backbone,
+    read_localization,
+    step_images,
+    step_slices,
+    step_targets,
+)
+from spinelab.tasks.cervical.studies import CervicalStudies
+from spinelab.train.stage import Stage
+
+__all__ = ["FrameDataset", "FrameStage"]
+
+
+class FrameDataset(Dataset):
+    """One item = one stage-2 step image and whether it shows a fracture.
+
+    Training items are drawn at random, ``frames_per_epoch`` per epoch: with probability ``positive_share``
+    a step that a fracture box marks, ``fake_share`` an intact step with a painted cleft, otherwise an
+    intact step. Validation items are every step of the held-out studies whose target is known.
+    """
+
+    def __init__(self, studies: CervicalStudies, ids: list[str], cfg: CervicalConfig,
+                 localization: dict[str, dict[str, Any]], *, train: bool) -> None:
+        self.studies, self.cfg, self.loc, self.train = studies, cfg, localization, train
+        self.boxes = studies.fracture_slices
+        self.targets = {uid: studies.targets(uid) for uid in ids}  # one pandas lookup per study, not per item
+        self.positive: list[tuple[str, int]] = []  # fractured vertebrae whose boxes mark slices
+        self.intact: list[tuple[str, int]] = []
+        for uid in ids:
+            target = self.targets[uid]
+            missing = set(localization[uid].get("missing", []))
+            marked = self.boxes.get(uid, {})
+            for i, v in enumerate(VERTEBRAE):
+                if v in missing:
+                    continue
+                if target[i] < 0.5:
+                    self.intact.append((uid, i))
+                elif marked.get(v) or marked.get(""):
+                    self.positive.append((uid, i))
+        self.items: list[tuple[str, int, int]] = []
+        if not train:
+            steps = cfg.stage2.n_slices // 3
+            self.items = [(uid, i, s) for uid in ids for i in range(len(VERTEBRAE)) for s in range(steps)
+                          if VERTEBRAE[i] not in localization[uid].get("missing", [])]
+        self.augment = SequenceAugment(affine=0.3) if train else None
+
+    def __len__(self) -> int:
+        return self.cfg.frames.frames_per_epoch if self.train else len(self.items)
+
+    def _step(self, uid: str, vertebra: int, rng: np.random.Generator | None
+              ) -> tuple[Volume, np.ndarray, np.ndarray]:
+        """The study volume, the slice indices ``(steps, 3)`` of one vertebra and their per-step targets."""
+        vol = self.studies.volume(uid)
+        slices = step_slices(vol, self.loc[uid], self.cfg, rng=rng)
+        targets = step_targets(slices, self.targets[uid], self.boxes.get(uid))
+        return vol, slices[vertebra], targets[vertebra]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if not self.train:
+            uid, v, s = self.items[i]
+            vol, slices, targets = self._step(uid, v, None)
+            image = step_images(vol, slices[s], self.loc[uid], self.cfg)
+            return {"image": torch.from_numpy(image), "target": torch.tensor(float(targets[s])),
+                    "uid": uid, "vertebra": v, "step": s, "fractured": torch.tensor(float(self.targets[uid][v]))}
+        rng = np.random.default_rng()
+        fc = self.cfg.frames
+        draw = rng.random()
+        if draw < fc.positive_share and self.positive:
+            uid, v = self.positive[rng.integers(len(self.positive))]
+            vol, slices, targets = self._step(uid, v, rng)
+            marked = np.flatnonzero(targets > 0.5)
+            s = int(rng.choice(marked)) if len(marked) else int(rng.integers(len(targets)))
+            image = step_images(vol, slices[s], self.loc[uid], self.cfg)
+            target = float(targets[s] > 0.5)
+        else:
+            uid, v = self.intact[rng.integers(len(self.intact))]
+            vol, slices, _ = self._step(uid, v, rng)
+            s = int(rng.integers(len(slices)))
+            image = step_images(vol, slices[s], self.loc[uid], self.cfg)
+            target = 0.0
+            if draw < fc.positive_share + fc.fake_share:
+                painted = paint_cleft(image[None], self.cfg.stage2.windows, rng, max_steps=1)
+                target = float(len(painted) > 0)
+        if self.augment is not None:
+            image = self.augment(image[None])[0][0]
+        return {"image": torch.from_numpy(np.ascontiguousarray(image)), "target": torch.tensor(target)}
+
+
+class FrameStage(Stage):
+    """Frame pre-training of the cervical stage-2 CNN (``frames`` section; run folder ``frames/``)."""
+
+    name = "frames"
+    # Keep the last epoch: the held-out loss is not comparable across epochs here (balanced training items,
+    # a few percent positives among the held-out steps), and it picked an early, weaker CNN in the benchmark.
+    monitor = None
+
+    def __init__(self, cfg: CervicalConfig, run_dir: Any) -> None:
+        super().__init__(cfg, run_dir)
+        self.studies = CervicalStudies(cfg)
+
+    @property
+    def model_config(self) -> ModelConfig:
+        """The ``frames.model`` section, with stage 2's backbone when unset (the weights carry over)."""
+        mc = self.cfg.frames.model
+        return mc if mc.backbone else mc.model_copy(update={"backbone": self.cfg.stage2.model.backbone})
+
+    def model_kwargs(self) -> dict[str, Any]:
+        return {"in_chans": 3 * len(self.cfg.stage2.windows)}
+
+    def initialize(self, model: torch.nn.Module, fold: int | None) -> None:
+        """Start from the same fold's stage-1 backbone, as stage 2 would (``stage2.init_from_stage1``)."""
+        if self.cfg.stage2.init_from_stage1 and self.model_config.pretrained_path is None:
+            load_trained_backbone(model.backbone, self.run_dir, "stage1", "encoder.backbone.", fold)
+
+    def datasets(self, fold: int | None) -> tuple[Dataset, Dataset | None]:
+        loc = read_localization(self.run_dir)
+        ids = [uid for uid in self.studies.labels.index if uid in loc]
+        train_ids, val_ids = self.studies.split(ids, fold)
+        train = FrameDataset(self.studies, train_ids, self.cfg, loc, train=True)
+        if not train.intact:
+            from spinelab.errors import InputError
+
+            raise InputError(self.run_dir / "localization.json", "no intact vertebra to train the frames on")
+        val = FrameDataset(self.studies, val_ids, self.cfg, loc, train=False) if val_ids else None
+        return train, val
+
+    def forward(self, model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return model(batch["image"])
+
+    def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        target = batch["target"].float()
+        known = target >= 0
+        bce = F.binary_cross_entropy_with_logits(outputs["step"].float(), target.clamp(min=0), reduction="none")
+        return {"loss": (bce * known).sum() / known.sum().clamp(min=1)}
+
+    def predictions(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> pd.DataFrame:
+        return pd.DataFrame({"StudyInstanceUID": list(batch["uid"]), "vertebra": batch["vertebra"].numpy(),
+                             "step": batch["step"].numpy(),
+                             "prob": torch.sigmoid(outputs["step"].float()).cpu().numpy(),
+                             "true": batch["target"].numpy(), "fractured": batch["fractured"].numpy()})
+
+    def evaluate(self, predictions: pd.DataFrame) -> dict[str, float]:
+        """Held-out AUC of the steps with a known target, and of vertebrae scored by their highest step."""
+        from sklearn.metrics import roc_auc_score
+
+        out: dict[str, float] = {}
+        known = predictions[predictions["true"] >= 0]
+        if known["true"].nunique() == 2:
+            out["auc_step"] = float(roc_auc_score(known["true"], known["prob"]))
+        per_vertebra = predictions.groupby(["StudyInstanceUID", "vertebra"]).agg(prob=("prob", "max"),
+                                                                                 true=("fractured", "max"))
+        if per_vertebra["true"].nunique() == 2:
+            out["auc_vertebra_max_step"] = float(roc_auc_score(per_vertebra["true"], per_vertebra["prob"]))
+        return out
