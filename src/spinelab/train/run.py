@@ -30,9 +30,6 @@ from spinelab.io.atomic import atomic_path, atomic_write_csv, atomic_write_json
 from spinelab.train.module import SpineModule
 from spinelab.train.stage import Stage
 
-# The fold folder holds logs/ (and, on --resume, the checkpoints being continued) by design.
-warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-
 __all__ = [
     "train_stage",
     "fold_dir",
@@ -113,7 +110,10 @@ def train_stage(stage: Stage, *, trainer_cfg: TrainerConfig, fold: int | None, r
     earlier = (json.loads((out / "scores.json").read_text()).get("seconds", 0.0)
                if resuming and (out / "scores.json").is_file() else 0.0)
     start = time.perf_counter()
-    trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resuming else None)
+    with warnings.catch_warnings():
+        # The fold folder holds logs/ (and, on --resume, the checkpoints being continued) by design.
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+        trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resuming else None)
     seconds = time.perf_counter() - start + earlier
     if trainer.global_rank != 0:
         return {"dir": out, "scores": {}, "seconds": seconds}

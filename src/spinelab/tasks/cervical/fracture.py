@@ -33,7 +33,8 @@ from spinelab.train.stage import Stage
 log = logging.getLogger("spinelab")
 
 __all__ = ["FractureDataset", "FractureInputs", "FractureStage", "fracture_inputs", "step_images", "step_slices",
-           "step_targets", "competition_bce", "fake_fracture_ignore", "read_localization", "load_trained_backbone"]
+           "step_targets", "known_step_bce", "competition_bce", "fake_fracture_ignore", "read_localization",
+           "load_trained_backbone"]
 
 
 class FractureInputs(NamedTuple):
@@ -124,6 +125,13 @@ def step_targets(slices: np.ndarray, labels: np.ndarray, boxes: dict[str, set[in
             continue
         out[i] = [float(any(int(d) in marked for d in step)) for step in slices[i]]
     return out
+
+
+def known_step_bce(logits: torch.Tensor, target: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean BCE over the steps whose target is known (``target >= 0``; -1 = unknown) and ``keep`` is True."""
+    known = target >= 0 if keep is None else (target >= 0) & keep
+    bce = F.binary_cross_entropy_with_logits(logits.float(), target.float().clamp(min=0), reduction="none")
+    return (bce * known).sum() / known.sum().clamp(min=1)
 
 
 def read_localization(run_dir: Any) -> dict[str, dict[str, Any]]:
@@ -281,10 +289,7 @@ class FractureStage(Stage):
         if not weight or "step_target" not in batch:
             return {"loss": study, "study_loss": study}
         target = batch["step_target"].float()
-        known = (target >= 0) & batch["mask"][:, :, None].bool()
-        step_bce = F.binary_cross_entropy_with_logits(outputs["step"].float(), target.clamp(min=0),
-                                                      reduction="none")
-        step = (step_bce * known).sum() / known.sum().clamp(min=1)
+        step = known_step_bce(outputs["step"], target, batch["mask"][:, :, None].bool())
         return {"loss": study + weight * step, "study_loss": study, "step_loss": step}
 
     def predictions(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> pd.DataFrame:

@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from spinelab.config.schema import CervicalConfig, ModelConfig
@@ -23,6 +22,7 @@ from spinelab.data.transforms import SequenceAugment
 from spinelab.io.volume import Volume
 from spinelab.registry import VERTEBRAE
 from spinelab.tasks.cervical.fracture import (
+    known_step_bce,
     load_trained_backbone,
     read_localization,
     step_images,
@@ -48,24 +48,14 @@ class FrameDataset(Dataset):
         self.studies, self.cfg, self.loc, self.train = studies, cfg, localization, train
         self.boxes = studies.fracture_slices
         self.targets = {uid: studies.targets(uid) for uid in ids}  # one pandas lookup per study, not per item
-        self.positive: list[tuple[str, int]] = []  # fractured vertebrae whose boxes mark slices
-        self.intact: list[tuple[str, int]] = []
-        for uid in ids:
-            target = self.targets[uid]
-            missing = set(localization[uid].get("missing", []))
-            marked = self.boxes.get(uid, {})
-            for i, v in enumerate(VERTEBRAE):
-                if v in missing:
-                    continue
-                if target[i] < 0.5:
-                    self.intact.append((uid, i))
-                elif marked.get(v) or marked.get(""):
-                    self.positive.append((uid, i))
-        self.items: list[tuple[str, int, int]] = []
-        if not train:
-            steps = cfg.stage2.n_slices // 3
-            self.items = [(uid, i, s) for uid in ids for i in range(len(VERTEBRAE)) for s in range(steps)
-                          if VERTEBRAE[i] not in localization[uid].get("missing", [])]
+        found = [(uid, i) for uid in ids for i, v in enumerate(VERTEBRAE)
+                 if v not in localization[uid].get("missing", [])]
+        self.intact = [(uid, i) for uid, i in found if self.targets[uid][i] < 0.5]
+        # fractured vertebrae whose boxes mark slices
+        self.positive = [(uid, i) for uid, i in found if self.targets[uid][i] >= 0.5
+                         and (self.boxes.get(uid, {}).get(VERTEBRAE[i]) or self.boxes.get(uid, {}).get(""))]
+        steps = cfg.stage2.n_slices // 3
+        self.items = [] if train else [(uid, i, s) for uid, i in found for s in range(steps)]
         self.augment = SequenceAugment(affine=0.3) if train else None
 
     def __len__(self) -> int:
@@ -152,10 +142,7 @@ class FrameStage(Stage):
         return model(batch["image"])
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        target = batch["target"].float()
-        known = target >= 0
-        bce = F.binary_cross_entropy_with_logits(outputs["step"].float(), target.clamp(min=0), reduction="none")
-        return {"loss": (bce * known).sum() / known.sum().clamp(min=1)}
+        return {"loss": known_step_bce(outputs["step"], batch["target"])}
 
     def predictions(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> pd.DataFrame:
         return pd.DataFrame({"StudyInstanceUID": list(batch["uid"]), "vertebra": batch["vertebra"].numpy(),
