@@ -1,4 +1,5 @@
-"""Placing volumes on each other's grids by world coordinates: resampling, reorientation, world <-> voxel.
+"""Placing volumes on each other's grids by world coordinates: resampling, world <-> voxel (``reorient`` lives
+in ``io.orientation``, re-exported here).
 
 ``resample_to`` maps every voxel of the reference grid through ``inv(source.affine) @ reference.affine`` into
 the source. When that matrix is a signed axis permutation with unit scale and an integer offset (the common
@@ -12,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from spinelab.errors import GeometryError
+from spinelab.io.orientation import reorient
 from spinelab.io.volume import Volume
 
 __all__ = ["resample_to", "reorient", "world_to_voxel", "voxel_to_world", "grid_permutation"]
@@ -113,29 +115,4 @@ def resample_to(volume: Volume, reference: Volume, *, order: int | None = None, 
                                        order=order, mode="constant", cval=fill, output=dtype)
         meta["resample"] = f"interpolated(order={order})"
     return Volume(array=out, affine=reference.affine.copy(), slice_ids=reference.slice_ids, meta=meta,
-                  is_label=volume.is_label)
-
-
-def reorient(volume: Volume, codes: str) -> Volume:
-    """Transpose/flip ``volume`` so its (D, H, W) axes point along ``codes`` (RAS-style, e.g. ``'SPL'``).
-
-    Exact (no interpolation); the affine is updated so every voxel keeps its world position.
-    """
-    import nibabel as nib
-    from nibabel import orientations as ornt
-
-    codes = codes.upper()
-    if len(codes) != 3 or sorted(ornt.axcodes2ornt(tuple(codes))[:, 0].tolist()) != [0, 1, 2]:
-        raise GeometryError(f"orientation codes must name three different axes, got {codes!r}")
-    current = ornt.io_orientation(volume.ras_affine)
-    transform = ornt.ornt_transform(current, ornt.axcodes2ornt(tuple(codes)))
-    array = ornt.apply_orientation(volume.array, transform)
-    affine = volume.affine @ ornt.inv_ornt_aff(transform, volume.shape)
-    _ = nib  # imported for its orientations submodule
-    slice_ids = volume.slice_ids
-    if slice_ids is not None:
-        src_axis = int(np.nonzero(transform[:, 0] == 0)[0][0])  # which old axis became the new D
-        slice_ids = list(reversed(slice_ids)) if src_axis == 0 and transform[0, 1] < 0 else (
-            slice_ids if src_axis == 0 else None)
-    return Volume(array=np.ascontiguousarray(array), affine=affine, slice_ids=slice_ids, meta=dict(volume.meta),
                   is_label=volume.is_label)
