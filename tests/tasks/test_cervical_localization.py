@@ -9,7 +9,6 @@ from spinelab.config.load import load_config
 from spinelab.io.volume import Volume
 from spinelab.registry import VERTEBRAE
 from spinelab.tasks.cervical.localization import summarize_localization
-from spinelab.tasks.cervical.studies import head_first
 
 
 def _volume(depth: int, *, head_at_index_0: bool, spacing: float = 1.0) -> Volume:
@@ -55,16 +54,14 @@ def test_blurred_model_still_finds_vertebrae_around_their_peaks(cfg) -> None:
 
 
 def test_nothing_found_splits_study_in_anatomical_order(cfg) -> None:
-    for head0 in (True, False):
-        vol = _volume(70, head_at_index_0=head0)
-        assert head_first(vol) is head0
-        out = summarize_localization(_pred(np.zeros((70, 7)), has=np.zeros(70)), vol, cfg)
-        assert out["missing"] == list(VERTEBRAE) and any("not found" in w for w in out["warnings"])
-        starts = [out["ranges"][v][0] for v in VERTEBRAE]
-        # C1 is cranial: first in array order when the head is at index 0, last otherwise
-        assert starts == sorted(starts) if head0 else starts == sorted(starts, reverse=True)
-        assert any("whole image" in w for w in out["warnings"])
-        assert out["box"] == [0.0, 0.0, 80.0, 100.0]  # the whole image (squaring is clipped to its edges)
+    vol = _volume(70, head_at_index_0=True)  # canonical: index 0 is the head
+    out = summarize_localization(_pred(np.zeros((70, 7)), has=np.zeros(70)), vol, cfg)
+    assert out["missing"] == list(VERTEBRAE) and any("not found" in w for w in out["warnings"])
+    starts = [out["ranges"][v][0] for v in VERTEBRAE]
+    assert starts == sorted(starts) and len(set(starts)) == 7  # C1 first: cranial
+    assert starts[0] > 0 and out["ranges"]["C7"][1] < 69  # the middle 80 % of the study
+    assert any("whole image" in w for w in out["warnings"])
+    assert out["box"] == [0.0, 0.0, 80.0, 100.0]  # the whole image (squaring is clipped to its edges)
 
 
 def test_one_missing_vertebra_is_placed_next_to_its_neighbour(cfg) -> None:
@@ -85,3 +82,43 @@ def test_box_is_square_with_margin_and_inside_the_image(cfg) -> None:
     assert x1 - x0 == pytest.approx(y1 - y0)  # square
     assert x1 - x0 == pytest.approx(max(0.25 * 80, 0.2 * 100) * (1 + 2 * cfg.stage1.crop_margin))
     assert x0 >= 0 and x1 <= 80 and y0 >= 0 and y1 <= 100
+
+
+@pytest.mark.parametrize("col_dir", [1.0, -1.0], ids=["columns-to-left", "columns-to-right"])
+def test_training_items_run_head_to_feet_whatever_the_stored_order(cfg, col_dir: float) -> None:
+    """A series stored feet first (as ``read_series`` gives standard axial CT): the model still sees the head
+    first, and the targets and boxes follow the slices and the in-plane flip."""
+    import pandas as pd
+
+    from spinelab.tasks.cervical.localization import LocalizerDataset
+    from spinelab.tasks.cervical.studies import prepare_cervical_volume
+
+    depth = 40
+    aff = np.diag([1.0, 0.5, 0.5, 1.0])
+    aff[0, 2] = 0.5 * col_dir
+    aff[:3, 0] = [0, 0, 2.0]  # stored D towards the head
+    arr = np.full((depth, 32, 32), -1000, np.int16)
+    arr[-8:, 4:12, 2:10] = 1000  # bone in the 8 most cranial slices, at the stored top-left
+    stored = Volume(arr, aff)
+    rows = pd.DataFrame({"StudyInstanceUID": "s", "index": np.arange(depth), "C1": 0.0,
+                         "nx0": np.nan, "ny0": np.nan, "nx1": np.nan, "ny1": np.nan})
+    rows.loc[depth - 8:, ["C1", "nx0", "ny0", "nx1", "ny1"]] = [1.0, 2 / 32, 4 / 32, 10 / 32, 12 / 32]
+    for v in VERTEBRAE[1:]:
+        rows[v] = 0.0
+
+    class _Studies:
+        slice_labels = rows
+
+        def volume(self, uid: str) -> Volume:
+            return prepare_cervical_volume(stored)
+
+    cfg = cfg.model_copy(update={"stage1": cfg.stage1.model_copy(update={"seq_len": 10, "image_size": 32})})
+    item = LocalizerDataset(_Studies(), ["s"], cfg, train=False)[0]
+    ratio, image, box = item["ratio"].numpy(), item["image"].numpy(), item["box"].numpy()
+    assert np.all(np.diff(item["pos"].numpy()) > 0) and item["pos"][0] == 0
+    assert ratio[:2, 0].tolist() == [1.0, 1.0] and ratio[3:, 0].max() == 0  # C1 at the head end
+    assert image[0].max() > 0.5 and image[-1].max() < 0.1  # 1000 HU is 0.83 in the default window
+    expect = [2 / 32, 4 / 32, 10 / 32, 12 / 32] if col_dir > 0 else [22 / 32, 4 / 32, 30 / 32, 12 / 32]
+    np.testing.assert_allclose(box[0], expect)
+    ys, xs = np.nonzero(image[0, 1] > 0.5)  # the box frames the bone that the model sees
+    assert xs.min() == round(expect[0] * 32) and xs.max() + 1 == round(expect[2] * 32)

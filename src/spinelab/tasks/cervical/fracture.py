@@ -26,7 +26,7 @@ from spinelab.errors import InputError
 from spinelab.io.volume import Volume
 from spinelab.registry import CERVICAL_TARGETS, CERVICAL_WEIGHTS, VERTEBRAE
 from spinelab.tasks.cervical.slices import stack_images
-from spinelab.tasks.cervical.studies import CervicalStudies, head_first
+from spinelab.tasks.cervical.studies import CervicalStudies, canonical_fracture_slices
 from spinelab.train.run import fold_dir
 from spinelab.train.stage import Stage
 
@@ -73,7 +73,7 @@ def step_slices(volume: Volume, summary: dict[str, Any], cfg: CervicalConfig, *,
             start, end = int(np.clip(start, 0, depth - 1)), int(np.clip(end, 0, depth - 1))
             start, end = min(start, end), max(start, end)
         pos = evenly_spaced(start, end, s2.n_slices)
-        centres.append((pos if head_first(volume) else pos[::-1])[:steps * 3])
+        centres.append(pos[:steps * 3])
     return np.stack(centres).reshape(len(VERTEBRAE), steps, 3)
 
 
@@ -196,7 +196,7 @@ class FractureDataset(Dataset):
         rng = np.random.default_rng() if self.train else None
         images, found, slices = fracture_inputs(vol, self.loc[uid], self.cfg, rng=rng)
         target = self.studies.targets(uid)
-        steps = step_targets(slices, target, self.studies.fracture_slices.get(uid))
+        steps = step_targets(slices, target, canonical_fracture_slices(self.studies.fracture_slices.get(uid), vol))
         fake = np.zeros(len(VERTEBRAE), dtype=bool)
         if rng is not None and self.fake_prob > 0:
             for i in np.flatnonzero((target[:len(VERTEBRAE)] < 0.5) & found):

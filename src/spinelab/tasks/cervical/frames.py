@@ -29,7 +29,7 @@ from spinelab.tasks.cervical.fracture import (
     step_slices,
     step_targets,
 )
-from spinelab.tasks.cervical.studies import CervicalStudies
+from spinelab.tasks.cervical.studies import CervicalStudies, canonical_fracture_slices
 from spinelab.train.stage import Stage
 
 __all__ = ["FrameDataset", "FrameStage"]
@@ -66,7 +66,7 @@ class FrameDataset(Dataset):
         """The study volume, the slice indices ``(steps, 3)`` of one vertebra and their per-step targets."""
         vol = self.studies.volume(uid)
         slices = step_slices(vol, self.loc[uid], self.cfg, rng=rng)
-        targets = step_targets(slices, self.targets[uid], self.boxes.get(uid))
+        targets = step_targets(slices, self.targets[uid], canonical_fracture_slices(self.boxes.get(uid), vol))
         return vol, slices[vertebra], targets[vertebra]
 
     def __getitem__(self, i: int) -> dict[str, Any]:

@@ -4,6 +4,7 @@ that into per-vertebra slice ranges and a study crop box (trantuan / 3rd-place r
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -16,9 +17,11 @@ from spinelab.config.schema import CervicalConfig
 from spinelab.data.transforms import SequenceAugment, evenly_spaced
 from spinelab.io.volume import Volume
 from spinelab.registry import VERTEBRAE
-from spinelab.tasks.cervical.slices import canonical_order, stack_images
-from spinelab.tasks.cervical.studies import CervicalStudies, head_first
+from spinelab.tasks.cervical.slices import stack_images
+from spinelab.tasks.cervical.studies import CervicalStudies, canonical_slice_table
 from spinelab.train.stage import Stage
+
+log = logging.getLogger("spinelab")
 
 __all__ = ["LocalizerDataset", "LocalizerStage", "localize", "summarize_localization"]
 
@@ -47,9 +50,9 @@ class LocalizerDataset(Dataset):
         depth = vol.shape[0]
         rng = np.random.default_rng() if self.train else None
         n = min(self.s1.seq_len, depth)
-        centres = canonical_order(vol, evenly_spaced(0, depth - 1, n, jitter=0.5 if self.train else 0, rng=rng))
+        centres = np.sort(evenly_spaced(0, depth - 1, n, jitter=0.5 if self.train else 0, rng=rng))
         images = stack_images(vol, centres, windows=self.s1.windows, size=self.s1.image_size)
-        table = self.per_study[uid].set_index("index").reindex(range(depth))
+        table = canonical_slice_table(self.per_study[uid], vol)
         ratio = table[list(VERTEBRAE)].fillna(0).to_numpy(np.float32)[centres]
         boxes = table[BOX_COLUMNS].to_numpy(np.float32)[centres]
         box_mask = np.isfinite(boxes).all(axis=1) & (ratio.max(axis=1) > 0)
@@ -68,10 +71,8 @@ class LocalizerDataset(Dataset):
 
 
 def _positions(volume: Volume, centres: np.ndarray) -> np.ndarray:
-    """Slice position in [0, 1] from head (0) to feet (1)."""
-    depth = volume.shape[0]
-    frac = centres / max(depth - 1, 1)
-    return (frac if head_first(volume) else 1.0 - frac).astype(np.float32)
+    """Slice position in [0, 1] from head (0) to feet (1) of a canonical volume."""
+    return (centres / max(volume.shape[0] - 1, 1)).astype(np.float32)
 
 
 class LocalizerStage(Stage):
@@ -156,7 +157,7 @@ def localize(volume: Volume, models: list[torch.nn.Module], cfg: CervicalConfig,
     """Per-slice predictions for a whole study, averaged over folds, offsets and flips.
 
     Args:
-        volume: the CT study.
+        volume: the CT study in the canonical orientation (``studies.prepare_cervical_volume``).
         models: trained stage-1 models (one per fold).
         cfg: config (stage1 section: seq_len, infer_offsets, windows, image_size).
         tta: also run the left-right flipped images.
@@ -167,7 +168,11 @@ def localize(volume: Volume, models: list[torch.nn.Module], cfg: CervicalConfig,
         index (positions not sampled are interpolated).
     """
     from spinelab.infer.runtime import Runtime
+    from spinelab.io.orientation import is_canonical
 
+    if not is_canonical(volume):
+        log.warning("stage 1 got a %s volume, not the canonical IPL: pass it through "
+                    "tasks.cervical.studies.prepare_cervical_volume first", volume.orientation)
     runtime = runtime or Runtime()
     s1 = cfg.stage1
     depth = volume.shape[0]
@@ -177,8 +182,7 @@ def localize(volume: Volume, models: list[torch.nn.Module], cfg: CervicalConfig,
     count = np.zeros(depth)
     for k in range(max(1, s1.infer_offsets)):
         shift = k * step / max(1, s1.infer_offsets)
-        centres = canonical_order(volume, np.clip(np.rint(np.linspace(0, depth - 1, n) + shift), 0, depth - 1)
-                                  .astype(np.int64))
+        centres = np.clip(np.rint(np.linspace(0, depth - 1, n) + shift), 0, depth - 1).astype(np.int64)
         images = torch.from_numpy(stack_images(volume, centres, windows=s1.windows, size=s1.image_size))[None]
         pos = torch.from_numpy(_positions(volume, centres))[None]
         outs = []
@@ -242,7 +246,7 @@ def summarize_localization(pred: dict[str, np.ndarray], volume: Volume, cfg: Cer
     warnings = []
     if missing:
         warnings.append(f"vertebrae not found: {', '.join(missing)}; their slice ranges are estimated")
-        _fill_missing(ranges, depth, head_first(volume))
+        _fill_missing(ranges, depth)
     sel = pred["has_box"] > s1.box_threshold
     if not sel.any():
         sel = smooth.max(axis=1) > s1.min_peak
@@ -257,8 +261,8 @@ def summarize_localization(pred: dict[str, np.ndarray], volume: Volume, cfg: Cer
             "missing": missing, "warnings": warnings}
 
 
-def _fill_missing(ranges: dict[str, list[int] | None], depth: int, head_is_first: bool) -> None:
-    """Estimate ranges of vertebrae that were not found, keeping anatomical order."""
+def _fill_missing(ranges: dict[str, list[int] | None], depth: int) -> None:
+    """Estimate ranges of vertebrae that were not found, keeping anatomical order (index 0 = head)."""
     found = {v: r for v, r in ranges.items() if r is not None}
     order = list(VERTEBRAE)
     if not found:
@@ -266,21 +270,18 @@ def _fill_missing(ranges: dict[str, list[int] | None], depth: int, head_is_first
         edges = np.linspace(0.1 * (depth - 1), 0.9 * (depth - 1), len(order) + 1)
         for j, v in enumerate(order):
             a, b = edges[j], edges[j + 1]
-            if not head_is_first:
-                a, b = depth - 1 - edges[j + 1], depth - 1 - edges[j]
             ranges[v] = [int(round(a)), max(int(round(a)), int(round(b)))]
         return
     length = max(1, int(np.median([r[1] - r[0] + 1 for r in found.values()])))
-    sign = 1 if head_is_first else -1  # direction of the next (more caudal) vertebra in array index
     for j, v in enumerate(order):
         if ranges[v] is not None:
             continue
         above = next((ranges[order[i]] for i in range(j - 1, -1, -1) if ranges[order[i]] is not None), None)
         if above is not None:
-            start = (above[1] + 1) if sign > 0 else (above[0] - length)
+            start = above[1] + 1
         else:
             below = next(ranges[order[i]] for i in range(j + 1, len(order)) if ranges[order[i]] is not None)
-            start = (below[0] - length) if sign > 0 else (below[1] + 1)
+            start = below[0] - length
         start = int(np.clip(start, 0, depth - 1))
         ranges[v] = [start, int(np.clip(start + length - 1, start, depth - 1))]
 

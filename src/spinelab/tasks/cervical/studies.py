@@ -1,4 +1,12 @@
-"""The cervical training table: labels, folds, derived slice labels and volume access for a dataset."""
+"""The cervical training table: labels, folds, derived slice labels and volume access for a dataset.
+
+Every cervical CT, in training (``CervicalStudies.volume``) and at inference, goes through
+``prepare_cervical_volume``: the canonical orientation of ``io.orientation`` (D head to feet, rows towards
+posterior, columns towards the patient's left), so the models always see the same anatomy whatever the
+stored order and in-plane orientation. The derived label tables stay on the stored grid of ``read_series``
+(array index, pixel boxes); ``canonical_slice_table`` and ``canonical_fracture_slices`` move them onto the
+canonical grid where they are consumed.
+"""
 
 from __future__ import annotations
 
@@ -11,16 +19,50 @@ import pandas as pd
 
 from spinelab.config.schema import CervicalConfig
 from spinelab.errors import InputError
+from spinelab.io.orientation import stored_axis_map, to_canonical
 from spinelab.io.volume import Volume
 from spinelab.registry import CERVICAL_TARGETS
 
-__all__ = ["CervicalStudies", "head_first"]
+__all__ = ["CervicalStudies", "prepare_cervical_volume", "canonical_slice_table", "canonical_fracture_slices"]
+
+_PIXEL_BOX = ["x0", "y0", "x1", "y1"]
+_NORM_BOX = ["nx0", "ny0", "nx1", "ny1"]
 
 
-def head_first(volume: Volume) -> bool:
-    """True when array index 0 is the most cranial slice (the D axis points towards the feet)."""
-    # LPS: +z is superior. The sign of the D axis' z component decides, whatever the file order was.
-    return bool(volume.affine[2, 0] < 0)
+def prepare_cervical_volume(volume: Volume) -> Volume:
+    """A cervical CT as the models see it: in the canonical orientation (``io.orientation.to_canonical``).
+
+    The one place this happens, for training and inference; the result's ``meta["axis_map"]`` says how labels
+    on the stored grid follow. Arrays are views (no copy).
+    """
+    return to_canonical(volume)
+
+
+def canonical_slice_table(rows: pd.DataFrame, volume: Volume) -> pd.DataFrame:
+    """One study's ``slice_labels.csv`` rows on ``volume``'s (canonical) grid, indexed ``0 .. D-1``.
+
+    The table's ``index`` and pixel boxes are on the stored grid of ``read_series``; the move recorded in
+    ``volume.meta["axis_map"]`` is applied (slice order, in-plane flips and transpose). Slices without a row
+    are NaN.
+
+    Raises:
+        GeometryError: the volume was reoriented across slices (the slice axis moved).
+    """
+    m = stored_axis_map(volume)
+    out = rows.copy()
+    out["index"] = m.slice_index(out["index"].to_numpy())
+    for cols, normalised in ((_PIXEL_BOX, False), (_NORM_BOX, True)):
+        if set(cols) <= set(out.columns):
+            out[cols] = m.boxes(out[cols].to_numpy(np.float64), normalised=normalised)
+    return out.set_index("index").sort_index().reindex(range(volume.shape[0]))
+
+
+def canonical_fracture_slices(boxes: dict[str, set[int]] | None, volume: Volume) -> dict[str, set[int]] | None:
+    """``CervicalStudies.fracture_slices[uid]`` (stored array indices) as indices of ``volume``'s grid."""
+    if not boxes:
+        return boxes
+    m = stored_axis_map(volume)
+    return {v: {int(d) for d in m.slice_index(np.fromiter(idx, dtype=np.int64))} for v, idx in boxes.items()}
 
 
 @dataclass
@@ -75,9 +117,10 @@ class CervicalStudies:
 
     @cached_property
     def fracture_slices(self) -> dict[str, dict[str, set[int]]]:
-        """Array indices of the slices with a fracture box, per study and per vertebra (``""`` when the box
-        could not be attributed to one, e.g. the study has no segmentation). Studies absent from the map
-        have no boxes (most real RSNA 2022 positives); an absent table means no boxes at all."""
+        """Array indices (stored grid: see ``canonical_fracture_slices``) of the slices with a fracture box, per
+        study and per vertebra (``""`` when the box could not be attributed to one, e.g. the study has no
+        segmentation). Studies absent from the map have no boxes (most real RSNA 2022 positives); an absent
+        table means no boxes at all."""
         path = self.derived_dir / "fracture_boxes.csv"
         if not path.is_file():
             return {}
@@ -103,11 +146,12 @@ class CervicalStudies:
         return f"{split}_images/{uid}"
 
     def volume(self, uid: str, split: str = "train") -> Volume:
-        """The study's CT volume: memory-mapped from the cache when configured, else decoded."""
+        """The study's CT volume in the canonical orientation (``prepare_cervical_volume``): memory-mapped from
+        the cache when configured, else decoded."""
         from spinelab.io.cache import load_series
 
-        return load_series(self.series_path(uid, split), dataset_dir=self.dataset_dir,
-                           cache_dir=self.cfg.data.cache_dir)
+        return prepare_cervical_volume(load_series(self.series_path(uid, split), dataset_dir=self.dataset_dir,
+                                                   cache_dir=self.cfg.data.cache_dir))
 
     def targets(self, uid: str) -> np.ndarray:
         """Study labels in registry order (C1..C7, patient_overall), float32."""
