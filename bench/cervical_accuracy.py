@@ -12,6 +12,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mdblock import REPO, machine_description, replace_block  # noqa: E402
@@ -19,19 +20,23 @@ from spinelab import api  # noqa: E402
 from spinelab.config.load import load_config  # noqa: E402
 
 
-def range_quality(loc: dict, slice_labels: Path, folds: Path) -> tuple[float, float]:
+def range_quality(loc: dict, cfg: Any, folds: Path) -> tuple[float, float]:
     """Mean share of each true vertebra slice range (ratio > 0.2) inside the predicted range, and mean share
-    of each predicted range outside the true one, over the held-out (fold 0) studies with a segmentation."""
+    of each predicted range outside the true one, over the held-out (fold 0) studies with a segmentation.
+    Both on the canonical grid the models see (the label table is on the stored grid)."""
     import pandas as pd
 
     from spinelab.registry import VERTEBRAE
+    from spinelab.tasks.cervical.studies import CervicalStudies, canonical_slice_table
 
-    labels = pd.read_csv(slice_labels)
+    studies = CervicalStudies(cfg)
+    labels = studies.slice_labels
     held_out = set(pd.read_csv(folds).query("fold == 0").StudyInstanceUID)
     covered, outside = [], []
     for uid, rows in labels[labels.StudyInstanceUID.isin(held_out)].groupby("StudyInstanceUID"):
+        rows = canonical_slice_table(rows, studies.volume(uid)).fillna(0)
         for v in VERTEBRAE:
-            idx = rows["index"][rows[v] > 0.2]
+            idx = rows.index[rows[v] > 0.2]
             if idx.empty:
                 continue
             true = set(range(int(idx.min()), int(idx.max()) + 1))
@@ -72,7 +77,7 @@ def main() -> None:
     fr = json.loads(frames_path.read_text()) if cfg.frames.enabled and frames_path.is_file() else None
     loc = json.loads((run / "localization.json").read_text())
     found = sum(len(v["missing"]) == 0 for v in loc.values()) / len(loc)
-    coverage, outside = range_quality(loc, data / "derived" / "slice_labels.csv", run / "folds.csv")
+    coverage, outside = range_quality(loc, cfg, run / "folds.csv")
     text = "\n".join([
         "## Cervical accuracy on a synthetic benchmark (`bench/cervical_accuracy.py`)",
         "",
