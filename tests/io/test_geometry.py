@@ -32,7 +32,8 @@ def test_crop_and_pad_with_integer_offset(oblique_affine, rng):
     ref_aff = oblique_affine.copy()
     ref_aff[:3, 3] = img.voxel_to_world(np.array([2, -1, 3]))
     ref = Volume(array=np.zeros((3, 4, 9), np.float32), affine=ref_aff)
-    out = resample_to(img, ref, fill=-7)
+    with pytest.warns(UserWarning, match="overlap little: only 42 %"):  # 3 of 4 rows x 5 of 9 columns
+        out = resample_to(img, ref, fill=-7)
     assert out.meta["resample"] == "exact"
     assert np.array_equal(out.array[:, 1:, :5], img.array[2:5, 0:3, 3:8])
     assert np.all(out.array[:, 0, :] == -7) and np.all(out.array[:, :, 5:] == -7)
@@ -82,3 +83,42 @@ def test_real_segmentation_aligns_with_dicom(realdata):
     assert np.array_equal(out.array, by_hand)
     for label in (32, 33):  # T12, T11
         assert ct.array[out.array == label].mean() > 150
+
+
+def _shifted(vol: Volume, voxels: tuple[float, float, float], shape: tuple[int, int, int]) -> Volume:
+    aff = vol.affine.copy()
+    aff[:3, 3] = vol.voxel_to_world(np.array(voxels, float))
+    return Volume(array=np.zeros(shape, np.float32), affine=aff, meta={"source": "ref.nii"})
+
+
+@pytest.mark.parametrize("meta, is_label, values, expected", [
+    ({"modality": "CT"}, False, (0, 100), -1024.0),
+    ({"modality": "MR"}, False, (0, 100), 0.0),
+    ({}, False, (-1024, 400), -1024.0),  # NIfTI in HU: no modality, air in the image
+    ({}, False, (0, 900), 0.0),  # NIfTI MR
+    ({"modality": "CT"}, True, (0, 5), 0.0),  # label maps stay 0
+])
+def test_default_fill_is_air_for_ct_and_zero_for_labels_and_mr(oblique_affine, meta, is_label, values, expected):
+    arr = np.full((4, 5, 6), values[1], np.int16)
+    arr[0, 0, 0] = values[0]
+    img = Volume(array=arr, affine=oblique_affine, meta=meta, is_label=is_label)
+    out = resample_to(img, _shifted(img, (1, 0, 0), (4, 5, 6)))  # one slice beyond the source
+    assert out.meta["resample_fill"] == expected
+    assert np.all(out.array[-1] == expected) and np.all(out.array[:-1] == img.array[1:])
+    interp = resample_to(img, _shifted(img, (1, 0, 0.5), (4, 5, 6)))  # half a voxel: interpolated
+    assert interp.meta["resample"].startswith("interpolated") and np.all(interp.array[-1] == expected)
+
+
+def test_disjoint_and_barely_overlapping_grids_warn(oblique_affine):
+    from spinelab.io.geometry import GeometryWarning, grid_overlap
+
+    img = Volume(array=np.ones((4, 10, 10), np.int16), affine=oblique_affine, meta={"source": "ct.nii"})
+    with pytest.warns(GeometryWarning, match="ct.nii and ref.nii do not overlap"):
+        out = resample_to(img, _shifted(img, (20, 0, 0), (4, 10, 10)))
+    assert np.all(out.array == 0) and "do not overlap" in out.meta["warnings"][-1]
+    with pytest.warns(GeometryWarning, match="overlap little"):
+        resample_to(img, _shifted(img, (0, 0, 8), (4, 10, 10)))  # 2 of 10 columns shared
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resample_to(img, _shifted(img, (1, 2, 3), (2, 3, 3)))  # a small grid inside the source: fine
+    assert grid_overlap(img, _shifted(img, (1, 2, 3), (2, 3, 3))) == 1.0

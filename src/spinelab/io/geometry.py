@@ -6,9 +6,17 @@ the source. When that matrix is a signed axis permutation with unit scale and an
 case of a segmentation stored in another orientation on the same lattice, e.g. RSNA 2022's sagittal NIfTI
 against the axial DICOM, or TotalSegmentator's LAS output), the result is an exact transpose/flip/crop, no
 interpolation; otherwise ``scipy.ndimage.affine_transform`` interpolates (nearest for labels).
+
+Fill outside the source's field of view (``fill=None``, the default): 0 for label maps; air, -1024 HU, for CT
+images (``meta["modality"] == "CT"``, or, with no modality recorded as for NIfTI files, an image whose
+minimum is below -100, which only HU data reaches); 0 for any other image (MR). Grids that overlap little
+(less than half of the smaller one inside the other, by sampled voxel centres) or not at all give a
+``GeometryWarning``, also kept in the result's ``meta["warnings"]``.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 
@@ -16,9 +24,18 @@ from spinelab.errors import GeometryError
 from spinelab.io.orientation import reorient
 from spinelab.io.volume import Volume
 
-__all__ = ["resample_to", "reorient", "world_to_voxel", "voxel_to_world", "grid_permutation"]
+__all__ = ["resample_to", "reorient", "world_to_voxel", "voxel_to_world", "grid_permutation", "grid_overlap",
+           "default_fill", "GeometryWarning", "AIR_HU", "MIN_OVERLAP"]
 
 _TOL = 1e-4  # relative tolerance for "unit scale" / "integer offset" in voxel units
+AIR_HU = -1024.0
+#: below this share of the smaller grid inside the other, ``resample_to`` warns
+MIN_OVERLAP = 0.5
+_SAMPLES_PER_AXIS = 12
+
+
+class GeometryWarning(UserWarning):
+    """Two grids were combined, but their geometry deserves attention (little or no overlap)."""
 
 
 def world_to_voxel(volume: Volume, points: np.ndarray) -> np.ndarray:
@@ -55,6 +72,37 @@ def grid_permutation(source: Volume, reference: Volume) -> list[tuple[int, int, 
     return out
 
 
+def _inside_share(points_of: Volume, other: Volume) -> float:
+    """Share of a lattice of ``points_of``'s voxel centres that fall inside ``other``'s field of view."""
+    axes = [np.linspace(0, n - 1, min(n, _SAMPLES_PER_AXIS)) for n in points_of.shape]
+    idx = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+    j = other.world_to_voxel(points_of.voxel_to_world(idx))
+    inside = np.all((j >= -0.5) & (j <= np.array(other.shape) - 0.5), axis=1)
+    return float(inside.mean())
+
+
+def grid_overlap(source: Volume, reference: Volume) -> float:
+    """How much two grids overlap in the world: the larger of the share of each one's (sampled) voxel centres
+    inside the other, so 1.0 when one grid lies inside the other and 0.0 when they are disjoint."""
+    return max(_inside_share(reference, source), _inside_share(source, reference))
+
+
+def default_fill(volume: Volume) -> float:
+    """The value ``resample_to`` puts outside ``volume``'s field of view (see the module docstring)."""
+    if volume.is_label:
+        return 0.0
+    modality = str(volume.meta.get("modality", "") or "").upper()
+    if modality:
+        return AIR_HU if modality == "CT" else 0.0
+    arr = volume.array
+    if arr.size == 0 or not (np.issubdtype(arr.dtype, np.signedinteger) or np.issubdtype(arr.dtype, np.floating)):
+        return 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN image: no HU evidence, fill 0
+        low = float(np.nanmin(arr))
+    return AIR_HU if low < -100 else 0.0
+
+
 def _axis_slices(n_ref: int, n_src: int, sign: int, off: int) -> tuple[slice, slice] | None:
     """Matching slices of the reference axis and the source axis for ``s = sign * r + off``."""
     r = np.arange(n_ref)
@@ -70,14 +118,16 @@ def _axis_slices(n_ref: int, n_src: int, sign: int, off: int) -> tuple[slice, sl
     return slice(r0, r1), slice(s0, stop if stop >= 0 else None, -1)
 
 
-def resample_to(volume: Volume, reference: Volume, *, order: int | None = None, fill: float = 0.0) -> Volume:
+def resample_to(volume: Volume, reference: Volume, *, order: int | None = None, fill: float | None = None
+                ) -> Volume:
     """Put ``volume`` on ``reference``'s grid by world coordinates.
 
     Args:
         volume: image or label map, any orientation.
         reference: the target grid (its array is only used for the shape).
         order: interpolation order; default 0 for label maps, 1 for images. Label maps always use 0.
-        fill: value outside ``volume``'s field of view.
+        fill: value outside ``volume``'s field of view; ``None``: ``default_fill`` (0 for labels and MR,
+            -1024 for CT).
 
     Returns:
         A ``Volume`` with ``reference``'s shape, affine and slice ids. Labels (and the exact fast path) keep
@@ -91,10 +141,24 @@ def resample_to(volume: Volume, reference: Volume, *, order: int | None = None, 
     except np.linalg.LinAlgError as err:
         raise GeometryError(f"cannot invert affine: {err}") from err
     order = 0 if volume.is_label else (1 if order is None else int(order))
-    meta = {**volume.meta, "resampled_to": reference.meta.get("source")}
+    fill = default_fill(volume) if fill is None else float(fill)
+    meta = {**volume.meta, "resampled_to": reference.meta.get("source"), "resample_fill": fill}
+    overlap = grid_overlap(volume, reference)
+    if overlap < MIN_OVERLAP:
+        src_name, ref_name = volume.meta.get("source", "the source"), reference.meta.get("source", "the reference")
+        message = (f"{src_name} and {ref_name} do not overlap in the world: the result is all fill ({fill:g})"
+                   if overlap == 0 else
+                   f"{src_name} and {ref_name} overlap little: only {100 * overlap:.0f} % of the smaller grid lies "
+                   f"inside the other; the rest is fill ({fill:g})")
+        warnings.warn(message, GeometryWarning, stacklevel=2)
+        meta["warnings"] = [*volume.meta.get("warnings", []), message]
     if perm is not None:
         src = np.transpose(volume.array, [a for a, _, _ in perm])
-        out = np.full(reference.shape, fill, dtype=volume.array.dtype)
+        dtype = volume.array.dtype
+        if np.issubdtype(dtype, np.integer):  # a fill the dtype cannot hold is clipped to its range
+            info = np.iinfo(dtype)
+            fill = float(np.clip(fill, info.min, info.max))
+        out = np.full(reference.shape, fill, dtype=dtype)
         ref_sl, src_sl = [], []
         for b, (a, sign, off) in enumerate(perm):
             pair = _axis_slices(reference.shape[b], volume.shape[a], sign, off)
