@@ -82,3 +82,20 @@ def test_cli_sets_the_spinelab_log_level(tmp_path, rng, oblique_affine, flags, l
     logger = logging.getLogger("spinelab")
     assert logger.level == level
     assert sum(getattr(h, "_spinelab_cli", False) for h in logger.handlers) == 1  # no handler pile-up
+
+
+@pytest.mark.realdata
+def test_info_explains_the_axis_order_and_shows_nibabels_beside_it(realdata):
+    import nibabel as nib
+
+    path = realdata / "tptbox" / "sub-ct_label-22_ct.nii.gz"
+    desc = describe(path)
+    img = nib.load(path)
+    assert desc["axes"] == "spinelab arrays are (slice, row, column) = nibabel (k, j, i)"
+    assert desc["nibabel_shape"] == list(img.shape) and desc["shape"] == list(img.shape)[::-1]
+    assert desc["nibabel_orientation"] == "".join(nib.aff2axcodes(img.affine)) == "PIR"
+    assert desc["orientation"] == "RIP"
+    console = Console(record=True, width=150)
+    render_description(desc, console)
+    text = console.export_text()
+    assert "(slice, row, column) = nibabel (k, j, i)" in text and "PIR" in text and "nibabel_shape" in text

@@ -23,6 +23,7 @@ _MAX_LISTED_LABELS = 200
 def _volume_summary(vol: Volume) -> dict[str, Any]:
     arr = np.asarray(vol.array)
     out: dict[str, Any] = {
+        "axes": "spinelab arrays are (slice, row, column)",
         "shape": list(vol.shape),
         "dtype": str(arr.dtype),
         "spacing": [round(s, 6) for s in vol.spacing],
@@ -63,8 +64,12 @@ def describe(path: str | Path, *, series: str | None = None) -> dict[str, Any]:
         if not is_nifti_file(path):
             raise InputError(path, "not a NIfTI file (no NIfTI header) and not a folder of DICOM files")
         vol = read_nifti(path)
+        summary = _volume_summary(vol)
+        # spinelab's (slice, row, column) is the file's (k, j, i): show nibabel's order beside it
+        summary["axes"] += " = nibabel (k, j, i)"
+        nib_order = {"nibabel_shape": summary["shape"][::-1], "nibabel_orientation": vol.orientation[::-1]}
         return {"path": str(path), "kind": "nifti", "is_label": vol.is_label,
-                "dtype_on_disk": vol.meta.get("dtype_on_disk"), **_volume_summary(vol)}
+                "dtype_on_disk": vol.meta.get("dtype_on_disk"), **summary, **nib_order}
     try:
         found = list_series(path)
     except InputError as err:
@@ -117,7 +122,8 @@ def render_description(desc: dict[str, Any], console: Any) -> None:
     if not body:
         return
     table = Table("property", "value")
-    for key in ("shape", "dtype", "spacing", "orientation", "origin_lps", "value_range", "labels", "slice_ids"):
+    for key in ("axes", "shape", "dtype", "spacing", "orientation", "nibabel_shape", "nibabel_orientation",
+                "origin_lps", "value_range", "labels", "slice_ids"):
         if key in body:
             table.add_row(key, str(body[key]))
     console.print(table)
