@@ -46,6 +46,8 @@ class ModelConfig(StrictModel):
     name: str
     backbone: str | None = None
     pretrained_path: Path | None = None
+    #: expected SHA-256 (hex) of ``pretrained_path``; a different file is refused
+    pretrained_sha256: str | None = None
     hidden: int | None = None
     drop_rate: float | None = None
 

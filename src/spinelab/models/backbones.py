@@ -1,70 +1,114 @@
-"""2D timm backbones that never download: random init or a local checkpoint file.
+"""2D timm backbones that never download: random init or a local weights file, loaded by timm's own loader.
 
-Slice stacks (2.5D) feed ``in_chans`` channels; timm adapts the stem convolution. A checkpoint's stem
-is adapted the same way (``timm.models.adapt_input_conv``) so 3-channel ImageNet weights load into any
-``in_chans``.
+``name`` is any timm architecture, with or without a pretrained tag (``convnext_tiny``,
+``convnext_tiny.fb_in22k``); the tag picks timm's pretrained config (mean/std, classifier name), never a
+download. Hub names (``hf-hub:...``) are refused. With ``pretrained_path`` the file goes through
+``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=path))``: timm reads ``.pth``
+(``weights_only``) and ``.safetensors``, drops the classifier, and adapts the stem convolution of 3-channel
+weights to ``in_chans`` (2.5D stacks of 3 slices x n windows). An optional ``pretrained_sha256`` is checked
+before anything is read.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 from pathlib import Path
+from typing import Any
 
 import timm
-import torch
 from torch import nn
 
 from spinelab.errors import ConfigError, InputError
 
-__all__ = ["create_backbone", "load_backbone_weights"]
+__all__ = ["create_backbone", "check_backbone_name", "verify_weights", "file_sha256"]
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-def create_backbone(name: str, *, in_chans: int = 3, pretrained_path: str | Path | None = None,
-                    drop_rate: float = 0.0) -> nn.Module:
-    """A timm feature extractor: ``model(x) -> (B, model.num_features)``.
-
-    Args:
-        name: any timm architecture name (``resnet18``, ``convnext_tiny``, ``tf_efficientnetv2_s``, ...).
-        in_chans: input channels (3 for a slice triplet).
-        pretrained_path: local timm/torch checkpoint for the backbone; ``None`` = random init.
-        drop_rate: dropout before the (removed) classifier.
+def check_backbone_name(name: str) -> None:
+    """Refuse names timm does not know (architecture or pretrained tag) and hub names that would download.
 
     Raises:
-        ConfigError: unknown architecture.
-        InputError: ``pretrained_path`` given but missing or unreadable.
+        ConfigError: naming the backbone and what is wrong.
     """
-    if name not in timm.list_models():
+    from timm.models import split_model_name_tag
+
+    if ":" in name:
+        raise ConfigError(f"backbone {name!r}: hub names would download weights and spinelab never downloads; "
+                          "give the architecture name and model.pretrained_path")
+    arch, tag = split_model_name_tag(name)
+    if arch not in timm.list_models():
         raise ConfigError(f"unknown timm backbone {name!r}")
-    model = timm.create_model(name, pretrained=False, in_chans=in_chans, num_classes=0, drop_rate=drop_rate)
-    if pretrained_path is not None:
-        load_backbone_weights(model, pretrained_path, in_chans=in_chans)
-    return model
+    if tag and name not in timm.list_pretrained(f"{arch}.*"):
+        known = ", ".join(t.split(".", 1)[1] for t in timm.list_pretrained(f"{arch}.*")) or "none"
+        raise ConfigError(f"unknown pretrained tag {tag!r} for timm backbone {arch!r} (known tags: {known})")
 
 
-def load_backbone_weights(model: nn.Module, path: str | Path, *, in_chans: int = 3) -> None:
-    """Load a local checkpoint into ``model``, ignoring classifier keys and adapting the stem.
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_weights(path: str | Path, sha256: str | None = None) -> Path:
+    """Check that a weights file exists and, when ``sha256`` is given, that it is the expected file.
 
     Raises:
-        InputError: the file is missing or is not a state dict.
+        InputError: the file is missing or unreadable, or its checksum differs (naming the file).
+        ConfigError: ``sha256`` is not 64 hex digits.
     """
     path = Path(path)
     if not path.is_file():
-        raise InputError(path, "backbone checkpoint not found (model.pretrained_path); spinelab never "
-                               "downloads weights: put a timm state dict at this path or set it to null")
+        raise InputError(path, "backbone weights not found (model.pretrained_path); spinelab never downloads "
+                               "weights: fetch them once (README, Configs) or set model.pretrained_path to null")
+    if sha256 is None:
+        return path
+    expected = sha256.strip().lower()
+    if not _SHA256.match(expected):
+        raise ConfigError(f"model.pretrained_sha256 must be 64 hex digits, got {sha256!r}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for bad files
-        raise InputError(path, f"not a readable torch checkpoint ({type(err).__name__}: {err})") from None
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise InputError(path, "checkpoint does not hold a state dict")
-    own = model.state_dict()
-    stem_key = next((k for k, v in own.items() if v.ndim == 4), None)
-    if stem_key and stem_key in state and state[stem_key].shape[1] != own[stem_key].shape[1]:
-        from timm.models import adapt_input_conv
+        actual = file_sha256(path)
+    except OSError as err:
+        raise InputError(path, f"cannot read backbone weights ({err.strerror or err})") from None
+    if actual != expected:
+        raise InputError(path, f"SHA-256 {actual} differs from model.pretrained_sha256 {expected}: "
+                               "a different or corrupt weights file")
+    return path
 
-        state[stem_key] = adapt_input_conv(in_chans, state[stem_key])
-    kept = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if not kept:
-        raise InputError(path, "no tensor in the checkpoint matches the backbone (wrong architecture?)")
-    model.load_state_dict(kept, strict=False)
+
+def create_backbone(name: str, *, in_chans: int = 3, pretrained_path: str | Path | None = None,
+                    pretrained_sha256: str | None = None, drop_rate: float = 0.0, **timm_kwargs: Any) -> nn.Module:
+    """A timm backbone without classifier: ``model(x) -> (B, model.num_features)`` (or the feature maps with
+    ``features_only=True`` in ``timm_kwargs``).
+
+    Args:
+        name: timm architecture, optionally tagged (``resnet18``, ``convnext_tiny.fb_in22k``, ...).
+        in_chans: input channels (3 for a slice triplet).
+        pretrained_path: local ``.pth`` / ``.safetensors`` weights for ``name``; ``None`` = random init.
+        pretrained_sha256: expected SHA-256 of ``pretrained_path`` (checked before loading).
+        drop_rate: dropout before the (removed) classifier.
+        timm_kwargs: more ``timm.create_model`` arguments (``features_only``, ...).
+
+    Raises:
+        ConfigError: unknown architecture or tag, a hub name, a checksum without a file, a malformed checksum.
+        InputError: the weights file is missing, differs from its checksum, or does not fit the backbone.
+    """
+    check_backbone_name(name)
+    if not timm_kwargs.get("features_only"):
+        timm_kwargs.setdefault("num_classes", 0)
+    if pretrained_path is None:
+        if pretrained_sha256 is not None:
+            raise ConfigError("model.pretrained_sha256 is set but model.pretrained_path is not")
+        return timm.create_model(name, pretrained=False, in_chans=in_chans, drop_rate=drop_rate, **timm_kwargs)
+    path = verify_weights(pretrained_path, pretrained_sha256)
+    try:
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)},
+                                 in_chans=in_chans, drop_rate=drop_rate, **timm_kwargs)
+    except Exception as err:  # torch, safetensors and timm raise many types for a file that does not fit
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise InputError(path, f"cannot load these weights into timm backbone {name!r} "
+                               f"({type(err).__name__}: {first[:300]})") from None

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from spinelab.errors import ConfigError
-from spinelab.models.backbones import create_backbone, load_backbone_weights
+from spinelab.models.backbones import create_backbone
 
 __all__ = ["PointHeatmapNet", "RoiGrader"]
 
@@ -28,11 +27,8 @@ class PointHeatmapNet(nn.Module):
     def __init__(self, *, backbone: str = "resnet18", in_chans: int = 3, n_points: int = 5, hidden: int = 64,
                  stride: int = 4, pretrained_path: str | Path | None = None, drop_rate: float = 0.0):
         super().__init__()
-        if backbone not in timm.list_models():
-            raise ConfigError(f"unknown timm backbone {backbone!r}")
-        self.encoder = timm.create_model(backbone, pretrained=False, features_only=True, in_chans=in_chans)
-        if pretrained_path is not None:
-            load_backbone_weights(self.encoder, pretrained_path, in_chans=in_chans)
+        self.encoder = create_backbone(backbone, in_chans=in_chans, pretrained_path=pretrained_path,
+                                       features_only=True)
         reductions = self.encoder.feature_info.reduction()
         if stride not in reductions:
             raise ConfigError(f"heatmap stride {stride} not available from {backbone} (strides {reductions})")

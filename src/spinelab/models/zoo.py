@@ -1,6 +1,8 @@
 """Registered architectures: the seeds' designs and tiny ``test_*`` variants for CPU tests.
 
-This module is the explicit import list of the registry: every builder is defined or imported here.
+This module is the explicit import list of the registry: every builder is defined or imported here. Every
+builder accepts ``pretrained_sha256`` (the config's ``model.pretrained_sha256``): the weights file is checked
+against it before the model is built.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from typing import Any
 
 from torch import nn
 
+from spinelab.models.backbones import verify_weights
 from spinelab.models.cervical import FractureClassifier, FrameClassifier, SliceLocalizer
 from spinelab.models.lumbar import PointHeatmapNet, RoiGrader
 from spinelab.models.registry import register_model
@@ -27,66 +30,79 @@ __all__ = [
 ]
 
 
+def _checked(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` without ``pretrained_sha256``, after checking ``pretrained_path`` against it."""
+    from spinelab.errors import ConfigError
+
+    kwargs = dict(kwargs)
+    sha = kwargs.pop("pretrained_sha256", None)
+    if sha is not None:
+        if kwargs.get("pretrained_path") is None:
+            raise ConfigError("model.pretrained_sha256 is set but model.pretrained_path is not")
+        verify_weights(kwargs["pretrained_path"], sha)
+    return kwargs
+
+
 @register_model
 def cervical_slice_localizer(**kwargs: Any) -> nn.Module:
     """Stage 1 of the RSNA 2022 recipe (default backbone resnet18; seeds used convnext_tiny/resnest50d)."""
-    return SliceLocalizer(**kwargs)
+    return SliceLocalizer(**_checked(kwargs))
 
 
 @register_model
 def cervical_fracture_classifier(**kwargs: Any) -> nn.Module:
     """Stage 2 of the RSNA 2022 recipe (default backbone resnet18; seeds used convnext_tiny/effnetv2_s)."""
-    return FractureClassifier(**kwargs)
+    return FractureClassifier(**_checked(kwargs))
 
 
 @register_model
 def test_cervical_slice_localizer(**kwargs: Any) -> nn.Module:
     """Tiny stage-1 variant for CPU tests."""
     kwargs = {"backbone": "test_resnet", "hidden": 16, **kwargs}
-    return SliceLocalizer(**kwargs)
+    return SliceLocalizer(**_checked(kwargs))
 
 
 @register_model
 def test_cervical_fracture_classifier(**kwargs: Any) -> nn.Module:
     """Tiny stage-2 variant for CPU tests."""
     kwargs = {"backbone": "test_resnet", "hidden": 16, **kwargs}
-    return FractureClassifier(**kwargs)
+    return FractureClassifier(**_checked(kwargs))
 
 
 @register_model
 def cervical_frame_classifier(**kwargs: Any) -> nn.Module:
     """Optional 2D pre-training of the stage-2 CNN on single step images (2nd place's first stage)."""
-    return FrameClassifier(**kwargs)
+    return FrameClassifier(**_checked(kwargs))
 
 
 @register_model
 def test_cervical_frame_classifier(**kwargs: Any) -> nn.Module:
     """Tiny frame-classifier variant for CPU tests (the same backbone as the tiny stage 2)."""
     kwargs = {"backbone": "test_resnet", **kwargs}
-    return FrameClassifier(**kwargs)
+    return FrameClassifier(**_checked(kwargs))
 
 
 @register_model
 def lumbar_point_heatmap(**kwargs: Any) -> nn.Module:
     """Lumbar stage 1: level-point heatmaps on a 2.5D slice stack (default backbone resnet18)."""
-    return PointHeatmapNet(**kwargs)
+    return PointHeatmapNet(**_checked(kwargs))
 
 
 @register_model
 def lumbar_roi_grader(**kwargs: Any) -> nn.Module:
     """Lumbar stage 2: grades from sagittal + axial crops with condition/level embeddings."""
-    return RoiGrader(**kwargs)
+    return RoiGrader(**_checked(kwargs))
 
 
 @register_model
 def test_lumbar_point_heatmap(**kwargs: Any) -> nn.Module:
     """Tiny stage-1 variant for CPU tests."""
     kwargs = {"backbone": "test_resnet", "hidden": 16, **kwargs}
-    return PointHeatmapNet(**kwargs)
+    return PointHeatmapNet(**_checked(kwargs))
 
 
 @register_model
 def test_lumbar_roi_grader(**kwargs: Any) -> nn.Module:
     """Tiny stage-2 variant for CPU tests."""
     kwargs = {"backbone": "test_resnet", "hidden": 16, **kwargs}
-    return RoiGrader(**kwargs)
+    return RoiGrader(**_checked(kwargs))
