@@ -67,7 +67,8 @@ class Volume:
 
     @property
     def orientation(self) -> str:
-        """RAS-style axis codes of (D, H, W), e.g. ``'SPL'``: the direction each axis increases towards."""
+        """Axis codes of (D, H, W), e.g. ``'SPL'``: the direction each index increases towards (the letter
+        convention of ``io.orientation``, where the canonical ``'IPL'`` is defined)."""
         import nibabel as nib
 
         return "".join(nib.aff2axcodes(self.ras_affine))
