@@ -55,7 +55,7 @@ def step_slices(volume: Volume, summary: dict[str, Any], cfg: CervicalConfig, *,
     Per vertebra, ``n_slices`` evenly spaced slices inside its stage-1 range, head to feet, in triplets.
 
     Args:
-        volume: the CT study.
+        volume: the CT study in the canonical orientation (``studies.prepare_cervical_volume``).
         summary: stage-1 output of ``summarize_localization`` (ranges).
         cfg: config (stage2: n_slices, range_jitter).
         rng: when given, range ends are jittered (training-time augmentation).
@@ -112,7 +112,8 @@ def step_targets(slices: np.ndarray, labels: np.ndarray, boxes: dict[str, set[in
     Args:
         slices: ``(7, steps, k)`` array indices of each step (``FractureInputs.slices``).
         labels: study targets in registry order (C1..C7 first).
-        boxes: ``CervicalStudies.fracture_slices[uid]``, or ``None`` when the study has no boxes.
+        boxes: the study's fracture slices on the volume's grid (``canonical_fracture_slices``), or ``None``
+            when the study has no boxes.
     """
     boxes = boxes or {}
     out = np.zeros(slices.shape[:2], dtype=np.float32)
