@@ -31,6 +31,7 @@ from spinelab.infer.runtime import Runtime, cpu_has_bf16_units  # noqa: E402
 from spinelab.io.dicom import read_series  # noqa: E402
 from spinelab.models import create_model  # noqa: E402
 from spinelab.tasks.cervical.predict import CervicalPredictor  # noqa: E402
+from spinelab.tasks.cervical.studies import prepare_cervical_volume  # noqa: E402
 
 WORK = REPO / "bench" / "_work" / "predict"
 # name -> Runtime options, plus what the predictor does: ``tta`` (stage-2 flip TTA, default on),
@@ -90,7 +91,7 @@ def time_modes(study: Path, run: Path, repeats: int, modes: list[str]) -> list[d
         times: dict[str, list[float]] = {"decode": [], "stage1": [], "stage2": [], "total": []}
         for rep in range(repeats + 1):  # the first run warms up (and compiles)
             t0 = time.perf_counter()
-            vol = read_series(study)
+            vol = prepare_cervical_volume(read_series(study))  # as the predictor sees it (a view, no copy)
             t1 = time.perf_counter()
             summary = predictor.locate(vol)
             t2 = time.perf_counter()
