@@ -215,3 +215,35 @@ def test_stage2_keeps_its_own_weights_when_init_is_off_or_the_backbones_differ(t
     before = {k: v.clone() for k, v in model.encoder.backbone.state_dict().items()}
     stage.initialize(model, 0)
     assert all(torch.equal(v, before[k]) for k, v in model.encoder.backbone.state_dict().items())
+
+
+def test_fracture_slices_follow_a_series_stored_feet_first() -> None:
+    """Boxes are on the stored grid (``read_series`` sorts a standard axial CT feet first); the stage-2 step
+    that shows the boxed slice is the step marked positive on the canonical grid."""
+    from spinelab.io.volume import Volume
+    from spinelab.tasks.cervical.fracture import FractureDataset
+    from spinelab.tasks.cervical.studies import prepare_cervical_volume
+
+    yy, xx = np.mgrid[0:64, 0:64]
+    disc = np.where((yy - 32) ** 2 + (xx - 32) ** 2 < 15**2, 700, 40).astype(np.int16)
+    arr = np.repeat(disc[None], 70, axis=0)
+    arr[59, 30:34, 30:34] = 3000  # the fracture, on stored slice 59 = canonical slice 10
+    aff = np.eye(4)
+    aff[:3, :3] = [[0, 0, 0.5], [0, 0.5, 0], [1.0, 0, 0]]  # D towards the head, rows posterior, columns left
+
+    class _Studies:
+        fracture_slices = {"s": {"C2": {59}}}
+
+        def volume(self, uid: str) -> Volume:
+            return prepare_cervical_volume(Volume(arr, aff))
+
+        def targets(self, uid: str) -> np.ndarray:
+            return _labels(1)
+
+    cfg = load_config("cervical", overrides=["stage2.n_slices=6", "stage2.image_size=32", "stage2.range_jitter=0"])
+    summary = {"ranges": {f"C{i}": [10 * (i - 1), 10 * (i - 1) + 8] for i in range(1, 8)},
+               "box": [0.0, 0.0, 64.0, 64.0], "missing": []}
+    summary["ranges"]["C2"] = [6, 17]  # steps of slices (6, 8, 10) and (13, 15, 17)
+    item = FractureDataset(_Studies(), ["s"], cfg, {"s": summary}, train=False)[0]
+    assert item["step_target"][1].tolist() == [1.0, 0.0]
+    assert item["image"][1, 0].max() == 1.0 and item["image"][1, 1].max() < 0.7  # the step that shows it
