@@ -130,3 +130,16 @@ def test_real_ct_with_columns_to_the_right_gives_the_same_volume_and_prediction(
         assert abs(p - pb["probabilities"][t]) < 1e-5, t
     assert pa["vertebra_ranges"] == pb["vertebra_ranges"]
     np.testing.assert_allclose(pa["crop_box"], pb["crop_box"], atol=1e-5)
+
+
+def test_fracture_box_rows_follow_with_their_pixels() -> None:
+    from spinelab.tasks.cervical.studies import canonical_label_rows
+
+    vol = prepare_cervical_volume(_stored(-1, -1))  # rows towards anterior, columns towards the right
+    boxes = pd.DataFrame({"StudyInstanceUID": ["s"], "slice_number": [2], "index": [1], "x0": [4.0], "y0": [2.0],
+                          "x1": [7.0], "y1": [4.0], "vertebra": ["C2"]})
+    out = canonical_label_rows(boxes, vol)
+    d, x0, y0, x1, y1 = out.loc[0, ["index", "x0", "y0", "x1", "y1"]]
+    ys, xs = np.nonzero(vol.array[int(d)])
+    assert [x0, y0, x1, y1] == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+    assert vol.slice_ids[int(d)] == "2" and out.loc[0, "vertebra"] == "C2"

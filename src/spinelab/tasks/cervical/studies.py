@@ -4,8 +4,8 @@ Every cervical CT, in training (``CervicalStudies.volume``) and at inference, go
 ``prepare_cervical_volume``: the canonical orientation of ``io.orientation`` (D head to feet, rows towards
 posterior, columns towards the patient's left), so the models always see the same anatomy whatever the
 stored order and in-plane orientation. The derived label tables stay on the stored grid of ``read_series``
-(array index, pixel boxes); ``canonical_slice_table`` and ``canonical_fracture_slices`` move them onto the
-canonical grid where they are consumed.
+(array index, pixel boxes); ``canonical_label_rows`` (any table), ``canonical_slice_table`` and
+``canonical_fracture_slices`` move them onto the canonical grid where they are consumed.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from spinelab.io.orientation import stored_axis_map, to_canonical
 from spinelab.io.volume import Volume
 from spinelab.registry import CERVICAL_TARGETS
 
-__all__ = ["CervicalStudies", "prepare_cervical_volume", "canonical_slice_table", "canonical_fracture_slices"]
+__all__ = ["CervicalStudies", "prepare_cervical_volume", "canonical_label_rows", "canonical_slice_table",
+           "canonical_fracture_slices"]
 
 _PIXEL_BOX = ["x0", "y0", "x1", "y1"]
 _NORM_BOX = ["nx0", "ny0", "nx1", "ny1"]
@@ -38,12 +39,11 @@ def prepare_cervical_volume(volume: Volume) -> Volume:
     return to_canonical(volume)
 
 
-def canonical_slice_table(rows: pd.DataFrame, volume: Volume) -> pd.DataFrame:
-    """One study's ``slice_labels.csv`` rows on ``volume``'s (canonical) grid, indexed ``0 .. D-1``.
-
-    The table's ``index`` and pixel boxes are on the stored grid of ``read_series``; the move recorded in
-    ``volume.meta["axis_map"]`` is applied (slice order, in-plane flips and transpose). Slices without a row
-    are NaN.
+def canonical_label_rows(rows: pd.DataFrame, volume: Volume) -> pd.DataFrame:
+    """Rows of a derived label table (``slice_labels.csv``, ``fracture_boxes.csv``) of one study, with their
+    ``index`` and pixel boxes (``x0 .. y1``, ``nx0 .. ny1``) moved from the stored grid of ``read_series`` onto
+    ``volume``'s grid by the move recorded in ``volume.meta["axis_map"]`` (slice order, in-plane flips and
+    transpose). Row order and other columns are kept.
 
     Raises:
         GeometryError: the volume was reoriented across slices (the slice axis moved).
@@ -54,7 +54,13 @@ def canonical_slice_table(rows: pd.DataFrame, volume: Volume) -> pd.DataFrame:
     for cols, normalised in ((_PIXEL_BOX, False), (_NORM_BOX, True)):
         if set(cols) <= set(out.columns):
             out[cols] = m.boxes(out[cols].to_numpy(np.float64), normalised=normalised)
-    return out.set_index("index").sort_index().reindex(range(volume.shape[0]))
+    return out
+
+
+def canonical_slice_table(rows: pd.DataFrame, volume: Volume) -> pd.DataFrame:
+    """One study's ``slice_labels.csv`` rows on ``volume``'s (canonical) grid, indexed ``0 .. D-1`` (slices
+    without a row are NaN); see ``canonical_label_rows``."""
+    return canonical_label_rows(rows, volume).set_index("index").sort_index().reindex(range(volume.shape[0]))
 
 
 def canonical_fracture_slices(boxes: dict[str, set[int]] | None, volume: Volume) -> dict[str, set[int]] | None:
