@@ -94,8 +94,10 @@ def _tiny_run(run: Path) -> Path:
 
 
 @pytest.mark.realdata
-def test_real_ct_with_columns_to_the_right_gives_the_same_volume_and_prediction(realdata: Path, tmp_path: Path
-                                                                               ) -> None:
+@pytest.mark.parametrize("stored, iop", [("SPR", [-1, 0, 0, 0, 1, 0]), ("SAR", [-1, 0, 0, 0, -1, 0])],
+                         ids=["columns-to-right", "rotated-180"])
+def test_real_ct_stored_with_other_in_plane_axes_gives_the_same_volume_and_prediction(
+        realdata: Path, tmp_path: Path, stored: str, iop: list) -> None:
     import warnings
 
     import pydicom
@@ -108,14 +110,15 @@ def test_real_ct_with_columns_to_the_right_gives_the_same_volume_and_prediction(
         warnings.simplefilter("ignore")
         original = read_series(realdata / "totalsegmentator" / "example_ct_dicom_j2k")
     assert original.orientation == "SPL"
-    # Columns towards the patient's right: IOP -1,0,0,0,1,0, each row mirrored, positions at the other edge.
-    mirrored = reorient(original, "SPR")
+    # Columns towards the patient's right (IOP -1,0,0,0,1,0: each row mirrored, positions at the other edge),
+    # and the same with rows towards anterior too (a prone scan, the image turned by 180 degrees).
+    mirrored = reorient(original, stored)
     lowest = int(np.asarray(original.array).min())
     write_series(mirrored.with_array(np.ascontiguousarray(mirrored.array)), tmp_path / "mirrored",
                  file_names=[f"{s}.dcm" for s in mirrored.slice_ids], rescale_intercept=lowest, bits_stored=16)
     flipped = read_series(tmp_path / "mirrored")
-    iop = [float(v) for v in pydicom.dcmread(next((tmp_path / "mirrored").iterdir())).ImageOrientationPatient]
-    np.testing.assert_allclose(iop, [-1, 0, 0, 0, 1, 0], atol=1e-6)
+    written = [float(v) for v in pydicom.dcmread(next((tmp_path / "mirrored").iterdir())).ImageOrientationPatient]
+    np.testing.assert_allclose(written, iop, atol=1e-6)
     assert not np.array_equal(np.asarray(flipped.array), np.asarray(original.array))  # stored differently
 
     a, b = prepare_cervical_volume(original), prepare_cervical_volume(flipped)
