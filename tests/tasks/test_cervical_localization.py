@@ -122,3 +122,28 @@ def test_training_items_run_head_to_feet_whatever_the_stored_order(cfg, col_dir:
     np.testing.assert_allclose(box[0], expect)
     ys, xs = np.nonzero(image[0, 1] > 0.5)  # the box frames the bone that the model sees
     assert xs.min() == round(expect[0] * 32) and xs.max() + 1 == round(expect[2] * 32)
+
+
+def test_stage1_warns_when_given_a_volume_that_skipped_the_canonical_orientation(cfg, caplog) -> None:
+    import logging
+
+    import torch
+
+    from spinelab.tasks.cervical.localization import localize
+    from spinelab.tasks.cervical.studies import prepare_cervical_volume
+
+    class _Flat(torch.nn.Module):
+        def forward(self, x, pos):
+            b, t = x.shape[:2]
+            return {"ratio": torch.zeros(b, t, 7), "box": torch.full((b, t, 4), 0.5), "has_box": torch.zeros(b, t)}
+
+    cfg = cfg.model_copy(update={"stage1": cfg.stage1.model_copy(update={"seq_len": 4, "image_size": 16})})
+    aff = np.eye(4)
+    aff[:3, :3] = [[0, 0, 0.5], [0, 0.5, 0], [2.0, 0, 0]]  # feet first, as read_series gives a standard axial CT
+    stored = Volume(np.zeros((6, 20, 20), np.int16), aff)
+    with caplog.at_level(logging.WARNING, logger="spinelab"):
+        out = localize(prepare_cervical_volume(stored), [_Flat()], cfg, tta=False)
+    assert out["ratio"].shape == (6, 7) and not caplog.records
+    with caplog.at_level(logging.WARNING, logger="spinelab"):
+        localize(stored, [_Flat()], cfg, tta=False)
+    assert any("prepare_cervical_volume" in r.getMessage() for r in caplog.records)
