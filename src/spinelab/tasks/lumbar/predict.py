@@ -33,6 +33,13 @@ __all__ = ["LumbarPredictor", "predict_lumbar", "predict_lumbar_dataset", "evalu
 
 log = logging.getLogger("spinelab")
 STAGES = (SagT2PointStage, SagT1PointStage, AxialPointStage, GradingStage)
+#: What the points of a study JSON mean (written into every result as ``conventions``).
+CONVENTIONS = {
+    "points": "x/y: column/row in pixels of the slice as stored, pixel centres at integers (Kaggle's "
+              "coordinates convention); slice_index: array index after spinelab's slice order (sagittal right to "
+              "left, axial head to feet); instance_number: that slice's DICOM InstanceNumber; world: LPS mm",
+    "axial_level_slices": "the axial slice nearest each disc level, with the same keys as points",
+}
 
 
 class LumbarPredictor:
@@ -119,7 +126,7 @@ class LumbarPredictor:
             "study": study.study_id, "status": "warning" if warnings else "ok", "grades": grades,
             "points": loc["points"], "axial_level_slices": loc["axial_slices"],
             "series": {k: v for k, v in study.series_ids.items()}, "missing_series": study.missing,
-            "warnings": warnings, "input": check.facts, "model": self.model_info,
+            "warnings": warnings, "input": check.facts, "conventions": CONVENTIONS, "model": self.model_info,
         }
         if truth:
             result["point_error_mm"] = point_errors(loc["raw"], truth)
