@@ -63,6 +63,9 @@ def test_nifti_and_dicom_files_are_one_study_each(tmp_path: Path) -> None:
         find_input_studies(nii, nested=True)
     split, studies = find_input_studies(tmp_path)  # a folder of NIfTI files and study folders
     assert split == "folder" and [s for s, _ in studies] == ["series", "scan"]
+    write_nifti(vol, tmp_path / "series.nii")
+    with pytest.raises(InputError, match="two studies share the id 'series'"):
+        find_input_studies(tmp_path)
 
 
 def test_read_study_volume_reads_nifti_as_an_image_and_names_the_series_option(tmp_path: Path) -> None:

@@ -103,6 +103,10 @@ def find_input_studies(path: str | Path, *, nested: bool = False) -> tuple[str, 
     if not nested:
         studies += [(study_id_of_file(f), f) for f in sorted(path.iterdir())
                     if not f.name.startswith(".") and f.name.lower().endswith((".nii", ".nii.gz")) and _is_nifti(f)]
+    ids = [s for s, _ in studies]
+    clashes = sorted({s for s in ids if ids.count(s) > 1})
+    if clashes:  # one JSON per study id: a folder and a NIfTI file of the same name would overwrite each other
+        raise InputError(path, f"two studies share the id {clashes[0]!r} (a folder and a NIfTI file); rename one")
     if studies:
         return "folder", studies
     raise InputError(path, "no study found: expected test_images/ or train_images/, study folders, or "
