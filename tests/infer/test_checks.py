@@ -72,7 +72,7 @@ def test_sagittal_slices_warn() -> None:
 
 
 def _dicom_ct(folder: Path, **tags: object) -> Volume:
-    write_series(_ct(130, dz=1.0), folder, slice_thickness=tags.pop("thickness", None),
+    write_series(_ct(45, dz=2.5), folder, slice_thickness=tags.pop("thickness", None),
                  series_description=str(tags.pop("description", "")))
     if tags:
         for f in folder.iterdir():
