@@ -66,7 +66,8 @@ def test_mr_slice_is_refused_by_the_command_with_exit_3_and_a_summary(tiny_cervi
     run = CliRunner().invoke(app, ["predict", "cervical", "--model", str(tiny_cervical_run), "-i", str(mr),
                                    "-o", str(tmp_path), "--device", "cpu"])
     assert run.exit_code == 3, run.output
-    assert "1 studies: 0 ok, 0 warning, 1 refused, 0 failed" in run.output
+    summary = "1 studies: 0 ok, 0 warning, 1 refused, 0 failed"
+    assert summary in run.stderr and summary not in run.stdout  # results on stdout, the summary on stderr
     study = _study(tmp_path, "MR2_J2KR")
     assert study["status"] == "refused"
     assert any("modality MR" in r for r in study["reasons"]) and any("single slice" in r for r in study["reasons"])
