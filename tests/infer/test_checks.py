@@ -58,6 +58,16 @@ def test_wrong_modality_and_no_air_are_refused() -> None:
     assert check_cervical_input(_ct(150, modality=None)).refusals == []  # a NIfTI CT in HU passes
 
 
+def test_real_nifti_ct_crop_passes_and_real_mr_is_refused(realdata: Path) -> None:
+    from spinelab.io.nifti import read_nifti
+
+    crop = read_nifti(realdata / "tptbox" / "sub-ct_label-22_ct.nii.gz", is_label=False)  # a tight spine crop
+    assert not any("Hounsfield" in r for r in check_cervical_input(crop).refusals)
+    for mr in ("totalsegmentator/example_mr_sm.nii.gz", "sct_testing_data/t2.nii.gz"):
+        vol = read_nifti(realdata / mr, is_label=False)
+        assert any("not a CT in Hounsfield units" in r for r in check_cervical_input(vol).refusals), mr
+
+
 def test_coarse_slices_and_pixels_warn() -> None:
     warnings = check_cervical_input(_ct(40, dz=4.0, pixel=1.5)).warnings
     assert any("slice spacing 4 mm" in w for w in warnings)

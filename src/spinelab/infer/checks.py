@@ -21,7 +21,7 @@ from spinelab.io.volume import Volume
 __all__ = [
     "InputCheck", "StudyRefusedError", "file_tags", "series_tags", "volume_facts", "plane_of", "check_cervical_input",
     "check_cervical_localization", "check_lumbar_series", "STATUSES",
-    "CERVICAL_REFUSE_EXTENT_MM", "CERVICAL_WARN_EXTENT_MM", "MAX_SLICE_MM", "MAX_PIXEL_MM", "AIR_HU",
+    "CERVICAL_REFUSE_EXTENT_MM", "CERVICAL_WARN_EXTENT_MM", "MAX_SLICE_MM", "MAX_PIXEL_MM", "CT_MAX_P1_HU",
 ]
 
 #: Every study result has one of these statuses.
@@ -34,8 +34,9 @@ CERVICAL_WARN_EXTENT_MM = 100.0
 MAX_SLICE_MM = 3.0
 #: Pixels coarser than this: a body field of view, not a spine reconstruction (those are 0.2-0.8 mm).
 MAX_PIXEL_MM = 1.0
-#: A CT in Hounsfield units holds air (-1000 HU) around the patient: its 1st percentile is below this.
-AIR_HU = -500.0
+#: A CT in Hounsfield units holds fat (about -100 HU) or air (-1000 HU), even a tight crop of the spine: its 1st
+#: percentile is below this. MR intensities (and z-scored MR) are not (how a NIfTI, which has no modality, is told).
+CT_MAX_P1_HU = -50.0
 #: One vertebra's slice range is plausible between these lengths (C1's ring ~10 mm, C2 with its dens ~40 mm).
 VERTEBRA_MM = (4.0, 60.0)
 #: C1 top to C7 bottom is plausible between these lengths.
@@ -76,21 +77,20 @@ class InputCheck:
 
 
 def _slice_files(volume: Volume) -> list[Path]:
-    """The series' own files (matched by slice id), for the tags ``read_series`` does not keep."""
+    """One file of the series (matched by slice id), for the tags ``read_series`` does not keep; none for NIfTI."""
     source = Path(str(volume.meta.get("source", "")))
+    if volume.meta.get("format") == "nifti":
+        return []
     if source.is_file():
         return [source]
     if not source.is_dir() or not volume.slice_ids:
         return []
     ids = set(volume.slice_ids)
-    suffixes = (".dcm", ".dicom", ".ima")
-    found = []
     for f in sorted(source.iterdir()):
-        stem = f.name[: -len(f.suffix)] if f.suffix.lower() in suffixes else f.name
-        if stem in ids and f.is_file():
-            found.append(f)
-            break
-    return found
+        stem = f.name[: -len(f.suffix)] if f.suffix.lower() in (".dcm", ".dicom", ".ima") else f.name
+        if stem in ids and f.is_file():  # is_file: never open a FIFO or device that shares a slice's name
+            return [f]
+    return []
 
 
 def file_tags(path: str | Path, tags: Sequence[str]) -> dict[str, Any] | None:
@@ -120,8 +120,10 @@ def series_tags(volume: Volume, tags: Sequence[str]) -> dict[str, Any]:
 def _plain(value: Any) -> Any:
     from pydicom.multival import MultiValue
 
-    if isinstance(value, str | bytes):
-        return str(value).strip()
+    if isinstance(value, bytes):
+        return value.decode("latin-1").strip()
+    if isinstance(value, str):
+        return value.strip()
     try:
         return [float(v) for v in value] if isinstance(value, MultiValue) else float(value)
     except (TypeError, ValueError):
@@ -167,9 +169,9 @@ def check_cervical_input(volume: Volume) -> InputCheck:
     arr = np.asarray(volume.array[:: max(1, volume.shape[0] // 16)])
     low = float(np.percentile(arr, 1)) if arr.size else 0.0
     facts["percentile_1"] = round(low, 1)
-    if not (modality and modality != "CT") and low > AIR_HU:
-        check.refusals.append(f"no air in the image (1st percentile {low:.0f} > {AIR_HU:.0f}): not a CT in "
-                              "Hounsfield units")
+    if not (modality and modality != "CT") and low > CT_MAX_P1_HU:
+        check.refusals.append(f"no fat or air in the image (1st percentile {low:.0f} > {CT_MAX_P1_HU:.0f}): not a "
+                              "CT in Hounsfield units")
     depth, extent = volume.shape[0], facts["slice_extent_mm"]
     if depth < 2:
         check.refusals.append("a single slice: the cervical model needs a volume")
