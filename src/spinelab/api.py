@@ -32,18 +32,29 @@ def train(cfg: Any, *, run_dir: str | Path | None = None, fold: str = "all", sta
 
 def predict(task: str, *, model: str | Path, input: str | Path, out: str | Path, labels: str | Path | None = None,
             device: str | None = None, precision: str | None = None, compile: bool | None = None,
-            tta: bool | None = None, folds: list[int] | None = None, progress: bool = True) -> dict[str, Any]:
-    """Predict a dataset or study folder with a run folder; see ``spinelab predict --help``.
+            tta: bool | None = None, folds: list[int] | None = None, series: str | None = None,
+            strict: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Predict a dataset, a study folder or one NIfTI/DICOM file with a run folder; see
+    ``spinelab predict --help``.
 
     ``device``, ``precision``, ``compile`` and ``tta`` left ``None`` come from the run's ``infer`` section.
+    ``series`` picks a series by SeriesInstanceUID or description in every cervical study; ``strict`` refuses
+    a study on any input warning.
+
+    Returns:
+        The submission, predictions, manifest and evaluation paths, ``studies`` and ``counts``
+        (``{"ok", "warning", "refused", "failed"}``): every study was predicted when refused + failed is 0.
     """
     kwargs = dict(labels=labels, device=device, precision=precision, compile=compile, tta=tta, folds=folds,
-                  progress=progress)
+                  strict=strict, progress=progress)
     if task == "cervical":
         from spinelab.tasks.cervical.predict import predict_cervical_dataset
 
-        return predict_cervical_dataset(input, model, out, **kwargs)
+        return predict_cervical_dataset(input, model, out, series=series, **kwargs)
     if task == "lumbar":
+        if series is not None:
+            raise ConfigError("--series applies to cervical studies; lumbar series are chosen by kind "
+                              "(descriptions, then image plane and TR/TE/TI)")
         from spinelab.tasks.lumbar.predict import predict_lumbar_dataset
 
         return predict_lumbar_dataset(input, model, out, **kwargs)

@@ -91,6 +91,8 @@ def info(
         typer.echo(json.dumps(desc, indent=2, default=str))
     else:
         render_description(desc, Console())
+        for s in desc.get("series") or []:  # the table may cut long UIDs to the terminal's width
+            typer.echo(f"series uid (for --series): {s['uid'] or '<empty>'}")
 
 
 @cache_app.command("build")
@@ -236,7 +238,8 @@ def train(
 def predict(
     task: Annotated[Task, typer.Argument(help="cervical or lumbar.")],
     model: Annotated[Path, typer.Option("--model", help="Run folder written by `spinelab train`.")],
-    input: Annotated[Path, typer.Option("--input", "-i", help="A dataset folder or one study folder.")],
+    input: Annotated[Path, typer.Option(
+        "--input", "-i", help="A dataset folder, a folder of studies, one study folder, or a NIfTI/DICOM file.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
     labels: Annotated[Path | None, typer.Option(help="Labels CSV to evaluate against (train.csv format).")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or auto [default: the run's infer.device]")] = None,
@@ -247,19 +250,31 @@ def predict(
     folds: Annotated[str | None, typer.Option(help="Comma-separated folds to ensemble (default all).")] = None,
     tta: Annotated[bool | None, typer.Option(
         "--tta/--no-tta", help="Flip test-time augmentation [default: the run's infer.tta]")] = None,
+    series: Annotated[str | None, typer.Option(
+        help="Cervical: the SeriesInstanceUID or SeriesDescription to read when a study holds several.")] = None,
+    strict: Annotated[bool, typer.Option(
+        "--strict", help="Refuse a study on any input warning, not only on a refusal rule.")] = False,
 ) -> None:
-    """Predict every study: submission.csv, one JSON per study, and an evaluation when labels exist."""
+    """Predict every study: submission.csv, one JSON per study, manifest.json, and an evaluation when labels
+    exist. Exit 0 when every study was predicted (warnings allowed), 3 when some were refused or failed
+    (they get the prior), 2 on an error."""
     from spinelab.api import predict as api_predict
+    from spinelab.infer.batch import summary_line
 
     try:
         result = api_predict(task.value, model=model, input=input, out=out, labels=labels, device=device,
                              precision=precision, compile=compile, tta=tta,
-                             folds=[int(f) for f in folds.split(",")] if folds else None)
+                             folds=[int(f) for f in folds.split(",")] if folds else None,
+                             series=series, strict=strict)
     except SpinelabError as err:
         _fail(err)
     console.print(f"[green]submission:[/] {result['submission']}")
     if result.get("evaluation"):
         console.print(f"[green]evaluation:[/] {result['evaluation']}")
+    counts = result["counts"]
+    console.print(summary_line(counts), markup=False, highlight=False)
+    if counts["refused"] or counts["failed"]:
+        raise typer.Exit(code=3)
 
 
 @app.command()

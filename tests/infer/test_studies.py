@@ -46,3 +46,37 @@ def test_missing_or_empty_input_is_named(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="empty: no study found"):
         find_input_studies(tmp_path / "empty")
+
+
+def test_nifti_and_dicom_files_are_one_study_each(tmp_path: Path) -> None:
+    from spinelab.io.nifti import write_nifti
+
+    vol = Volume(np.full((3, 8, 8), -1000, np.int16), np.eye(4))
+    nii = write_nifti(vol, tmp_path / "scan.nii.gz")
+    assert find_input_studies(nii) == ("file", [("scan", nii)])
+    dcm = write_series(vol, tmp_path / "series")[0]
+    assert find_input_studies(dcm) == ("file", [(dcm.stem, dcm)])
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(InputError, match="neither a NIfTI file nor a DICOM file"):
+        find_input_studies(tmp_path / "notes.txt")
+    with pytest.raises(InputError, match="folder of series folders"):
+        find_input_studies(nii, nested=True)
+    split, studies = find_input_studies(tmp_path)  # a folder of NIfTI files and study folders
+    assert split == "folder" and [s for s, _ in studies] == ["series", "scan"]
+    write_nifti(vol, tmp_path / "series.nii")
+    with pytest.raises(InputError, match="two studies share the id 'series'"):
+        find_input_studies(tmp_path)
+
+
+def test_read_study_volume_reads_nifti_as_an_image_and_names_the_series_option(tmp_path: Path) -> None:
+    from spinelab.errors import SeriesSelectionError
+    from spinelab.infer.studies import read_study_volume
+    from spinelab.io.nifti import write_nifti
+
+    labels_like = Volume(np.zeros((3, 8, 8), np.int16), np.eye(4))  # integral, few values: looks like labels
+    assert not read_study_volume(write_nifti(labels_like, tmp_path / "ct.nii.gz")).is_label
+    write_series(labels_like, tmp_path / "two", series_description="A")
+    write_series(labels_like, tmp_path / "two", series_description="B", file_names=["b1.dcm", "b2.dcm", "b3.dcm"])
+    with pytest.raises(SeriesSelectionError, match="pass --series"):
+        read_study_volume(tmp_path / "two")
+    assert read_study_volume(tmp_path / "two", series="B").meta["series_description"] == "B"

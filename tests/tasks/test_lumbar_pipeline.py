@@ -116,7 +116,7 @@ def test_study_without_axial_gets_prediction_and_warning(predicted, dataset: Pat
     out, _ = predicted
     first = sorted(pd.read_csv(dataset / "test_series_descriptions.csv", dtype=str).study_id.unique())[0]
     result = json.loads((out / "studies" / f"{first}.json").read_text())
-    assert result["status"] == "ok"
+    assert result["status"] == "warning"  # predicted, with the reason below
     assert "axial" in result["missing_series"]
     assert any("missing axial" in w for w in result["warnings"])
     assert len(result["grades"]) == 25

@@ -25,6 +25,8 @@ from spinelab.tasks.lumbar.images import crop_at_world, image_to_voxel, voxel_to
 from spinelab.tasks.lumbar.points import decode_heatmaps, flip_lr, heatmap_loss
 from spinelab.tasks.lumbar.studies import (
     LumbarStudies,
+    classify_series,
+    kind_from_header,
     load_study,
     orient,
     read_descriptions,
@@ -85,6 +87,54 @@ def test_study_series_from_csv_and_dicom_agree(dataset: Path) -> None:
     from_dicom = study_series(study_dir, None)
     assert {k: sorted(v) for k, v in from_csv.items()} == {k: sorted(v) for k, v in from_dicom.items()}
     assert from_csv["sag_t1"] and from_csv["sag_t2"] and from_csv["axial"]
+
+
+SAG, AX, COR = [0.0, 1, 0, 0, 0, -1], [1.0, 0, 0, 0, 1, 0], [1.0, 0, 0, 0, 0, -1]
+
+
+@pytest.mark.parametrize(("iop", "tr", "te", "ti", "kind"), [
+    (SAG, 550.0, 9.0, None, "sag_t1"),
+    (SAG, 3500.0, 95.0, None, "sag_t2"),
+    (SAG, 4000.0, 40.0, 160.0, "sag_t2"),  # STIR at 1.5 T
+    (SAG, 5000.0, 30.0, 230.0, "sag_t2"),  # STIR at 3 T
+    (SAG, 9000.0, 120.0, 2500.0, None),  # FLAIR: another inversion recovery
+    (SAG, 2000.0, 40.0, None, None),  # intermediate (proton density)
+    (AX, 4000.0, 100.0, None, "axial"),
+    (AX, 500.0, 10.0, None, None),  # axial T1 is not a grading input
+    (COR, 3500.0, 95.0, None, None),
+    (None, 3500.0, 95.0, None, None),
+])
+def test_kind_from_header_rule(iop: list | None, tr: float, te: float, ti: float | None, kind: str | None) -> None:
+    tags = {k: v for k, v in {"ImageOrientationPatient": iop, "RepetitionTime": tr, "EchoTime": te,
+                              "InversionTime": ti}.items() if v is not None}
+    got, why = kind_from_header(tags)
+    assert got == kind
+    assert ("no ImageOrientationPatient" in why) if iop is None else (f"TR {tr:g} ms" in why)
+
+
+def test_series_without_descriptions_get_their_kind_from_the_header(dataset: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import pydicom
+
+    desc = read_descriptions(dataset, "train")
+    source = sorted((dataset / "train_images").iterdir())[0]
+    study = tmp_path / source.name
+    shutil.copytree(source, study)
+    timing = {"sag_t1": (600.0, 10.0, None), "sag_t2": (3800.0, 100.0, None), "axial": (4200.0, 90.0, None)}
+    expected = study_series(source, desc)
+    for kind, names in expected.items():
+        for name in names:
+            for f in (study / name).iterdir():
+                ds = pydicom.dcmread(f)
+                ds.SeriesDescription = "Series 1"  # unhelpful, as hospital exports often are
+                ds.RepetitionTime, ds.EchoTime = timing[kind][:2]
+                ds.save_as(f)
+    listing, inferred = classify_series(study, None)
+    assert {k: sorted(v) for k, v in listing.items()} == {k: sorted(v) for k, v in expected.items()}
+    assert set(inferred) == {n for names in expected.values() for n in names}
+    assert all("from the header" in why for why in inferred.values())
+    assert load_study(study).inferred == inferred
 
 
 def test_load_study_without_series_raises(tmp_path: Path) -> None:

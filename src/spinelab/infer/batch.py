@@ -1,25 +1,36 @@
-"""Predict many studies: progress bar, one JSON per study, failures recorded, never a half-written file.
+"""Predict many studies: progress bar, one JSON per study, a manifest of the call, never a half-written file.
 
 Both pipelines use this loop; a task supplies ``predict_one(study_id, path) -> dict`` and a
 ``fallback(study_id, error) -> dict`` that still yields a valid prediction (for a submission must have
-every row) marked as failed.
+every row) marked as failed. A study that fails an input rule (``StudyRefusedError``) gets the same fallback
+marked ``refused`` with its reasons. ``manifest.json`` lists the studies of this call, so a reused output
+folder never mixes old and new results.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
+import json
 import logging
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from spinelab.errors import InputError, SpinelabError
+from spinelab.infer.checks import STATUSES, StudyRefusedError
 from spinelab.io.atomic import atomic_write_json
 
-__all__ = ["predict_studies", "progress_bar", "read_study_results"]
+__all__ = ["predict_studies", "progress_bar", "read_study_results", "status_counts", "summary_line",
+           "file_sha256", "weights_sha256", "SCHEMA_VERSION", "MANIFEST"]
+
+#: Version of the study JSON, manifest.json and evaluation.json layouts; raised when a key changes meaning.
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
 
 log = logging.getLogger("spinelab")
 
@@ -30,22 +41,58 @@ def progress_bar(*, transient: bool = False) -> Progress:
                     TimeElapsedColumn(), transient=transient)
 
 
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def weights_sha256(run_dir: str | Path, paths: Iterable[str | Path]) -> dict[str, str]:
+    """``{"<path relative to run_dir>": sha256}`` of the weight files a predictor loaded (hash each once)."""
+    run_dir = Path(run_dir)
+    return {Path(p).relative_to(run_dir).as_posix(): file_sha256(p) for p in paths}
+
+
+def status_counts(results: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """How many results have each status, in ``STATUSES`` order."""
+    counts = dict.fromkeys(STATUSES, 0)
+    for r in results:
+        counts[r.get("status", "ok")] = counts.get(r.get("status", "ok"), 0) + 1
+    return counts
+
+
+def summary_line(counts: dict[str, int]) -> str:
+    """``"N studies: a ok, b warning, c refused, d failed"``."""
+    return f"{sum(counts.values())} studies: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES)
+
+
 def predict_studies(studies: Sequence[tuple[str, Path]], predict_one: Callable[[str, Path], dict[str, Any]],
                     fallback: Callable[[str, str], dict[str, Any]], *, out_dir: Path,
-                    progress: bool = True, description: str = "predict") -> list[dict[str, Any]]:
-    """Run ``predict_one`` on every study, writing ``out_dir/studies/<id>.json`` atomically.
+                    progress: bool = True, description: str = "predict", task: str | None = None,
+                    model: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Run ``predict_one`` on every study, writing ``out_dir/studies/<id>.json`` atomically, then
+    ``out_dir/manifest.json`` (``task`` and ``model`` go into it).
 
-    A study that raises gets ``fallback``'s prediction, a ``failed`` entry with the error, and the loop
-    goes on. Returns the per-study result dicts in input order.
+    A study that raises gets ``fallback``'s prediction and the loop goes on: ``refused`` with ``reasons`` for
+    ``StudyRefusedError``, ``failed`` with the error otherwise. Returns the per-study result dicts in input order.
     """
-    results = []
+    results, files = [], []
     (out_dir / "studies").mkdir(parents=True, exist_ok=True)
     with progress_bar() as bar:
-        task = bar.add_task(description, total=len(studies), visible=progress)
+        task_id = bar.add_task(description, total=len(studies), visible=progress)
         for sid, path in studies:
             start = time.perf_counter()
             try:
                 result = predict_one(sid, path)
+            except StudyRefusedError as err:
+                log.warning("study %s refused: %s", sid, err)
+                result = fallback(sid, str(err))
+                result.pop("error", None)
+                result.update(status="refused", reasons=err.reasons, input=err.facts,
+                              warnings=[f"refused, prior used: {err}", *err.warnings])
             except SpinelabError as err:
                 log.warning("study %s failed: %s", sid, err)
                 result = fallback(sid, str(err))
@@ -54,22 +101,42 @@ def predict_studies(studies: Sequence[tuple[str, Path]], predict_one: Callable[[
                 result = fallback(sid, f"{type(err).__name__}: {err}")
                 result["traceback"] = traceback.format_exc(limit=5)
             result.setdefault("seconds", round(time.perf_counter() - start, 3))
-            atomic_write_json(out_dir / "studies" / f"{sid}.json", result)
+            result = {"schema_version": SCHEMA_VERSION, **result}
+            name = f"studies/{sid}.json"
+            atomic_write_json(out_dir / name, result)
             results.append(result)
-            bar.advance(task)
+            files.append(name)
+            bar.advance(task_id)
+    counts = status_counts(results)
+    atomic_write_json(out_dir / MANIFEST, {
+        "schema_version": SCHEMA_VERSION, "task": task,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "model": model or {}, "counts": counts,
+        "studies": [{"study": r["study"], "file": f, "status": r.get("status", "ok")}
+                    for r, f in zip(results, files, strict=True)]})
     return results
 
 
 def read_study_results(predictions: str | Path) -> list[dict[str, Any]]:
-    """The per-study JSONs written by ``predict_studies`` (``predictions`` may be the folder or a file in it).
+    """The per-study JSONs of the last ``predict_studies`` call (``predictions`` may be the folder or a file
+    in it): the studies its ``manifest.json`` lists, or every ``studies/*.json`` for folders written before
+    manifests existed.
 
     Raises:
-        InputError: no ``studies/*.json`` there.
+        InputError: no manifest and no ``studies/*.json`` there, or a listed study file is missing.
     """
-    import json
-
     predictions = Path(predictions)
     folder = predictions if predictions.is_dir() else predictions.parent
+    manifest = folder / MANIFEST
+    if manifest.is_file():
+        try:
+            listed = [folder / s["file"] for s in json.loads(manifest.read_text())["studies"]]
+        except (ValueError, KeyError, TypeError) as err:
+            raise InputError(manifest, f"not a spinelab manifest ({type(err).__name__}: {err})") from err
+        missing = [p for p in listed if not p.is_file()]
+        if missing:
+            raise InputError(missing[0], f"listed in {MANIFEST} but missing")
+        return [json.loads(p.read_text()) for p in listed]
     results = [json.loads(p.read_text()) for p in sorted((folder / "studies").glob("*.json"))]
     if not results:
         raise InputError(predictions, "no per-study predictions (studies/*.json); run `spinelab predict` first")

@@ -89,7 +89,7 @@ def write_cervical_report(*, predictions: str | Path, input: str | Path, out: st
             sid = r["study"]
             row: dict[str, Any] = {"study": sid, "warnings": list(r.get("warnings", []))}
             row.update({t: float(r["probabilities"][t]) for t in CERVICAL_TARGETS})
-            if sid in folders and r.get("status", "ok") == "ok":
+            if sid in folders and r.get("status", "ok") in ("ok", "warning"):  # predicted studies
                 image = Path("studies") / f"{sid}.png"
                 plot_cervical_study(read_series(folders[sid]), r, out / image)
                 row["image"] = image.as_posix()

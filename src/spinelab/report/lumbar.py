@@ -141,7 +141,7 @@ def write_lumbar_report(*, predictions: str | Path, input: str | Path, out: str 
                                                     max_severe(r, "right_neural")),
                                    "subarticular": max(max_severe(r, "left_sub"), max_severe(r, "right_sub")),
                                    "status": r.get("status", "ok"), "warnings": list(r.get("warnings", []))}
-            if sid in folders and r.get("status", "ok") == "ok":
+            if sid in folders and r.get("status", "ok") in ("ok", "warning"):  # predicted studies
                 image = Path("studies") / f"{sid}.png"
                 try:
                     study = load_study(folders[sid], descriptions=descriptions)

@@ -14,19 +14,28 @@ import torch
 
 from spinelab import __version__
 from spinelab.config.load import read_run_config
-from spinelab.infer.batch import predict_studies
+from spinelab.infer.batch import SCHEMA_VERSION, predict_studies, status_counts, weights_sha256
+from spinelab.infer.checks import InputCheck, check_cervical_input, check_cervical_localization
 from spinelab.infer.runtime import Runtime, run_inference_options
-from spinelab.infer.studies import find_input_studies, label_file
+from spinelab.infer.studies import find_input_studies, label_file, read_study_volume
 from spinelab.io.atomic import atomic_write_csv, atomic_write_json
 from spinelab.io.volume import Volume
 from spinelab.registry import CERVICAL_TARGETS, VERTEBRAE
 from spinelab.tasks.cervical.fracture import FractureStage, fracture_inputs
 from spinelab.tasks.cervical.localization import LocalizerStage, localize, summarize_localization
-from spinelab.train.run import load_stage_models, select_folds
+from spinelab.train.run import fold_dir, load_stage_models, select_folds
 
 __all__ = ["CervicalPredictor", "predict_cervical", "predict_cervical_dataset", "evaluate_cervical_predictions"]
 
 log = logging.getLogger("spinelab")
+
+#: What the boxes and indices of a study JSON mean (written into every result as ``conventions``).
+CONVENTIONS = {
+    "crop_box": "[x0, y0, x1, y1] in pixels of the axial image as read: x along columns, y along rows, "
+                "x0/y0 inclusive, x1/y1 exclusive (pixel i spans [i, i + 1))",
+    "vertebra_ranges": "start_index/end_index: inclusive array indices along the slices as read (sorted along "
+                       "the slice normal); slice_numbers: the slice files' names without suffix, as strings",
+}
 
 
 class CervicalPredictor:
@@ -37,20 +46,30 @@ class CervicalPredictor:
         folds: folds to ensemble (default every trained fold; the full-data model when only it exists).
         runtime: device / precision / compile settings.
         tta: average stage 2 with left-right flipped inputs (stage 1 too when ``stage1.infer_flip``).
+        strict: refuse a study on any input warning (``infer.checks``), not only on a refusal rule.
     """
 
     def __init__(self, run_dir: str | Path, *, folds: list[int] | None = None, runtime: Runtime | None = None,
-                 tta: bool = True) -> None:
+                 tta: bool = True, strict: bool = False) -> None:
         self.run_dir = Path(run_dir)
         self.cfg = read_run_config(self.run_dir)
         self.runtime = runtime or Runtime()
-        self.tta = tta
+        self.tta, self.strict = tta, strict
         s1, s2 = LocalizerStage(self.cfg, self.run_dir), FractureStage(self.cfg, self.run_dir)
         self.folds = {stage.name: select_folds(self.run_dir, stage.name, folds) for stage in (s1, s2)}
         self.stage1 = load_stage_models(s1, self.folds["stage1"])
         self.stage2 = load_stage_models(s2, self.folds["stage2"])
+        self.weights = weights_sha256(self.run_dir, [fold_dir(self.run_dir, stage, f) / "model.pt"
+                                                     for stage, fs in self.folds.items() for f in fs])
         prior = self.run_dir / "prior.json"
         self.prior = json.loads(prior.read_text()) if prior.is_file() else dict.fromkeys(CERVICAL_TARGETS, 0.5)
+
+    @property
+    def model_info(self) -> dict[str, Any]:
+        """The run, folds, options and weights' SHA-256 a result was made with."""
+        return {"run_dir": str(self.run_dir), "experiment": self.cfg.experiment, "folds": self.folds,
+                "tta": self.tta, "precision": self.runtime.precision, "strict": self.strict,
+                "spinelab": __version__, "weights_sha256": self.weights}
 
     def locate(self, volume: Volume) -> dict[str, Any]:
         """Stage 1: vertebra slice ranges and the crop box (``summarize_localization``'s dict)."""
@@ -70,78 +89,109 @@ class CervicalPredictor:
         return np.clip(np.mean(outs, axis=0), 1e-4, 1 - 1e-4)
 
     def predict_volume(self, volume: Volume, study_id: str | None = None) -> dict[str, Any]:
-        """Probabilities for C1-C7 and the patient, plus vertebra slice ranges and the crop box."""
+        """Probabilities for C1-C7 and the patient, plus vertebra slice ranges and the crop box.
+
+        The input rules run first and the plausibility of stage 1's result after it (``infer.checks``).
+
+        Raises:
+            StudyRefusedError: the study fails an input rule (any warning too with ``strict``).
+        """
+        check = check_cervical_input(volume)
+        check.raise_if_refused(self.strict)
         summary = self.locate(volume)
+        after = InputCheck(warnings=summary["warnings"] + check_cervical_localization(summary, volume),
+                           facts=check.facts)
+        after.raise_if_refused(self.strict)
         probs = self.classify(volume, summary)
-        for w in summary["warnings"]:
+        warnings = check.warnings + after.warnings
+        for w in warnings:
             log.warning("%s: %s", study_id or "study", w)
         ids = volume.slice_ids
         ranges = {v: {"start_index": r[0], "end_index": r[1],
                       "slice_numbers": [ids[r[0]], ids[r[1]]] if ids else None}
                   for v, r in summary["ranges"].items()}
         return {
+            "schema_version": SCHEMA_VERSION,
             "study": study_id,
+            "status": "warning" if warnings else "ok",
             "probabilities": {t: float(p) for t, p in zip(CERVICAL_TARGETS, probs, strict=True)},
             "vertebra_ranges": ranges,
             "crop_box": [round(v, 1) for v in summary["box"]],
             "missing_vertebrae": summary["missing"],
-            "warnings": summary["warnings"],
-            "status": "ok",
-            "model": {"run_dir": str(self.run_dir), "experiment": self.cfg.experiment, "folds": self.folds,
-                      "tta": self.tta, "precision": self.runtime.precision, "spinelab": __version__},
+            "warnings": warnings,
+            "input": check.facts,
+            "conventions": CONVENTIONS,
+            "model": self.model_info,
         }
 
-    def predict_study(self, study_dir: str | Path, study_id: str | None = None) -> dict[str, Any]:
-        """Read a study folder (DICOM) and predict it."""
-        from spinelab.io.dicom import read_series
+    def predict_study(self, study: str | Path, study_id: str | None = None, *,
+                      series: str | None = None) -> dict[str, Any]:
+        """Read a study (a DICOM folder, a DICOM file or a NIfTI file of CT in HU) and predict it.
 
-        study_dir = Path(study_dir)
-        return self.predict_volume(read_series(study_dir), study_id or study_dir.name)
+        Args:
+            series: SeriesInstanceUID or SeriesDescription when a folder holds several series.
+        """
+        from spinelab.infer.studies import study_id_of_file
+
+        study = Path(study)
+        sid = study_id or (study_id_of_file(study) if study.is_file() else study.name)
+        return self.predict_volume(read_study_volume(study, series=series), sid)
 
     def fallback(self, study_id: str, error: str) -> dict[str, Any]:
         """A valid prediction for a study that could not be processed: the training prevalence."""
         return {"study": study_id, "probabilities": {t: float(self.prior[t]) for t in CERVICAL_TARGETS},
-                "status": "failed", "error": error, "warnings": [f"prediction failed, prior used: {error}"]}
+                "status": "failed", "error": error, "warnings": [f"prediction failed, prior used: {error}"],
+                "model": self.model_info}
 
 
 def predict_cervical(study_dir: str | Path, model_dir: str | Path, *, device: str | None = None,
                      precision: str | None = None, compile: bool | None = None, tta: bool | None = None,
-                     folds: list[int] | None = None) -> dict[str, Any]:
-    """Predict one cervical CT study folder with a trained run folder (same options as the CLI)."""
+                     folds: list[int] | None = None, series: str | None = None,
+                     strict: bool = False) -> dict[str, Any]:
+    """Predict one cervical CT study (a DICOM folder or file, or a NIfTI file) with a trained run folder (same
+    options as the CLI).
+
+    Raises:
+        StudyRefusedError: the study fails an input rule (any warning too with ``strict``).
+    """
     runtime, tta = run_inference_options(model_dir, device=device, precision=precision, compile=compile, tta=tta)
-    return CervicalPredictor(model_dir, folds=folds, runtime=runtime, tta=tta).predict_study(study_dir)
+    predictor = CervicalPredictor(model_dir, folds=folds, runtime=runtime, tta=tta, strict=strict)
+    return predictor.predict_study(study_dir, series=series)
 
 
 def predict_cervical_dataset(input: str | Path, model: str | Path, out: str | Path, *,
                              labels: str | Path | None = None, device: str | None = None,
                              precision: str | None = None, compile: bool | None = None, tta: bool | None = None,
-                             folds: list[int] | None = None,
+                             folds: list[int] | None = None, series: str | None = None, strict: bool = False,
                              progress: bool = True) -> dict[str, Any]:
-    """Predict every study under ``input``: ``submission.csv``, ``studies/<id>.json`` and an evaluation.
+    """Predict every study under ``input``: ``submission.csv``, ``studies/<id>.json``, ``manifest.json`` and an
+    evaluation when labels exist.
 
     Returns:
-        ``{"submission": path, "predictions": path, "evaluation": path or None, "studies": n, "failed": n}``.
+        ``{"submission", "predictions", "manifest", "evaluation" (path or None), "studies": n, "failed": n,
+        "counts": {status: n}}``.
     """
     input, out = Path(input), Path(out)
     split, studies = find_input_studies(input)
     _warn_listed_but_absent(input, split, {s for s, _ in studies})
     runtime, tta = run_inference_options(model, device=device, precision=precision, compile=compile, tta=tta)
-    predictor = CervicalPredictor(model, folds=folds, runtime=runtime, tta=tta)
-    results = predict_studies(studies, lambda sid, p: predictor.predict_study(p, sid), predictor.fallback,
-                              out_dir=out, progress=progress, description="cervical predict")
+    predictor = CervicalPredictor(model, folds=folds, runtime=runtime, tta=tta, strict=strict)
+    results = predict_studies(studies, lambda sid, p: predictor.predict_study(p, sid, series=series),
+                              predictor.fallback, out_dir=out, progress=progress, description="cervical predict",
+                              task="cervical", model=predictor.model_info)
     wide = pd.DataFrame([{"StudyInstanceUID": r["study"], **r["probabilities"]} for r in results])
     from spinelab.metrics import cervical_submission_frame
 
     submission = atomic_write_csv(out / "submission.csv",
                                   cervical_submission_frame(wide.set_index("StudyInstanceUID")))
     predictions = atomic_write_csv(out / "predictions.csv", wide)
-    failed = [r["study"] for r in results if r.get("status") == "failed"]
+    counts = status_counts(results)
     label_path = label_file(input, split, labels)
     evaluation = None
     if label_path is not None:
         evaluation = evaluate_cervical_predictions(wide, label_path, out)
-    return {"submission": submission, "predictions": predictions, "evaluation": evaluation,
-            "studies": len(results), "failed": len(failed)}
+    return {"submission": submission, "predictions": predictions, "manifest": out / "manifest.json",
+            "evaluation": evaluation, "studies": len(results), "failed": counts["failed"], "counts": counts}
 
 
 def _warn_listed_but_absent(input: Path, split: str, present: set[str]) -> None:
@@ -166,7 +216,7 @@ def evaluate_cervical_predictions(wide: pd.DataFrame, label_path: Path, out: Pat
     truth = pd.read_csv(label_path)
     truth = truth[truth.StudyInstanceUID.isin(wide.StudyInstanceUID)]
     probs = wide.set_index("StudyInstanceUID").loc[truth.StudyInstanceUID, list(CERVICAL_TARGETS)]
-    result: dict[str, Any] = {"labels": str(label_path), "studies": len(truth)}
+    result: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "labels": str(label_path), "studies": len(truth)}
     if len(truth):
         result["competition_score"] = float(cervical_score(truth, cervical_submission_frame(probs)))
         result["prevalence_constant_score"] = float(cervical_score(truth, cervical_prevalence_constant(truth)))

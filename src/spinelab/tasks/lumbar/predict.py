@@ -16,7 +16,8 @@ import torch
 from spinelab import __version__
 from spinelab.config.load import read_run_config
 from spinelab.errors import InputError
-from spinelab.infer.batch import predict_studies
+from spinelab.infer.batch import SCHEMA_VERSION, predict_studies, status_counts, weights_sha256
+from spinelab.infer.checks import InputCheck, check_lumbar_series
 from spinelab.infer.runtime import Runtime, run_inference_options
 from spinelab.infer.studies import find_input_studies, label_file
 from spinelab.io.atomic import atomic_write_csv, atomic_write_json
@@ -25,13 +26,20 @@ from spinelab.tasks.lumbar.grading import FLIP_ORDER, GradingStage, flip_items, 
 from spinelab.tasks.lumbar.localize import localize_study
 from spinelab.tasks.lumbar.points import AxialPointStage, SagT1PointStage, SagT2PointStage, read_geometry
 from spinelab.tasks.lumbar.studies import LumbarStudy, load_study, read_descriptions
-from spinelab.train.run import load_stage_models, select_folds
+from spinelab.train.run import fold_dir, load_stage_models, select_folds
 
 __all__ = ["LumbarPredictor", "predict_lumbar", "predict_lumbar_dataset", "evaluate_lumbar_predictions",
            "point_errors", "sagittal_variants"]
 
 log = logging.getLogger("spinelab")
 STAGES = (SagT2PointStage, SagT1PointStage, AxialPointStage, GradingStage)
+#: What the points of a study JSON mean (written into every result as ``conventions``).
+CONVENTIONS = {
+    "points": "x/y: column/row in pixels of the slice as stored, pixel centres at integers (Kaggle's "
+              "coordinates convention); slice_index: array index after spinelab's slice order (sagittal right to "
+              "left, axial head to feet); instance_number: that slice's DICOM InstanceNumber; world: LPS mm",
+    "axial_level_slices": "the axial slice nearest each disc level, with the same keys as points",
+}
 
 
 class LumbarPredictor:
@@ -42,21 +50,44 @@ class LumbarPredictor:
         folds: folds to ensemble (default every trained fold; the full-data model when only it exists).
         runtime: device / precision / compile settings.
         tta: average with left-right mirrored inputs (labels swapped back).
+        strict: refuse a study on any input warning (``infer.checks``), not only on a refusal rule.
     """
 
     def __init__(self, run_dir: str | Path, *, folds: list[int | None] | None = None,
-                 runtime: Runtime | None = None, tta: bool = True) -> None:
+                 runtime: Runtime | None = None, tta: bool = True, strict: bool = False) -> None:
         self.run_dir = Path(run_dir)
         self.cfg = read_run_config(self.run_dir)
         self.runtime = runtime or Runtime()
-        self.tta = tta
+        self.tta, self.strict = tta, strict
         stages = [cls(self.cfg, self.run_dir) for cls in STAGES]
         self.folds = {s.name: select_folds(self.run_dir, s.name, folds) for s in stages}
         self.models = {s.name: load_stage_models(s, self.folds[s.name]) for s in stages}
+        self.weights = weights_sha256(self.run_dir, [fold_dir(self.run_dir, stage, f) / "model.pt"
+                                                     for stage, fs in self.folds.items() for f in fs])
         self.geometry = read_geometry(self.run_dir)
         prior = self.run_dir / "prior.json"
         self.prior = (np.asarray(json.loads(prior.read_text())) if prior.is_file()
                       else np.full((len(lumbar_columns()), 3), 1 / 3))
+
+    @property
+    def model_info(self) -> dict[str, Any]:
+        """The run, folds, options and weights' SHA-256 a result was made with."""
+        return {"run_dir": str(self.run_dir), "experiment": self.cfg.experiment, "folds": self.folds,
+                "tta": self.tta, "precision": self.runtime.precision, "strict": self.strict,
+                "spinelab": __version__, "weights_sha256": self.weights}
+
+    def check(self, study: LumbarStudy) -> InputCheck:
+        """The input rules over every series of ``study`` (modality MR, the plane of each kind)."""
+        out = InputCheck(facts={"series": {}})
+        for kind in study.series:
+            for name, vol in zip(study.series_ids[kind], study.series[kind], strict=True):
+                c = check_lumbar_series(vol, kind, name)
+                out.refusals += c.refusals
+                out.warnings += c.warnings
+                out.facts["series"][name] = {"kind": kind, **c.facts}
+        if study.inferred:
+            out.facts["kinds_inferred"] = dict(study.inferred)
+        return out
 
     def grade(self, study: LumbarStudy, anchors: dict[str, np.ndarray]) -> np.ndarray:
         """Stage-2 probabilities ``(25, 3)`` (lumbar_columns order), averaged over folds and the mirror, and
@@ -77,23 +108,29 @@ class LumbarPredictor:
 
     def predict_loaded(self, study: LumbarStudy, *, truth: dict[tuple[str, str], np.ndarray] | None = None
                        ) -> dict[str, Any]:
-        """Points and grades of an already loaded study (``truth``: world points, for the error in mm)."""
+        """Points and grades of an already loaded study (``truth``: world points, for the error in mm).
+
+        Raises:
+            StudyRefusedError: the study fails an input rule (any warning too with ``strict``).
+        """
+        check = self.check(study)
+        check.raise_if_refused(self.strict)
         loc = localize_study(study, {k: v for k, v in self.models.items() if k != "stage2"}, self.cfg,
                              self.geometry, runtime=self.runtime, tta=self.tta)
         probs = self.grade(study, loc["anchors"])
         grades = {col: dict(zip(LUMBAR_GRADES, (round(float(v), 6) for v in p), strict=True))
                   for col, p in zip(lumbar_columns(), probs, strict=True)}
+        warnings = check.warnings + loc["warnings"]
         result: dict[str, Any] = {
-            "study": study.study_id, "grades": grades, "points": loc["points"],
-            "axial_level_slices": loc["axial_slices"],
+            "schema_version": SCHEMA_VERSION,
+            "study": study.study_id, "status": "warning" if warnings else "ok", "grades": grades,
+            "points": loc["points"], "axial_level_slices": loc["axial_slices"],
             "series": {k: v for k, v in study.series_ids.items()}, "missing_series": study.missing,
-            "warnings": loc["warnings"], "status": "ok",
-            "model": {"run_dir": str(self.run_dir), "experiment": self.cfg.experiment, "folds": self.folds,
-                      "tta": self.tta, "precision": self.runtime.precision, "spinelab": __version__},
+            "warnings": warnings, "input": check.facts, "conventions": CONVENTIONS, "model": self.model_info,
         }
         if truth:
             result["point_error_mm"] = point_errors(loc["raw"], truth)
-        for w in loc["warnings"]:
+        for w in warnings:
             log.warning("%s: %s", study.study_id, w)
         return result
 
@@ -110,7 +147,7 @@ class LumbarPredictor:
         grades = {col: dict(zip(LUMBAR_GRADES, map(float, p), strict=True))
                   for col, p in zip(lumbar_columns(), self.prior, strict=True)}
         return {"study": study_id, "grades": grades, "status": "failed", "error": error,
-                "warnings": [f"prediction failed, prior used: {error}"]}
+                "warnings": [f"prediction failed, prior used: {error}"], "model": self.model_info}
 
 
 def sagittal_variants(study: LumbarStudy) -> list[LumbarStudy]:
@@ -165,27 +202,33 @@ def probs_of(results: list[dict[str, Any]]) -> dict[str, np.ndarray]:
 
 def predict_lumbar(study_dir: str | Path, model_dir: str | Path, *, device: str | None = None,
                    precision: str | None = None, compile: bool | None = None, tta: bool | None = None,
-                   folds: list[int] | None = None) -> dict[str, Any]:
-    """Predict one lumbar MRI study folder (one folder per series) with a trained run folder."""
+                   folds: list[int] | None = None, strict: bool = False) -> dict[str, Any]:
+    """Predict one lumbar MRI study folder (one folder per series) with a trained run folder.
+
+    Raises:
+        StudyRefusedError: the study fails an input rule (any warning too with ``strict``).
+    """
     runtime, tta = run_inference_options(model_dir, device=device, precision=precision, compile=compile, tta=tta)
-    return LumbarPredictor(model_dir, folds=folds, runtime=runtime, tta=tta).predict_study(study_dir)
+    return LumbarPredictor(model_dir, folds=folds, runtime=runtime, tta=tta, strict=strict).predict_study(study_dir)
 
 
 def predict_lumbar_dataset(input: str | Path, model: str | Path, out: str | Path, *,
                            labels: str | Path | None = None, device: str | None = None,
                            precision: str | None = None, compile: bool | None = None, tta: bool | None = None,
-                           folds: list[int] | None = None,
+                           folds: list[int] | None = None, strict: bool = False,
                            progress: bool = True) -> dict[str, Any]:
-    """Predict every study under ``input``: ``submission.csv``, ``studies/<id>.json`` and an evaluation.
+    """Predict every study under ``input``: ``submission.csv``, ``studies/<id>.json``, ``manifest.json`` and an
+    evaluation when labels exist.
 
     Returns:
-        ``{"submission": path, "predictions": path, "evaluation": path or None, "studies": n, "failed": n}``.
+        ``{"submission", "predictions", "manifest", "evaluation" (path or None), "studies": n, "failed": n,
+        "counts": {status: n}}``.
     """
     input, out = Path(input), Path(out)
     split, studies = find_input_studies(input, nested=True)
     descriptions = read_descriptions(input, split) if split in ("train", "test") else None
     runtime, tta = run_inference_options(model, device=device, precision=precision, compile=compile, tta=tta)
-    predictor = LumbarPredictor(model, folds=folds, runtime=runtime, tta=tta)
+    predictor = LumbarPredictor(model, folds=folds, runtime=runtime, tta=tta, strict=strict)
     truth_points = _truth_points(input, split)
 
     def one(sid: str, path: Path) -> dict[str, Any]:
@@ -193,7 +236,7 @@ def predict_lumbar_dataset(input: str | Path, model: str | Path, out: str | Path
         return predictor.predict_loaded(study, truth=truth_points(study) if truth_points else None)
 
     results = predict_studies(studies, one, predictor.fallback, out_dir=out, progress=progress,
-                              description="lumbar predict")
+                              description="lumbar predict", task="lumbar", model=predictor.model_info)
     from spinelab.metrics import lumbar_submission_frame
 
     probs = probs_of(results)
@@ -203,14 +246,14 @@ def predict_lumbar_dataset(input: str | Path, model: str | Path, out: str | Path
                             for j, c in enumerate(lumbar_columns())
                             for k, g in enumerate(LUMBAR_GRADES)}})
     predictions = atomic_write_csv(out / "predictions.csv", wide)
-    failed = [r["study"] for r in results if r.get("status") == "failed"]
+    counts = status_counts(results)
     label_path = label_file(input, split, labels)
     evaluation = None
     if label_path is not None:
         evaluation = evaluate_lumbar_predictions(probs, label_path, out,
                                                  point_summary=summarize_point_errors(results))
-    return {"submission": submission, "predictions": predictions, "evaluation": evaluation,
-            "studies": len(results), "failed": len(failed)}
+    return {"submission": submission, "predictions": predictions, "manifest": out / "manifest.json",
+            "evaluation": evaluation, "studies": len(results), "failed": counts["failed"], "counts": counts}
 
 
 def _truth_points(input: Path, split: str) -> Any:
@@ -246,7 +289,7 @@ def evaluate_lumbar_predictions(probs: dict[str, np.ndarray], label_path: Path, 
     if "study_id" not in truth.columns:
         raise InputError(label_path, "labels must be in train.csv format (study_id + 25 columns)")
     truth = truth[truth.study_id.isin(probs)].reset_index(drop=True)
-    result: dict[str, Any] = {"labels": str(label_path), "studies": len(truth)}
+    result: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "labels": str(label_path), "studies": len(truth)}
     if len(truth):
         sub = lumbar_submission_frame({s: probs[s] for s in truth.study_id})
         result.update(lumbar_score_details(truth, sub, submission_name="submission.csv",

@@ -2,9 +2,10 @@
 
 A study folder holds one folder per series. Series are picked by description (``Sagittal T1``,
 ``Sagittal T2/STIR``, ``Axial T2``) from ``{split}_series_descriptions.csv`` or, when that file is absent
-(hospital data), from each series' DICOM SeriesDescription. Every volume is reordered so sagittal slices
-run from the patient's right to left and axial slices from head to feet, whatever the file order; points
-move between series through world (LPS mm) coordinates only.
+(hospital data), from each series' DICOM SeriesDescription; when the description names no kind, the kind is
+inferred from the header (``kind_from_header``: the image plane, then TR/TE/inversion time). Every volume
+is reordered so sagittal slices run from the patient's right to left and axial slices from head to feet,
+whatever the file order; points move between series through world (LPS mm) coordinates only.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from spinelab.registry import (
 __all__ = [
     "SERIES_KINDS",
     "series_kind",
+    "kind_from_header",
+    "classify_series",
     "read_descriptions",
     "study_series",
     "orient",
@@ -75,43 +78,106 @@ def read_descriptions(dataset_dir: str | Path, split: str) -> pd.DataFrame | Non
     return df
 
 
-def _dicom_description(folder: Path) -> str:
-    import pydicom
+#: The header tags ``kind_from_header`` reads (one file per series).
+KIND_TAGS = ("SeriesDescription", "ImageOrientationPatient", "RepetitionTime", "EchoTime", "InversionTime")
+#: STIR's inversion time nulls fat: about 150 ms at 1.5 T, 220 ms at 3 T.
+STIR_TI_MS = (100.0, 250.0)
+#: T1-weighted: short TR and short TE.
+T1_MAX_TR_MS, T1_MAX_TE_MS = 800.0, 30.0
+#: T2-weighted: long TE (with a long TR).
+T2_MIN_TE_MS, T2_MIN_TR_MS = 60.0, 1500.0
+
+
+def kind_from_header(tags: dict[str, Any]) -> tuple[str | None, str]:
+    """Series kind from the image plane and the sequence timing, and the rule that decided, in words.
+
+    Sagittal (slice normal along the patient's left-right axis): STIR (inversion time 100-250 ms) -> ``sag_t2``;
+    TR < 800 ms and TE < 30 ms -> ``sag_t1``; TE > 60 ms and TR > 1500 ms -> ``sag_t2``. Axial (normal along
+    head-feet): TE > 60 ms and TR > 1500 ms -> ``axial``. Anything else (coronal, another inversion recovery,
+    intermediate timing, missing tags) -> ``None``.
+    """
+    iop = tags.get("ImageOrientationPatient")
+    if not isinstance(iop, list) or len(iop) != 6:
+        return None, "no ImageOrientationPatient"
+    normal = np.abs(np.cross(np.asarray(iop[:3], float), np.asarray(iop[3:], float)))
+    plane = ("sagittal", "coronal", "axial")[int(np.argmax(normal))]
+
+    def ms(tag: str) -> float | None:
+        value = tags.get(tag)
+        return float(value) if isinstance(value, float) else None
+
+    tr, te, ti = ms("RepetitionTime"), ms("EchoTime"), ms("InversionTime")
+    timing = ", ".join(f"{k} {v:g} ms" for k, v in (("TR", tr), ("TE", te), ("TI", ti)) if v is not None)
+    why = f"{plane}, {timing or 'no TR/TE'}"
+    stir = ti is not None and STIR_TI_MS[0] <= ti <= STIR_TI_MS[1]
+    other_ir = ti is not None and ti > 0 and not stir
+    t1 = tr is not None and te is not None and tr < T1_MAX_TR_MS and te < T1_MAX_TE_MS and not other_ir
+    t2 = te is not None and te > T2_MIN_TE_MS and (tr is None or tr > T2_MIN_TR_MS) and not other_ir
+    if plane == "sagittal":
+        if stir:
+            return "sag_t2", why + " (STIR)"
+        if t1:
+            return "sag_t1", why + " (T1)"
+        if t2:
+            return "sag_t2", why + " (T2)"
+    if plane == "axial" and t2 and not stir:
+        return "axial", why + " (T2)"
+    return None, why
+
+
+def _series_header(folder: Path) -> dict[str, Any]:
+    """``KIND_TAGS`` of the first readable DICOM file of a series folder (``{}`` when none)."""
+    from spinelab.infer.checks import file_tags
 
     for f in sorted(folder.iterdir()):
-        if f.is_file():
-            try:
-                return str(pydicom.dcmread(f, stop_before_pixels=True).get("SeriesDescription", ""))
-            except Exception:  # not DICOM: try the next file
-                continue
-    return ""
+        if f.is_file() and not f.name.startswith("."):
+            tags = file_tags(f, KIND_TAGS)
+            if tags:
+                return tags
+    return {}
 
 
-def study_series(study_dir: str | Path, descriptions: pd.DataFrame | None = None) -> dict[str, list[str]]:
-    """Series folder names of a study by kind, in listing order (CSV order, else folder-name order).
+def classify_series(study_dir: str | Path, descriptions: pd.DataFrame | None = None
+                    ) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """Series folder names of a study by kind, and the series whose kind came from their header.
 
-    Args:
-        study_dir: ``<images>/<study_id>`` holding one folder per series.
-        descriptions: the Kaggle descriptions table; ``None`` reads each series' DICOM SeriesDescription.
+    Each series' kind comes from its description (the Kaggle table's, else its DICOM SeriesDescription); when
+    that names no kind, from ``kind_from_header``.
 
     Returns:
-        ``{kind: [series folder name, ...]}`` for every kind in ``SERIES_KINDS`` (possibly empty lists).
+        ``({kind: [series folder name, ...]}`` for every kind in ``SERIES_KINDS`` (listing order: CSV order,
+        else folder-name order), ``{series: rule}`` for the kinds inferred from a header).
     """
     study_dir = Path(study_dir)
     present = sorted(d.name for d in study_dir.iterdir() if d.is_dir()) if study_dir.is_dir() else []
     out: dict[str, list[str]] = {k: [] for k in SERIES_KINDS}
-    listed: list[tuple[str, str]] = []
+    inferred: dict[str, str] = {}
+    listed: list[tuple[str, str | None]] = []
     if descriptions is not None:
         rows = descriptions[descriptions.study_id == study_dir.name]
         pairs = zip(rows.series_id, rows.series_description, strict=True)
         listed = [(s, d) for s, d in pairs if s in present]
     seen = {s for s, _ in listed}
-    listed += [(s, _dicom_description(study_dir / s)) for s in present if s not in seen]
+    listed += [(s, None) for s in present if s not in seen]
     for series, desc in listed:
+        header: dict[str, Any] | None = None
+        if desc is None:
+            header = _series_header(study_dir / series)
+            desc = str(header.get("SeriesDescription", ""))
         kind = series_kind(desc)
+        if kind is None:
+            header = _series_header(study_dir / series) if header is None else header
+            kind, why = kind_from_header(header)
+            if kind is not None:
+                inferred[series] = f"{kind} from the header ({why}); description {desc!r}"
         if kind is not None:
             out[kind].append(series)
-    return out
+    return out, inferred
+
+
+def study_series(study_dir: str | Path, descriptions: pd.DataFrame | None = None) -> dict[str, list[str]]:
+    """Series folder names of a study by kind (``classify_series`` without the inference notes)."""
+    return classify_series(study_dir, descriptions)[0]
 
 
 def orient(volume: Volume, kind: str) -> Volume:
@@ -159,12 +225,14 @@ class LumbarStudy:
         series: ``{kind: [Volume, ...]}`` (listing order; empty when the kind is missing).
         series_ids: ``{kind: [series folder name, ...]}`` matching ``series``.
         warnings: what the loader had to work around (missing kinds, several series).
+        inferred: ``{series: rule}`` for the series whose kind came from their header, not a description.
     """
 
     study_id: str
     series: dict[str, list[Volume]]
     series_ids: dict[str, list[str]]
     warnings: list[str] = field(default_factory=list)
+    inferred: dict[str, str] = field(default_factory=dict)
     windows: dict[int, tuple[float, float]] = field(default_factory=dict, repr=False)
 
     def first(self, kind: str) -> Volume | None:
@@ -201,9 +269,10 @@ def load_study(study_dir: str | Path, *, descriptions: pd.DataFrame | None = Non
     from spinelab.io.dicom import read_series
 
     study_dir = Path(study_dir)
-    listing = study_series(study_dir, descriptions)
+    listing, inferred = classify_series(study_dir, descriptions)
     if not any(listing.values()):
-        raise InputError(study_dir, "no Sagittal T1, Sagittal T2/STIR or Axial T2 series found")
+        raise InputError(study_dir, "no Sagittal T1, Sagittal T2/STIR or Axial T2 series found (by description, "
+                                    "nor by image plane and TR/TE/inversion time)")
     load = loader or (lambda p: read_series(p, mixed_sizes="majority"))
     warns: list[str] = []
     series: dict[str, list[Volume]] = {}
@@ -216,7 +285,8 @@ def load_study(study_dir: str | Path, *, descriptions: pd.DataFrame | None = Non
         ids[kind] = list(names)
         if not names:
             warns.append(f"missing {kind} series: predicted from the other views (its inputs are masked)")
-    return LumbarStudy(study_dir.name, series, ids, warns)
+    kept = {n for names in ids.values() for n in names}
+    return LumbarStudy(study_dir.name, series, ids, warns, inferred={k: v for k, v in inferred.items() if k in kept})
 
 
 @dataclass
