@@ -6,6 +6,7 @@ derives goes under the run folder unless the config names another place (``spine
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from spinelab.errors import InputError
 
 __all__ = ["check_dataset", "fold_count", "make_writable_folder", "prepare_dataset", "os_error"]
 
+log = logging.getLogger("spinelab")
 #: The image folder of the training split, in both Kaggle layouts.
 TRAIN_IMAGES = "train_images"
 
@@ -95,7 +97,7 @@ def prepare_dataset(cfg: Any, run_dir: str | Path, *, progress: bool = True) -> 
     folder exists (an earlier build), else ``RUN_DIR/cache``; ``data.folds_file`` = ``DATASET/folds.csv``
     when it exists, else the folds are made and written to ``RUN_DIR/folds.csv``; ``data.derived_dir`` =
     ``DATASET/derived`` when it holds ``slice_labels.csv``, else ``RUN_DIR/derived``. The cache build skips
-    series already cached (a rerun resumes).
+    series already cached (a rerun resumes); a cache folder that exists but is read-only is used as it is.
 
     Args:
         cfg: a cervical or lumbar experiment config (its ``task`` picks the stratification); call
@@ -121,8 +123,14 @@ def prepare_dataset(cfg: Any, run_dir: str | Path, *, progress: bool = True) -> 
     if data.derived_dir is None:
         beside = dataset / "derived"
         data.derived_dir = beside if (beside / "slice_labels.csv").is_file() else run_dir / "derived"
+    cache = Path(data.cache_dir)
     try:
-        build_cache(dataset, data.cache_dir, workers=2, progress=progress)
+        if cache.is_dir() and not os.access(cache, os.W_OK | os.X_OK):
+            # A cache shipped read-only (a Kaggle dataset of its own): series missing from it are decoded
+            # from DICOM when read (``load_series``), so training still works.
+            log.warning("%s: volume cache is read-only; using it as it is", cache)
+        else:
+            build_cache(dataset, cache, workers=2, progress=progress)
         if data.folds_file is None:
             if (dataset / "folds.csv").is_file():
                 data.folds_file = dataset / "folds.csv"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -83,8 +84,6 @@ def collect_environment(accelerator: str | None = None) -> dict[str, Any]:
 
 
 def _cpu_count() -> int | None:
-    import os
-
     return os.cpu_count()
 
 
@@ -101,8 +100,14 @@ def _read(run_dir: Path) -> dict[str, Any]:
 
 def start_provenance(run_dir: str | Path, *, accelerator: str | None = None,
                      argv: list[str] | None = None) -> Path:
-    """Record this training command (and the environment it runs in) in ``RUN_DIR/provenance.json``."""
+    """Record this training command (and the environment it runs in) in ``RUN_DIR/provenance.json``.
+
+    Only the launching process records: DDP's other ranks (``LOCAL_RANK``/``NODE_RANK`` set) run the same
+    command again and would append it twice.
+    """
     run_dir = Path(run_dir)
+    if int(os.environ.get("LOCAL_RANK", "0") or 0) or int(os.environ.get("NODE_RANK", "0") or 0):
+        return run_dir / _NAME
     record = _read(run_dir)
     env = collect_environment(accelerator)
     command = {"argv": list(sys.argv if argv is None else argv),
