@@ -77,7 +77,7 @@ def parse_fold_spec(spec: str, k: int) -> list[int | None]:
     folds = [int(p) for p in parts]
     outside = [f for f in folds if f >= k]
     if outside:
-        raise ConfigError(f"--fold {spec}: fold(s) {outside} out of range; data.folds is {k} (folds 0..{k - 1})")
+        raise ConfigError(f"--fold {spec}: fold(s) {outside} out of range: the dataset has {k} folds (0..{k - 1})")
     return list(dict.fromkeys(folds))
 
 
