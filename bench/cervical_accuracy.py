@@ -17,7 +17,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mdblock import REPO, machine_description, replace_block  # noqa: E402
 from spinelab import api  # noqa: E402
-from spinelab.config.load import load_config  # noqa: E402
+from spinelab.config.load import load_config, read_run_config  # noqa: E402
 
 
 def range_quality(loc: dict, cfg: Any, folds: Path) -> tuple[float, float]:
@@ -77,7 +77,8 @@ def main() -> None:
     fr = json.loads(frames_path.read_text()) if cfg.frames.enabled and frames_path.is_file() else None
     loc = json.loads((run / "localization.json").read_text())
     found = sum(len(v["missing"]) == 0 for v in loc.values()) / len(loc)
-    coverage, outside = range_quality(loc, cfg, run / "folds.csv")
+    # the run's resolved config names the derived labels it trained on (DATASET/derived or RUN/derived)
+    coverage, outside = range_quality(loc, read_run_config(run), run / "folds.csv")
     text = "\n".join([
         "## Cervical accuracy on a synthetic benchmark (`bench/cervical_accuracy.py`)",
         "",

@@ -7,7 +7,7 @@ from typing import Any
 
 from spinelab.errors import ConfigError
 
-__all__ = ["train", "predict", "report", "default_run_dir"]
+__all__ = ["train", "set_keep", "predict", "report", "default_run_dir"]
 
 
 def default_run_dir(cfg: Any) -> Path:
@@ -16,18 +16,46 @@ def default_run_dir(cfg: Any) -> Path:
 
 
 def train(cfg: Any, *, run_dir: str | Path | None = None, fold: str = "all", stage: str = "all",
-          resume: bool = False, progress: bool = True) -> Path:
-    """Train a validated config (see ``spinelab.config.load.load_config``) into a run folder."""
+          resume: bool = False, keep: str | None = None, progress: bool = True) -> Path:
+    """Train a validated config (see ``spinelab.config.load.load_config``) into a run folder.
+
+    ``keep`` (``all``, ``last``, ``best`` or ``model``) sets every stage's ``train.keep``: the Lightning
+    checkpoints left in a finished fold folder. A failed read or write is one ``InputError`` with its path.
+    """
+    from spinelab.data.prepare import os_error
+
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
-    if cfg.task == "cervical":
-        from spinelab.tasks.cervical.pipeline import train_cervical
+    if keep is not None:
+        set_keep(cfg, keep)
+    try:
+        if cfg.task == "cervical":
+            from spinelab.tasks.cervical.pipeline import train_cervical
 
-        return train_cervical(cfg, run_dir, fold=fold, stage=stage, resume=resume, progress=progress)
-    if cfg.task == "lumbar":
-        from spinelab.tasks.lumbar.pipeline import train_lumbar
+            return train_cervical(cfg, run_dir, fold=fold, stage=stage, resume=resume, progress=progress)
+        if cfg.task == "lumbar":
+            from spinelab.tasks.lumbar.pipeline import train_lumbar
 
-        return train_lumbar(cfg, run_dir, fold=fold, stage=stage, resume=resume, progress=progress)
+            return train_lumbar(cfg, run_dir, fold=fold, stage=stage, resume=resume, progress=progress)
+    except OSError as err:
+        raise os_error(err, run_dir) from None
     raise ConfigError(f"unknown task {cfg.task!r}")
+
+
+def set_keep(cfg: Any, keep: str) -> None:
+    """Set ``train.keep`` of every stage section of ``cfg``.
+
+    Raises:
+        ConfigError: ``keep`` is not one of ``all``, ``last``, ``best``, ``model``.
+    """
+    from spinelab.config.schema import TrainConfig
+
+    choices = ("all", "last", "best", "model")
+    if keep not in choices:
+        raise ConfigError(f"--keep must be one of {', '.join(choices)}; got {keep!r}")
+    for name in type(cfg).model_fields:
+        section = getattr(cfg, name)
+        if isinstance(getattr(section, "train", None), TrainConfig):
+            section.train.keep = keep
 
 
 def predict(task: str, *, model: str | Path, input: str | Path, out: str | Path, labels: str | Path | None = None,

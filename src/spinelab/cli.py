@@ -171,12 +171,15 @@ def folds(
     k: Annotated[int, typer.Option("--k", help="Number of folds.")] = 5,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
     task: Annotated[Task | None, typer.Option(help="Task; detected from train.csv when omitted.")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Folds CSV to write (default DATASET_DIR/folds.csv; for a read-only dataset, "
+                            "write it elsewhere and set data.folds_file).")] = None,
 ) -> None:
-    """Write DATASET_DIR/folds.csv: multilabel-stratified folds by study."""
+    """Write DATASET_DIR/folds.csv (or --out FILE): multilabel-stratified folds by study."""
     from spinelab.data.folds import write_folds
 
     try:
-        path = write_folds(dataset_dir, k=k, seed=seed, task=task.value if task else None)
+        path = write_folds(dataset_dir, k=k, seed=seed, task=task.value if task else None, out=out)
     except SpinelabError as err:
         _fail(err)
     console.print(f"wrote {path}")
@@ -209,6 +212,9 @@ def train(
     stage: Annotated[str, typer.Option(help="all; cervical: stage1, frames or stage2; lumbar: stage1 or stage2.")
                      ] = "all",
     resume: Annotated[bool, typer.Option(help="Resume each fold from its last checkpoint.")] = False,
+    keep: Annotated[str | None, typer.Option(
+        help="Checkpoints a finished fold keeps beside model.pt: last, best, all or model (none) "
+             "[default: each stage's train.keep, last]")] = None,
     devices: Annotated[str | None, typer.Option(help="Devices for Lightning (e.g. 1, 2, auto).")] = None,
     strategy: Annotated[str | None, typer.Option(help="Lightning strategy, e.g. ddp.")] = None,
     print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved config.")] = False,
@@ -228,7 +234,7 @@ def train(
 
             typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
             return
-        out = api_train(cfg, run_dir=run_dir, fold=fold, stage=stage, resume=resume)
+        out = api_train(cfg, run_dir=run_dir, fold=fold, stage=stage, resume=resume, keep=keep)
     except SpinelabError as err:
         _fail(err)
     console.print(f"[green]run folder:[/] {out}")

@@ -79,3 +79,31 @@ def test_run_config_of_spinelab_0_1_is_still_read(tmp_path: Path) -> None:
     data["infer"] = {"device": "auto", "tta_flip": False, "batch_size": 16}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))
     assert read_run_config(tmp_path).infer.tta is False
+
+
+PLANTED = "task: cervical\nexperiment: !!python/object/apply:os.system ['touch {marker}']\n"
+
+
+def test_python_tag_in_a_recipe_is_a_one_line_error(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(PLANTED.format(marker=marker))
+    with pytest.raises(ConfigError, match=r"recipe.yaml: invalid YAML \(line 2\).*python/object") as err:
+        load_config("cervical", [recipe])
+    assert "\n" not in str(err.value) and not marker.exists()
+
+
+def test_python_tag_in_a_run_config_is_a_one_line_error(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    (tmp_path / "config.yaml").write_text(PLANTED.format(marker=marker))
+    with pytest.raises(ConfigError, match=r"config.yaml: invalid YAML") as err:
+        read_run_config(tmp_path)
+    assert "\n" not in str(err.value) and not marker.exists()
+
+
+def test_keep_and_folds_file_fields() -> None:
+    cfg = load_config("lumbar", [], ["stage2.train.keep=model", "data.folds_file=/tmp/f.csv"])
+    assert cfg.stage2.train.keep == "model" and cfg.stage1.train.keep == "last"
+    assert str(cfg.data.folds_file) == "/tmp/f.csv"
+    with pytest.raises(ConfigError, match="stage1.train.keep"):
+        load_config("lumbar", [], ["stage1.train.keep=some"])

@@ -277,3 +277,24 @@ def test_on_generated_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, f
         if positives:
             # Boxes are padded, so a few touch a neighbour more, but most sit on a fractured vertebra.
             assert assigned.isin(positives).mean() >= 0.6
+
+
+def test_box_csv_study_id_outside_the_dataset_is_refused(tmp_path: Path) -> None:
+    from spinelab.errors import InputError
+
+    (tmp_path / "train_images").mkdir()
+    pd.DataFrame({"StudyInstanceUID": ["1.2.3", "../../elsewhere"], "x": [1.0, 1.0], "y": [1.0, 1.0],
+                  "width": [2.0, 2.0], "height": [2.0, 2.0], "slice_number": [1, 2]}
+                 ).to_csv(tmp_path / "train_bounding_boxes.csv", index=False)
+    with pytest.raises(InputError, match=r"train_bounding_boxes\.csv: line 3: StudyInstanceUID '\.\./\.\./elsewhere'"):
+        derive_cervical_labels(tmp_path, out=tmp_path / "derived", progress=False)
+
+
+def test_unwritable_output_is_refused_before_any_study_is_read(tmp_path: Path) -> None:
+    from spinelab.errors import InputError
+
+    (tmp_path / "train_images").mkdir()
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(InputError, match="a_file") as err:
+        derive_cervical_labels(tmp_path, out=tmp_path / "a_file" / "derived", progress=False)
+    assert "\n" not in str(err.value)

@@ -126,3 +126,50 @@ def test_folds_errors(tmp_path: Path, cervical_train: pd.DataFrame) -> None:
     bad.loc[bad.index[0], "C3"] = 5
     with pytest.raises(InputError, match="must be 0/1"):
         make_folds(bad, task="cervical", k=2)
+
+
+def _tiny_cervical(folder: Path, ids: list[str] | None = None) -> Path:
+    rng = np.random.default_rng(0)
+    ids = ids or [f"1.2.{i}" for i in range(12)]
+    frame = pd.DataFrame(rng.integers(0, 2, size=(len(ids), len(CERVICAL_TARGETS))), columns=list(CERVICAL_TARGETS))
+    frame.insert(0, "StudyInstanceUID", ids)
+    folder.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(folder / "train.csv", index=False)
+    return folder
+
+
+def test_write_folds_out_elsewhere_leaves_the_dataset_alone(tmp_path: Path) -> None:
+    data = _tiny_cervical(tmp_path / "data")
+    path = write_folds(data, k=3, out=tmp_path / "elsewhere" / "f.csv")
+    assert path == tmp_path / "elsewhere" / "f.csv" and sorted(p.name for p in data.iterdir()) == ["train.csv"]
+    assert sorted(read_folds(path).unique()) == [0, 1, 2]
+    with pytest.raises(InputError, match="is a folder"):
+        write_folds(data, k=3, out=tmp_path)
+
+
+@pytest.mark.parametrize("bad", ["../outside", "/etc", "a/b", "..", "a\\b"])
+def test_study_ids_that_leave_the_dataset_are_refused(tmp_path: Path, bad: str) -> None:
+    data = _tiny_cervical(tmp_path, ids=[f"1.2.{i}" for i in range(5)] + [bad])
+    with pytest.raises(InputError, match=r"train\.csv: line 7: StudyInstanceUID .* not a folder name"):
+        write_folds(data, k=2)
+    pd.DataFrame({"StudyInstanceUID": ["1.2.3", bad], "fold": [0, 1]}).to_csv(tmp_path / "folds.csv", index=False)
+    with pytest.raises(InputError, match=r"folds\.csv: line 3"):
+        read_folds(tmp_path)
+
+
+def test_load_folds_prefers_the_folds_file_then_the_dataset_then_memory(tmp_path: Path) -> None:
+    from spinelab.config.load import load_config
+    from spinelab.data.folds import load_folds
+
+    data = _tiny_cervical(tmp_path / "data")
+    cfg = load_config("cervical", [], [f"data.dataset_dir={data}", "data.folds=3"])
+    in_memory = load_folds(cfg)
+    assert sorted(in_memory.unique()) == [0, 1, 2] and sorted(p.name for p in data.iterdir()) == ["train.csv"]
+    pd.DataFrame({"StudyInstanceUID": in_memory.index, "fold": 0}).to_csv(data / "folds.csv", index=False)
+    assert (load_folds(cfg) == 0).all()
+    pd.DataFrame({"StudyInstanceUID": in_memory.index, "fold": 1}).to_csv(tmp_path / "mine.csv", index=False)
+    cfg.data.folds_file = tmp_path / "mine.csv"
+    assert (load_folds(cfg) == 1).all()
+    cfg.data.folds_file = tmp_path / "missing.csv"
+    with pytest.raises(InputError, match="data.folds_file not found"):
+        load_folds(cfg)

@@ -65,3 +65,18 @@ def test_bad_label_value(tmp_path: Path) -> None:
     frame.to_csv(tmp_path / "train.csv", index=False)
     with pytest.raises(InputError, match="unknown grade values"):
         read_lumbar_labels(tmp_path / "train.csv")
+
+
+def test_series_id_outside_the_dataset_is_refused(dataset: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "ds"
+    shutil.copytree(dataset, copy)
+    desc = pd.read_csv(copy / "train_series_descriptions.csv", dtype=str)
+    desc.loc[1, "series_id"] = "../../../tmp"
+    desc.to_csv(copy / "train_series_descriptions.csv", index=False)
+    with pytest.raises(InputError, match=r"train_series_descriptions\.csv: line 3: series_id '\.\./\.\./\.\./tmp'"):
+        find_lumbar_studies(copy, "train")
+    coords = pd.read_csv(copy / "train_label_coordinates.csv", dtype=str)
+    coords.loc[0, "series_id"] = "/etc"
+    coords.to_csv(copy / "train_label_coordinates.csv", index=False)
+    with pytest.raises(InputError, match=r"train_label_coordinates\.csv: line 2: series_id '/etc'"):
+        read_lumbar_coordinates(copy / "train_label_coordinates.csv")

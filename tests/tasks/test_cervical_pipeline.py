@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +38,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = load_config("cervical", [REPO / "configs/cervical/tiny.yaml"],
                       [f"data.dataset_dir={dataset}", "stage1.train.epochs=3", "trainer.accelerator=cpu",
-                       "trainer.log_every_n_steps=1"])
+                       "trainer.log_every_n_steps=1", "stage2.train.keep=all"])
     return api.train(cfg, run_dir=tmp_path_factory.mktemp("runs") / "tiny", fold="0", progress=False)
 
 
@@ -59,6 +62,12 @@ def test_run_folder_is_self_describing(run: Path) -> None:
         assert 0 <= x0 < x1 <= 64 and 0 <= y0 < y1 <= 64
     cv = json.loads((run / "cv_scores.json").read_text())
     assert 0 < cv["competition_score"] < 5 and "prevalence_constant_score" in cv
+    assert cv["schema_version"] == 1 and cv["folds"]["fold_0"]["schema_version"] == 1
+    # train.keep: stage 1 the default (last), stage 2 "all"
+    assert sorted(p.name for p in (run / "stage1" / "fold_0").glob("*.ckpt")) == ["checkpoint_last.ckpt"]
+    assert len(list((run / "stage2" / "fold_0").glob("*.ckpt"))) == 2
+    provenance = json.loads((run / "provenance.json").read_text())
+    assert provenance["weights"]["stage2/fold_0/model.pt"] == cv["folds"]["fold_0"]["model_sha256"]
 
 
 def test_stage1_training_loss_falls(run: Path) -> None:
@@ -69,7 +78,7 @@ def test_stage1_training_loss_falls(run: Path) -> None:
 
 
 def test_stage2_learns_from_fracture_boxes_and_keeps_the_best_competition_loss(run: Path, dataset: Path) -> None:
-    boxes = pd.read_csv(dataset / "derived" / "fracture_boxes.csv")
+    boxes = pd.read_csv(run / "derived" / "fracture_boxes.csv")  # derived labels default to the run folder
     assert len(boxes) > 0  # the synthetic positives carry boxes, so the per-step term is trained
     log = read_training_log(run / "stage2" / "fold_0")
     steps = log["train/step_loss_epoch"].dropna()
@@ -183,3 +192,94 @@ def test_frame_pretraining_feeds_the_stage2_cnn(run: Path, dataset: Path, tmp_pa
     assert all(torch.equal(got[k.removeprefix("backbone.")], v) for k, v in frames.items()
                if k.startswith("backbone."))
 
+
+
+# --- refusals before any work, read-only datasets, planted checkpoints -----------------------------------------
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from spinelab.data.synthetic.cervical import generate_cervical_dataset
+
+    return generate_cervical_dataset(tmp_path_factory.mktemp("small") / "data", studies=6, test_studies=2, size=64,
+                                     seed=3, workers=1, seg_fraction=0.6, slices=(28, 36), progress=False)
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--fold", "9"], "out of range"), (["--fold", "a"], "--fold must be"), (["--stage", "stage3"], "unknown"),
+    (["--keep", "some"], "--keep must be")])
+def test_bad_options_are_refused_before_anything_is_written(small: Path, tmp_path: Path, args: list[str],
+                                                            message: str) -> None:
+    before = _snapshot(small.parent)
+    result = CliRunner().invoke(app, ["train", "cervical", "-c", str(REPO / "configs/cervical/tiny.yaml"),
+                                      "--run-dir", str(tmp_path / "run"), *args, f"data.dataset_dir={small}"])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "run").exists() and _snapshot(small.parent) == before
+
+
+def test_missing_train_csv_is_refused_before_the_cache_is_built(small: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(small / "train_images", data / "train_images")
+    result = CliRunner().invoke(app, ["train", "cervical", "--run-dir", str(tmp_path / "run"),
+                                      f"data.dataset_dir={data}"])
+    assert result.exit_code == 2 and "train.csv not found" in result.output
+    assert not (tmp_path / "run").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def _read_only(dataset: Path, script: str) -> subprocess.CompletedProcess:
+    """Run ``script`` (sh) with ``dataset`` read-only: a read-only bind mount in a private mount namespace
+    as root (root ignores file modes), the write bits taken away otherwise."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    if os.geteuid() == 0:
+        mount = f"mount --bind {dataset} {dataset} && mount -o remount,ro,bind {dataset} && "
+        return subprocess.run(["unshare", "-m", "sh", "-c", mount + script], capture_output=True, text=True,
+                              env=env, timeout=600)
+    subprocess.run(["chmod", "-R", "a-w", str(dataset)], check=True)
+    try:
+        return subprocess.run(["sh", "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    finally:
+        subprocess.run(["chmod", "-R", "u+w", str(dataset)], check=True)
+
+
+def test_folds_train_and_predict_on_a_read_only_dataset(small: Path, tmp_path: Path) -> None:
+    before = _snapshot(small.parent)
+    cli = f"{sys.executable} -m spinelab -q"
+    run, folds = tmp_path / "run", tmp_path / "folds.csv"
+    script = " && ".join([
+        f"! {cli} folds {small} 2> {tmp_path}/refused.txt",  # the default place is read-only: a clear refusal
+        f"{cli} folds {small} --k 2 --out {folds}",
+        f"{cli} train cervical -c {REPO}/configs/cervical/tiny.yaml --run-dir {run} --fold 0 --keep model "
+        f"data.dataset_dir={small} data.folds_file={folds} stage1.train.epochs=1 stage2.train.epochs=1 "
+        "trainer.accelerator=cpu",
+        f"{cli} predict cervical --model {run} -i {small} -o {tmp_path}/pred --device cpu",
+    ])
+    proc = _read_only(small, script)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    refused = (tmp_path / "refused.txt").read_text()
+    assert "folds.csv" in refused and "--out" in refused and "Traceback" not in refused
+    assert _snapshot(small.parent) == before  # nothing written into (or beside) the dataset
+    assert (run / "cache").is_dir() and (run / "derived" / "slice_labels.csv").is_file()
+    assert not list(run.glob("*/fold_0/*.ckpt"))  # --keep model
+    assert len(pd.read_csv(tmp_path / "pred" / "submission.csv")) == 2 * 8
+    provenance = json.loads((run / "provenance.json").read_text())
+    assert set(provenance["weights"]) == {"stage1/fold_0/model.pt", "stage2/fold_0/model.pt"}
+    assert provenance["commands"][-1]["argv"][1:4] == ["-q", "train", "cervical"]
+
+
+def test_cli_resume_refuses_a_planted_checkpoint(small: Path, tmp_path: Path) -> None:
+    class Planted:
+        def __reduce__(self) -> tuple:
+            return (open, (str(tmp_path / "pwned"), "w"))
+
+    run = tmp_path / "run"
+    target = run / "stage1" / "fold_1" / "checkpoint_last.ckpt"
+    target.parent.mkdir(parents=True)
+    torch.save({"state_dict": {}, "payload": Planted()}, target)
+    result = CliRunner().invoke(app, ["train", "cervical", "-c", str(REPO / "configs/cervical/tiny.yaml"),
+                                      "--run-dir", str(run), "--fold", "1", "--stage", "stage1", "--resume",
+                                      f"data.dataset_dir={small}", "data.folds=2", "trainer.accelerator=cpu"])
+    assert result.exit_code == 2 and "checkpoint_last.ckpt: checkpoint refused" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "pwned").exists()
+    assert not (target.parent / "model.pt").exists()

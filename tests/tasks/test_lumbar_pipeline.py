@@ -74,18 +74,21 @@ def _fit_steps(stage, steps: int = 6) -> tuple[float, float]:
     return losses[0], losses[-1]
 
 
-def test_run_folder_layout(run_dir: Path) -> None:
+def test_run_folder_layout(run_dir: Path, dataset: Path) -> None:
     for stage in ("stage1_sag_t2", "stage1_sag_t1", "stage1_axial", "stage2"):
         assert (run_dir / stage / "fold_0" / "model.pt").is_file()
         assert (run_dir / stage / "fold_0" / "scores.json").is_file()
     geometry = json.loads((run_dir / "geometry.json").read_text())
     assert geometry["t1_offsets_mm"]["left"] > geometry["t1_offsets_mm"]["right"]  # slices run right -> left
     assert np.allclose(np.asarray(json.loads((run_dir / "prior.json").read_text())).sum(1), 1)
+    provenance = json.loads((run_dir / "provenance.json").read_text())
+    assert provenance["schema_version"] == 1 and len(provenance["weights"]) == 4
+    assert (run_dir / "folds.csv").is_file() and not (dataset / "folds.csv").exists()  # made in the run folder
 
 
 def test_cv_scores_hold_metric_and_point_error(run_dir: Path) -> None:
     scores = json.loads((run_dir / "cv_scores.json").read_text())
-    assert scores["studies"] > 0 and np.isfinite(scores["lumbar_score"])
+    assert scores["studies"] > 0 and np.isfinite(scores["lumbar_score"]) and scores["schema_version"] == 1
     assert np.isfinite(scores["weight_optimal_constant_score"])
     assert set(scores["point_error_mm"]["by_level"]) <= {"l1_l2", "l2_l3", "l3_l4", "l4_l5", "l5_s1"}
     assert scores["point_error_mm"]["mean_mm"] > 0

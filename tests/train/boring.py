@@ -33,11 +33,12 @@ class BoringStage(Stage):
     name = "boring"
 
     def __init__(self, run_dir: Path, *, epochs: int = 3, ema: float | None = None, fail_at_step: int | None = None,
-                 limit_train_batches: int | None = None, monitor: str | None = "val/loss") -> None:
+                 limit_train_batches: int | None = None, monitor: str | None = "val/loss", keep: str = "all"
+                 ) -> None:
         super().__init__(cfg=None, run_dir=run_dir)
         self.monitor = monitor
         self._train = TrainConfig(epochs=epochs, batch_size=8, ema=ema, limit_train_batches=limit_train_batches,
-                                  optim={"lr": 0.05, "warmup_frac": 0.0})
+                                  optim={"lr": 0.05, "warmup_frac": 0.0}, keep=keep)
         self.fail_at_step = fail_at_step
         self.steps_seen = 0
 

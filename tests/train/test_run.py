@@ -91,6 +91,16 @@ def test_stage_without_monitor_keeps_its_last_epoch(tmp_path: Path) -> None:
     assert torch.equal(torch.load(out / "model.pt")["weight"], last)
 
 
+def test_killed_ema_run_resumes_with_safe_loading(tmp_path: Path) -> None:
+    """The EMA callback's state is plain tensors too, so weights_only=True resumes it."""
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train_stage(BoringStage(tmp_path, epochs=2, ema=0.5, fail_at_step=8 + 3), trainer_cfg=CPU, fold=0,
+                    progress=False)
+    result = train_stage(BoringStage(tmp_path, epochs=2, ema=0.5), trainer_cfg=CPU, fold=0, resume=True,
+                         progress=False)
+    assert result["scores"]["global_step"] == 2 * 8
+
+
 def test_ema_weights_are_saved(tmp_path: Path) -> None:
     plain = train_stage(BoringStage(tmp_path / "plain", epochs=2), trainer_cfg=CPU, fold=0, progress=False)
     ema = train_stage(BoringStage(tmp_path / "ema", epochs=2, ema=0.5), trainer_cfg=CPU, fold=0, progress=False)
@@ -123,3 +133,74 @@ def test_two_process_ddp_on_cpu(tmp_path: Path) -> None:
     scores = json.loads((fold_dir(tmp_path, "boring", 0) / "scores.json").read_text())
     # 64 samples, batch 8, 2 ranks: 4 steps per epoch per rank
     assert scores["global_step"] == 2 * 4
+
+
+class _Planted:
+    """Unpickling this calls ``open(marker, "w")``: the file appears only if the pickle runs code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (open, (str(self.marker), "w"))
+
+
+def test_resume_refuses_a_planted_checkpoint(tmp_path: Path) -> None:
+    from spinelab.errors import InputError
+
+    out = fold_dir(tmp_path, "boring", 0)
+    out.mkdir(parents=True)
+    marker = tmp_path / "pwned"
+    torch.save({"state_dict": {}, "epoch": 0, "payload": _Planted(marker)}, out / "checkpoint_last.ckpt")
+    with pytest.raises(InputError, match="checkpoint_last.ckpt: checkpoint refused") as err:
+        train_stage(BoringStage(tmp_path, epochs=2), trainer_cfg=CPU, fold=0, resume=True, progress=False)
+    assert "\n" not in str(err.value) and not marker.exists()
+    assert not (out / "model.pt").exists()
+    torch.load(out / "checkpoint_last.ckpt", weights_only=False)  # the plant is real: an unsafe load runs it
+    assert marker.exists()
+
+
+def test_resume_refuses_a_truncated_checkpoint(tmp_path: Path) -> None:
+    from spinelab.errors import InputError
+
+    train_stage(BoringStage(tmp_path, epochs=3, fail_at_step=10 ** 6, limit_train_batches=1), trainer_cfg=CPU,
+                fold=0, progress=False)
+    last = fold_dir(tmp_path, "boring", 0) / "checkpoint_last.ckpt"
+    (fold_dir(tmp_path, "boring", 0) / "scores.json").unlink()  # as if killed: not finished
+    last.write_bytes(last.read_bytes()[:200])
+    with pytest.raises(InputError, match="checkpoint_last.ckpt: checkpoint cannot be read"):
+        train_stage(BoringStage(tmp_path, epochs=3), trainer_cfg=CPU, fold=0, resume=True, progress=False)
+
+
+@pytest.mark.parametrize(("keep", "left"), [
+    ("all", ["checkpoint_best.ckpt", "checkpoint_last.ckpt"]), ("last", ["checkpoint_last.ckpt"]),
+    ("best", ["checkpoint_best.ckpt"]), ("model", [])])
+def test_keep_leaves_only_the_chosen_checkpoints(tmp_path: Path, keep: str, left: list[str]) -> None:
+    result = train_stage(BoringStage(tmp_path, epochs=2, keep=keep), trainer_cfg=CPU, fold=0, progress=False)
+    out = result["dir"]
+    assert sorted(p.name for p in out.glob("*.ckpt")) == left == result["scores"]["checkpoints_kept"]
+    assert (out / "model.pt").is_file() and (out / "oof.csv").is_file()
+
+
+def test_keep_best_without_validation_keeps_the_last_checkpoint(tmp_path: Path) -> None:
+    result = train_stage(BoringStage(tmp_path, epochs=1, keep="best"), trainer_cfg=CPU, fold=None, progress=False)
+    assert [p.name for p in result["dir"].glob("*.ckpt")] == ["checkpoint_last.ckpt"]
+
+
+def test_resume_of_a_finished_fold_changes_nothing(tmp_path: Path) -> None:
+    first = train_stage(BoringStage(tmp_path, epochs=2, keep="model"), trainer_cfg=CPU, fold=0, progress=False)
+    weights = (first["dir"] / "model.pt").read_bytes()
+    logs = sorted((first["dir"] / "logs").iterdir())
+    again = train_stage(BoringStage(tmp_path, epochs=2, keep="model"), trainer_cfg=CPU, fold=0, resume=True,
+                        progress=False)
+    assert again["scores"] == first["scores"] and (first["dir"] / "model.pt").read_bytes() == weights
+    assert sorted((first["dir"] / "logs").iterdir()) == logs  # no second training part was started
+
+
+def test_scores_carry_schema_version_and_weight_hash(tmp_path: Path) -> None:
+    from spinelab.train.run import model_sha256
+
+    result = train_stage(BoringStage(tmp_path, epochs=1), trainer_cfg=CPU, fold=0, progress=False)
+    scores = json.loads((result["dir"] / "scores.json").read_text())
+    assert scores["schema_version"] == 1
+    assert scores["model_sha256"] == model_sha256(result["dir"] / "model.pt")

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from spinelab.config.schema import CervicalConfig, LumbarConfig
 from spinelab.errors import ConfigError
 
-__all__ = ["load_config", "apply_overrides", "config_class", "save_config", "read_run_config"]
+__all__ = ["load_config", "apply_overrides", "config_class", "save_config", "read_run_config", "read_yaml"]
 
 _CLASSES = {"cervical": CervicalConfig, "lumbar": LumbarConfig}
 
@@ -42,12 +42,7 @@ def load_config(task: str, files: Sequence[str | Path] = (), overrides: Sequence
     merged: dict[str, Any] = {}
     for f in files:
         path = Path(f)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: invalid YAML: {err}") from None
+        data = read_yaml(path) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: top level must be a mapping")
         if data.get("task", task) != task:
@@ -95,8 +90,34 @@ def read_run_config(run_dir: str | Path) -> Any:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"{path}: not found; is {run_dir} a run folder written by `spinelab train`?")
-    data = yaml.safe_load(path.read_text())
-    return load_config(data.get("task", ""), [path])
+    data = read_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return load_config(str(data.get("task", "")), [path])
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Parse a YAML file with the safe loader (a ``!!python/...`` tag is refused, never constructed).
+
+    Raises:
+        ConfigError: one line naming the file and, when known, the line of the problem.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read: {getattr(err, 'strerror', None) or err}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        if "python/" in str(problem):
+            problem = f"{problem}; Python tags are refused (safe loader)"
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
 
 
 def _deep_merge(into: dict[str, Any], new: dict[str, Any]) -> None:

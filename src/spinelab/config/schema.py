@@ -74,6 +74,10 @@ class TrainConfig(StrictModel):
     limit_val_batches: int | float | None = None
     seed: int = 42
     optim: OptimConfig = Field(default_factory=OptimConfig)
+    # Lightning checkpoints left in a finished fold folder (model.pt always stays): "last" keeps
+    # checkpoint_last.ckpt (training can be continued), "best" checkpoint_best.ckpt, "all" both, "model"
+    # neither. One resnet18 demo fold holds about 600 MB of checkpoints.
+    keep: Literal["all", "last", "best", "model"] = "last"
 
 
 class TrainerConfig(StrictModel):
@@ -89,11 +93,19 @@ class TrainerConfig(StrictModel):
 
 
 class DataConfig(StrictModel):
-    """Where the dataset, its volume cache and derived labels live."""
+    """Where the dataset, its volume cache, folds and derived labels live.
+
+    Nothing is written into ``dataset_dir`` (it may be read-only, as Kaggle's ``/kaggle/input``). Left unset,
+    ``cache_dir`` is ``<dataset>_cache`` beside the dataset when that exists, else ``RUN_DIR/cache``;
+    ``folds_file`` is ``DATASET/folds.csv`` when that exists, else the folds are made and written to
+    ``RUN_DIR/folds.csv``; ``derived_dir`` is ``DATASET/derived`` when it holds the labels, else
+    ``RUN_DIR/derived``.
+    """
 
     dataset_dir: Path = Path("data/cervical")
     cache_dir: Path | None = None
     derived_dir: Path | None = None
+    folds_file: Path | None = None
     folds: int = 5
     fold_seed: int = 42
     drop_studies: list[str] = Field(default_factory=list)

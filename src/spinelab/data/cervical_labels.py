@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from spinelab.data.study_ids import check_folder_ids
 from spinelab.errors import InputError, SpinelabError
 from spinelab.io.atomic import atomic_write_csv, atomic_write_json
 from spinelab.io.volume import Volume
@@ -224,10 +225,13 @@ def _read_boxes(dataset_dir: Path) -> pd.DataFrame | None:
         frame = pd.read_csv(path, dtype={"StudyInstanceUID": str, "slice_number": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise InputError(path, f"cannot parse CSV: {err}") from err
+    except OSError as err:
+        raise InputError(path, f"cannot read: {err.strerror or err}") from None
     need = ["StudyInstanceUID", "x", "y", "width", "height", "slice_number"]
     missing = [c for c in need if c not in frame.columns]
     if missing:
         raise InputError(path, f"columns missing: {missing}")
+    check_folder_ids(frame["StudyInstanceUID"], csv=path, column="StudyInstanceUID")
     return frame
 
 
@@ -278,12 +282,19 @@ def derive_cervical_labels(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from spinelab.data.prepare import make_writable_folder
     from spinelab.io.cache import load_series
 
     dataset_dir = Path(dataset_dir)
     if not dataset_dir.is_dir():
         raise InputError(dataset_dir, "dataset folder does not exist")
+    default_out = out is None
     out = dataset_dir / "derived" if out is None else Path(out)
+    hint = " (a read-only dataset? pass --out)" if default_out else ""
+    try:  # before the work: a read-only place fails now, not after every study was read
+        make_writable_folder(out)
+    except InputError as err:
+        raise InputError(err.path, f"{err.problem}{hint}") from None
     segs = find_segmentations(dataset_dir)
     boxes = _read_boxes(dataset_dir)
     box_studies = [] if boxes is None else sorted(boxes["StudyInstanceUID"].unique())
@@ -332,20 +343,25 @@ def derive_cervical_labels(
         pd.concat(slice_frames, ignore_index=True) if slice_frames else pd.DataFrame(columns=SLICE_COLUMNS)
     )
     box_table = pd.concat(box_frames, ignore_index=True) if box_frames else pd.DataFrame(columns=BOX_COLUMNS)
-    paths = [
+    try:
+        return _write_label_tables(out, slice_table, box_table, {
+            "dataset_dir": str(dataset_dir),
+            "finished": _dt.datetime.now().isoformat(timespec="seconds"),
+            "n_studies": len(studies),
+            "n_segmentations": len(segs),
+            "failed": failures,
+            "unmatched_box_slices": unmatched_out,
+            "warnings": warnings_out,
+        })
+    except OSError as err:
+        raise InputError(err.filename or out, f"cannot write: {err.strerror or err}{hint}") from None
+
+
+def _write_label_tables(out: Path, slice_table: pd.DataFrame, box_table: pd.DataFrame,
+                        report: dict[str, Any]) -> list[Path]:
+    """The three outputs of ``derive_cervical_labels`` (atomically; CSVs first)."""
+    return [
         atomic_write_csv(out / "slice_labels.csv", slice_table),
         atomic_write_csv(out / "fracture_boxes.csv", box_table),
-        atomic_write_json(
-            out / "label_failures.json",
-            {
-                "dataset_dir": str(dataset_dir),
-                "finished": _dt.datetime.now().isoformat(timespec="seconds"),
-                "n_studies": len(studies),
-                "n_segmentations": len(segs),
-                "failed": failures,
-                "unmatched_box_slices": unmatched_out,
-                "warnings": warnings_out,
-            },
-        ),
+        atomic_write_json(out / "label_failures.json", report),
     ]
-    return paths

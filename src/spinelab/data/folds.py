@@ -1,4 +1,4 @@
-"""Cross-validation folds by study: multilabel-stratified, reproducible, stored as ``DATASET_DIR/folds.csv``.
+"""Cross-validation folds by study: multilabel-stratified, reproducible, stored as ``folds.csv``.
 
 Stratification uses iterative stratification (``MultilabelStratifiedKFold``) so that rare targets (C3
 fractures: 73 of 2019 studies; severe spinal stenosis) are spread evenly over folds, which a plain random
@@ -12,6 +12,7 @@ split does not guarantee. The label matrix is:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,7 +21,8 @@ from spinelab.errors import ConfigError, InputError
 from spinelab.io.atomic import atomic_write_csv
 from spinelab.registry import CERVICAL_TARGETS, LUMBAR_CONDITIONS, LUMBAR_LEVELS, lumbar_columns
 
-__all__ = ["ID_COLUMNS", "make_folds", "stratification_matrix", "detect_task", "write_folds", "read_folds"]
+__all__ = ["ID_COLUMNS", "make_folds", "stratification_matrix", "detect_task", "make_dataset_folds", "write_folds",
+           "read_folds", "load_folds"]
 
 #: The study id column of each task's train.csv (and of folds.csv).
 ID_COLUMNS: dict[str, str] = {"cervical": "StudyInstanceUID", "lumbar": "study_id"}
@@ -171,35 +173,72 @@ def _stratified_split(y: np.ndarray, *, k: int, seed: int) -> np.ndarray:
     return folds
 
 
-def write_folds(dataset_dir: str | Path, *, k: int = 5, seed: int = 42, task: str | None = None) -> Path:
-    """Write ``DATASET_DIR/folds.csv`` (``<id column>,fold``) from ``DATASET_DIR/train.csv``.
-
-    Args:
-        dataset_dir: a Kaggle-layout dataset folder.
-        k: number of folds.
-        seed: shuffling seed.
-        task: ``"cervical"`` / ``"lumbar"``; detected from train.csv columns when ``None``.
-
-    Returns:
-        The path written (atomically).
+def make_dataset_folds(dataset_dir: str | Path, *, k: int = 5, seed: int = 42, task: str | None = None
+                       ) -> pd.Series:
+    """The folds of ``DATASET_DIR/train.csv`` (in memory, nothing written); see ``make_folds``.
 
     Raises:
-        InputError: train.csv missing, unreadable or of the wrong task.
+        InputError: train.csv missing, unreadable, of the wrong task, or with a study id that is not a
+            folder name.
         ConfigError: impossible ``k``.
     """
-    dataset_dir = Path(dataset_dir)
-    train_csv = dataset_dir / "train.csv"
+    from spinelab.data.study_ids import check_folder_ids
+
+    train_csv = Path(dataset_dir) / "train.csv"
     if not train_csv.is_file():
         raise InputError(train_csv, "train.csv not found")
     try:
         labels = pd.read_csv(train_csv, dtype={"StudyInstanceUID": str, "study_id": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise InputError(train_csv, f"cannot parse CSV: {err}") from err
+    except OSError as err:
+        raise InputError(train_csv, f"cannot read: {err.strerror or err}") from None
     detected = detect_task(labels, source=train_csv)
     if task is not None and task != detected:
         raise InputError(train_csv, f"asked for task {task!r} but the columns are those of {detected!r}")
-    folds = make_folds(labels, task=detected, k=k, seed=seed)
-    return atomic_write_csv(dataset_dir / "folds.csv", folds.reset_index())
+    check_folder_ids(labels[ID_COLUMNS[detected]], csv=train_csv, column=ID_COLUMNS[detected])
+    return make_folds(labels, task=detected, k=k, seed=seed)
+
+
+def write_folds(dataset_dir: str | Path, *, k: int = 5, seed: int = 42, task: str | None = None,
+                out: str | Path | None = None) -> Path:
+    """Write ``folds.csv`` (``<id column>,fold``) from ``DATASET_DIR/train.csv``.
+
+    Args:
+        dataset_dir: a Kaggle-layout dataset folder.
+        k: number of folds.
+        seed: shuffling seed.
+        task: ``"cervical"`` / ``"lumbar"``; detected from train.csv columns when ``None``.
+        out: the file to write; default ``DATASET_DIR/folds.csv`` (pass one elsewhere for a read-only
+            dataset, then point ``data.folds_file`` at it).
+
+    Returns:
+        The path written (atomically).
+
+    Raises:
+        InputError: train.csv missing, unreadable or of the wrong task; ``out`` a folder or not writable.
+        ConfigError: impossible ``k``.
+    """
+    target = Path(dataset_dir) / "folds.csv" if out is None else Path(out)
+    if target.is_dir():
+        raise InputError(target, "is a folder; --out names the folds CSV file to write")
+    folds = make_dataset_folds(dataset_dir, k=k, seed=seed, task=task)
+    try:
+        return atomic_write_csv(target, folds.reset_index())
+    except OSError as err:
+        hint = " (a read-only dataset? write the folds elsewhere with --out FILE)" if out is None else ""
+        raise InputError(target, f"cannot write: {err.strerror or err}{hint}") from None
+
+
+def load_folds(cfg: Any) -> pd.Series:
+    """The folds a training run uses: ``data.folds_file``, else ``DATASET/folds.csv``, else made in memory."""
+    data = cfg.data
+    path = Path(data.folds_file) if data.folds_file is not None else Path(data.dataset_dir) / "folds.csv"
+    if path.is_file():
+        return read_folds(path)
+    if data.folds_file is not None:
+        raise InputError(path, "data.folds_file not found (write it with `spinelab folds DATASET --out FILE`)")
+    return make_dataset_folds(data.dataset_dir, k=data.folds, seed=data.fold_seed, task=cfg.task)
 
 
 def read_folds(dataset_dir: str | Path) -> pd.Series:
@@ -217,11 +256,16 @@ def read_folds(dataset_dir: str | Path) -> pd.Series:
         frame = pd.read_csv(path, dtype={"StudyInstanceUID": str, "study_id": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise InputError(path, f"cannot parse CSV: {err}") from err
+    except OSError as err:
+        raise InputError(path, f"cannot read: {err.strerror or err}") from None
     id_cols = [c for c in ID_COLUMNS.values() if c in frame.columns]
     if len(id_cols) != 1 or "fold" not in frame.columns:
         raise InputError(
             path, f"expected columns '<StudyInstanceUID|study_id>,fold', got {list(frame.columns)}"
         )
+    from spinelab.data.study_ids import check_folder_ids
+
+    check_folder_ids(frame[id_cols[0]], csv=path, column=id_cols[0])
     fold = pd.to_numeric(frame["fold"], errors="coerce")
     if fold.isna().any() or (fold < 0).any():
         raise InputError(path, "fold values must be non-negative integers")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from spinelab.data.study_ids import check_folder_ids
 from spinelab.errors import InputError
 from spinelab.registry import (
     LUMBAR_CONDITION_TITLES,
@@ -66,7 +67,9 @@ def _read_csv(path: Path, columns: list[str]) -> pd.DataFrame:
         frame = pd.read_csv(path, dtype={"study_id": "int64"} if "study_id" in columns else None,
                             keep_default_na=False, na_values=[""])
     except (ValueError, pd.errors.ParserError) as err:
-        raise InputError(path, f"cannot parse the CSV ({err})") from err
+        raise InputError(path, f"cannot parse the CSV ({str(err).splitlines()[0]})") from None
+    except OSError as err:
+        raise InputError(path, f"cannot read: {err.strerror or err}") from None
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise InputError(path, f"missing columns {missing}; found {list(frame.columns)}")
@@ -92,6 +95,7 @@ def find_lumbar_studies(dataset_dir: str | Path, split: str = "train") -> list[L
         raise InputError(root, f"split must be 'train' or 'test', got {split!r}")
     csv = root / f"{split}_series_descriptions.csv"
     frame = _read_csv(csv, ["study_id", "series_id", "series_description"])
+    check_folder_ids(frame["series_id"], csv=csv, column="series_id")
     unknown = sorted(set(frame["series_description"]) - set(LUMBAR_SERIES_TYPES))
     if unknown:
         raise InputError(csv, f"unknown series descriptions {unknown}; expected {list(LUMBAR_SERIES_TYPES)}")
@@ -143,6 +147,7 @@ def read_lumbar_coordinates(path: str | Path) -> pd.DataFrame:
     """
     path = Path(path)
     frame = _read_csv(path, ["study_id", "series_id", "instance_number", "condition", "level", "x", "y"])
+    check_folder_ids(frame["series_id"], csv=path, column="series_id")
     cond_keys = {v: k for k, v in LUMBAR_CONDITION_TITLES.items()}
     level_keys = {v: k for k, v in LUMBAR_LEVEL_TITLES.items()}
     frame["condition_key"] = frame["condition"].map(cond_keys)

@@ -1,33 +1,142 @@
-"""Before training: the volume cache and the folds of a dataset exist (each built once, then reused)."""
+"""Before training: check the dataset, then make sure the volume cache and the folds exist.
+
+Nothing is written into the dataset folder (Kaggle's ``/kaggle/input`` is read-only). What training
+derives goes under the run folder unless the config names another place (``spinelab.config.schema.DataConfig``).
+"""
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["prepare_dataset"]
+import pandas as pd
+
+from spinelab.errors import InputError
+
+__all__ = ["check_dataset", "fold_count", "make_writable_folder", "prepare_dataset", "os_error"]
+
+log = logging.getLogger("spinelab")
+#: The image folder of the training split, in both Kaggle layouts.
+TRAIN_IMAGES = "train_images"
 
 
-def prepare_dataset(cfg: Any, *, progress: bool = True) -> Any:
-    """Build what training reads and fill in the config's defaults.
+def os_error(err: OSError, fallback: str | Path) -> InputError:
+    """One-line ``InputError`` for a failed read or write (read-only file system, permissions, disk full)."""
+    return InputError(err.filename or fallback, f"file system error: {err.strerror or err}")
 
-    ``cfg.data.cache_dir`` defaults to ``<dataset>_cache`` beside the dataset; the cache build skips series
-    already cached (a rerun resumes); ``folds.csv`` is written when missing.
+
+def make_writable_folder(path: str | Path) -> Path:
+    """Create ``path`` (and parents) and check that files can be written in it.
+
+    Raises:
+        InputError: a file stands there, or the folder cannot be created or written (read-only, permissions).
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(path, "exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise os_error(err, path) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise InputError(path, "folder is not writable")
+    return path
+
+
+def check_dataset(cfg: Any) -> None:
+    """The dataset folder, its ``train.csv`` (with safe study ids) and its ``train_images/`` exist.
+
+    Raises:
+        InputError: naming the first missing or bad input.
+    """
+    from spinelab.data.folds import ID_COLUMNS
+    from spinelab.data.study_ids import check_folder_ids
+
+    dataset = Path(cfg.data.dataset_dir)
+    if not dataset.is_dir():
+        raise InputError(dataset, "dataset folder does not exist (data.dataset_dir)")
+    train_csv = dataset / "train.csv"
+    if not train_csv.is_file():
+        raise InputError(train_csv, "train.csv not found: is data.dataset_dir a Kaggle-layout dataset?")
+    if not (dataset / TRAIN_IMAGES).is_dir():
+        raise InputError(dataset / TRAIN_IMAGES, "image folder not found: is data.dataset_dir a Kaggle-layout "
+                                                 "dataset?")
+    column = ID_COLUMNS[cfg.task]
+    try:
+        ids = pd.read_csv(train_csv, dtype=str, usecols=lambda c: c == column)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as err:
+        raise InputError(train_csv, f"cannot parse CSV: {str(err).splitlines()[0]}") from None
+    except OSError as err:
+        raise InputError(train_csv, f"cannot read: {err.strerror or err}") from None
+    if column not in ids.columns:
+        raise InputError(train_csv, f"no {column} column (is this the {cfg.task} dataset?)")
+    check_folder_ids(ids[column], csv=train_csv, column=column)
+    if cfg.data.folds_file is not None and not Path(cfg.data.folds_file).is_file():
+        raise InputError(cfg.data.folds_file, "data.folds_file not found "
+                                              "(write it with `spinelab folds DATASET --out FILE`)")
+
+
+def fold_count(cfg: Any) -> int:
+    """Number of folds training will see: that of the folds file in use when one exists, else ``data.folds``."""
+    from spinelab.data.folds import read_folds
+
+    data = cfg.data
+    path = Path(data.folds_file) if data.folds_file is not None else Path(data.dataset_dir) / "folds.csv"
+    if path.is_file():
+        folds = read_folds(path)
+        return int(folds.max()) + 1 if len(folds) else data.folds
+    return data.folds
+
+
+def prepare_dataset(cfg: Any, run_dir: str | Path, *, progress: bool = True) -> Any:
+    """Resolve where the cache, folds and derived labels live, build the cache and write the folds.
+
+    Defaults (fields left unset): ``data.cache_dir`` = ``<dataset>_cache`` beside the dataset when that
+    folder exists (an earlier build), else ``RUN_DIR/cache``; ``data.folds_file`` = ``DATASET/folds.csv``
+    when it exists, else the folds are made and written to ``RUN_DIR/folds.csv``; ``data.derived_dir`` =
+    ``DATASET/derived`` when it holds ``slice_labels.csv``, else ``RUN_DIR/derived``. The cache build skips
+    series already cached (a rerun resumes); a cache folder that exists but is read-only is used as it is.
 
     Args:
-        cfg: a cervical or lumbar experiment config (its ``task`` picks the stratification).
+        cfg: a cervical or lumbar experiment config (its ``task`` picks the stratification); call
+            ``check_dataset`` first.
+        run_dir: the run folder (created).
 
     Returns:
-        ``cfg`` with ``data.cache_dir`` set.
+        ``cfg`` with ``data.cache_dir``, ``data.folds_file`` and ``data.derived_dir`` set.
+
+    Raises:
+        InputError: a folder that cannot be written (read-only, permissions, disk full), with its path.
     """
-    from spinelab.data.folds import write_folds
+    from spinelab.data.folds import make_dataset_folds
+    from spinelab.io.atomic import atomic_write_csv
     from spinelab.io.cache import build_cache
 
     data = cfg.data
     dataset = Path(data.dataset_dir)
+    run_dir = make_writable_folder(run_dir)
     if data.cache_dir is None:
-        data.cache_dir = dataset.parent / f"{dataset.name}_cache"
-    build_cache(dataset, data.cache_dir, workers=2, progress=progress)
-    if not (dataset / "folds.csv").is_file():
-        write_folds(dataset, k=data.folds, seed=data.fold_seed, task=cfg.task)
+        beside = dataset.parent / f"{dataset.name}_cache"
+        data.cache_dir = beside if beside.is_dir() else run_dir / "cache"
+    if data.derived_dir is None:
+        beside = dataset / "derived"
+        data.derived_dir = beside if (beside / "slice_labels.csv").is_file() else run_dir / "derived"
+    cache = Path(data.cache_dir)
+    try:
+        if cache.is_dir() and not os.access(cache, os.W_OK | os.X_OK):
+            # A cache shipped read-only (a Kaggle dataset of its own): series missing from it are decoded
+            # from DICOM when read (``load_series``), so training still works.
+            log.warning("%s: volume cache is read-only; using it as it is", cache)
+        else:
+            build_cache(dataset, cache, workers=2, progress=progress)
+        if data.folds_file is None:
+            if (dataset / "folds.csv").is_file():
+                data.folds_file = dataset / "folds.csv"
+            else:
+                folds = make_dataset_folds(dataset, k=data.folds, seed=data.fold_seed, task=cfg.task)
+                data.folds_file = atomic_write_csv(run_dir / "folds.csv", folds.reset_index())
+    except OSError as err:
+        raise os_error(err, data.cache_dir) from None
     return cfg

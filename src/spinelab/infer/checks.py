@@ -203,16 +203,13 @@ def check_cervical_input(volume: Volume) -> InputCheck:
 
 def check_cervical_localization(summary: dict[str, Any], volume: Volume) -> list[str]:
     """Warnings on what stage 1 found: head-to-feet order, plausible lengths (mm); missing ones are in
-    ``summary["warnings"]`` already."""
-    from spinelab.tasks.cervical.studies import head_first
-
+    ``summary["warnings"]`` already. ``volume`` is canonical (index 0 the most cranial slice)."""
     found = {v: r for v, r in summary["ranges"].items() if r is not None and v not in summary["missing"]}
     if not found:
         return []
     step = volume.spacing[0]
-    sign = 1.0 if head_first(volume) else -1.0
     warnings = []
-    centres = [(v, sign * (r[0] + r[1]) / 2) for v, r in found.items()]
+    centres = [(v, (r[0] + r[1]) / 2) for v, r in found.items()]
     order = [v for v, _ in sorted(centres, key=lambda c: (c[1], c[0]))]
     if order != sorted(found, key=lambda v: int(v[1:])):
         warnings.append(f"vertebrae found out of head-to-feet order: {', '.join(order)}")

@@ -1,49 +1,73 @@
 """Train one stage on one fold (or on all data) into the run folder, with checkpoints and OOF output.
 
-Run folder layout (the API of ``spinelab predict``; nnU-Net's results folder is the model)::
-
-    RUN_DIR/config.yaml                 resolved config (input contract: windows, sizes, slices)
-    RUN_DIR/folds.csv                   the folds used
-    RUN_DIR/<stage>/fold_<k>/           checkpoint_best.ckpt, checkpoint_last.ckpt, model.pt,
-                                        logs/version_N/ (metrics.csv, TensorBoard), oof.csv, scores.json
-    RUN_DIR/<stage>/full/               the same for a model trained on all data (no validation, so no
-                                        checkpoint_best: model.pt is the last epoch)
+The run-folder layout and its readers live in ``spinelab.train.run_folder`` (no Lightning import, so
+inference can use them); they are re-exported here. Lightning is imported only when training starts.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
 from spinelab.config.schema import TrainerConfig
+from spinelab.errors import InputError
 from spinelab.io.atomic import atomic_path, atomic_write_csv, atomic_write_json
-from spinelab.train.module import SpineModule
+from spinelab.train.run_folder import (
+    fold_dir,
+    load_stage_models,
+    model_sha256,
+    parse_fold_spec,
+    read_training_log,
+    safe_torch_load,
+    select_folds,
+    trained_folds,
+)
 from spinelab.train.stage import Stage
 
+log = logging.getLogger("spinelab")
+#: What ``train.keep`` / ``--keep`` leaves in a finished fold folder besides model.pt, logs and scores.
+KEEP_CHOICES: dict[str, tuple[str, ...]] = {
+    "all": ("checkpoint_best.ckpt", "checkpoint_last.ckpt"),
+    "last": ("checkpoint_last.ckpt",),
+    "best": ("checkpoint_best.ckpt",),
+    "model": (),
+}
+SCORES_SCHEMA_VERSION = 1
+
 __all__ = [
+    "KEEP_CHOICES",
     "train_stage",
+    "train_folds",
+    "predict_dataset",
     "fold_dir",
     "load_stage_models",
+    "model_sha256",
     "trained_folds",
     "select_folds",
     "parse_fold_spec",
     "read_training_log",
+    "safe_torch_load",
 ]
 
 
-def fold_dir(run_dir: str | Path, stage: str, fold: int | None) -> Path:
-    """``RUN_DIR/<stage>/fold_<k>`` or ``RUN_DIR/<stage>/full``."""
-    return Path(run_dir) / stage / ("full" if fold is None else f"fold_{fold}")
+def _finished(out: Path, epochs: int) -> dict[str, Any] | None:
+    """The scores of a fold that already trained ``epochs`` epochs (model.pt written), else ``None``."""
+    scores_path, model = out / "scores.json", out / "model.pt"
+    if not (scores_path.is_file() and model.is_file()):
+        return None
+    try:
+        scores = json.loads(scores_path.read_text())
+    except (OSError, ValueError):
+        return None
+    return scores if isinstance(scores, dict) and scores.get("epochs", -1) >= epochs else None
 
 
 def train_stage(stage: Stage, *, trainer_cfg: TrainerConfig, fold: int | None, resume: bool = False,
@@ -54,15 +78,33 @@ def train_stage(stage: Stage, *, trainer_cfg: TrainerConfig, fold: int | None, r
         stage: what to train.
         trainer_cfg: devices, strategy, precision (passed to ``lightning.Trainer``).
         fold: validation fold; ``None`` trains on all data without validation.
-        resume: continue from ``checkpoint_last.ckpt`` when it exists (a killed run).
+        resume: continue from ``checkpoint_last.ckpt`` when it exists (a killed run); a fold that already
+            finished its epochs (model.pt and scores.json written) is left as it is.
         progress: show a progress bar.
 
     Returns:
         ``{"dir": fold folder, "scores": validation metrics of the best model, "seconds": training wall time,
         summed over the resumed parts that finished}``.
+
+    Raises:
+        InputError: ``checkpoint_last.ckpt`` holds more than tensors and plain data, or cannot be read.
     """
     tc = stage.train_config
     out = fold_dir(stage.run_dir, stage.name, fold)
+    if resume and (done := _finished(out, tc.epochs)) is not None:
+        log.info("%s: already trained (%s epochs); --resume leaves it as it is", out, done.get("epochs"))
+        return {"dir": out, "scores": done, "seconds": float(done.get("seconds", 0.0))}
+    last = out / "checkpoint_last.ckpt"
+    resuming = resume and last.is_file()
+    if resuming:
+        # Lightning loads it again below, also with weights_only=True; this load gives the one-line error.
+        safe_torch_load(last)
+    import lightning as L
+    from lightning.pytorch.callbacks import EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from spinelab.train.module import SpineModule
+
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(tc.seed + (0 if fold is None else fold), workers=True, verbose=False)
     train_ds, val_ds = stage.datasets(fold)
@@ -104,8 +146,6 @@ def train_stage(stage: Stage, *, trainer_cfg: TrainerConfig, fold: int | None, r
     )
     module = SpineModule(stage)
     stage.initialize(module.model, fold)  # a resumed run then loads its checkpoint over these weights
-    last = out / "checkpoint_last.ckpt"
-    resuming = resume and last.is_file()
     # Training time adds up over resumed parts (those that finished; a killed part's time is not known).
     earlier = (json.loads((out / "scores.json").read_text()).get("seconds", 0.0)
                if resuming and (out / "scores.json").is_file() else 0.0)
@@ -113,27 +153,67 @@ def train_stage(stage: Stage, *, trainer_cfg: TrainerConfig, fold: int | None, r
     with warnings.catch_warnings():
         # The fold folder holds logs/ (and, on --resume, the checkpoints being continued) by design.
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-        trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resuming else None)
+        trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resuming else None,
+                    weights_only=True)
     seconds = time.perf_counter() - start + earlier
     if trainer.global_rank != 0:
         return {"dir": out, "scores": {}, "seconds": seconds}
 
     # The best checkpoint holds the (EMA-averaged) weights to keep; model.pt is what inference loads.
     best = Path(checkpoint.best_model_path) if checkpoint is not None and checkpoint.best_model_path else last
-    state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+    if not best.is_file():
+        # A fold continued with more epochs after train.keep removed its best checkpoint, and no later
+        # epoch did better: the last epoch is what is left.
+        log.warning("%s: best checkpoint %s no longer exists; model.pt takes the last epoch", out, best.name)
+        best = last
+    state = safe_torch_load(best)["state_dict"]
     weights = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
     with atomic_path(out / "model.pt", suffix=".pt") as tmp:
         torch.save(weights, tmp)
-    scores: dict[str, Any] = {"epochs": trainer.current_epoch, "global_step": trainer.global_step,
-                              "seconds": round(seconds, 1), "best_checkpoint": best.name}
+    scores: dict[str, Any] = {"schema_version": SCORES_SCHEMA_VERSION, "epochs": trainer.current_epoch,
+                              "global_step": trainer.global_step, "seconds": round(seconds, 1),
+                              "best_checkpoint": best.name, "model_sha256": model_sha256(out / "model.pt")}
     if val_ds is not None:
         model = stage.build_model()
         model.load_state_dict(weights)
         oof = predict_dataset(stage, model, val_ds)
         atomic_write_csv(out / "oof.csv", oof)
         scores.update({k: float(v) for k, v in stage.evaluate(oof).items()})
+    kept = _prune_checkpoints(out, tc.keep)
+    scores["checkpoints_kept"] = kept
     atomic_write_json(out / "scores.json", scores)
     return {"dir": out, "scores": scores, "seconds": seconds}
+
+
+def train_folds(stage: Stage, folds: list[int | None], *, trainer_cfg: TrainerConfig, resume: bool = False,
+                progress: bool = True) -> list[dict[str, Any]]:
+    """``train_stage`` for each fold in turn; the weight hashes of provenance.json follow each fold."""
+    from spinelab.train.provenance import record_weights
+
+    results = []
+    for f in folds:
+        results.append(train_stage(stage, trainer_cfg=trainer_cfg, fold=f, resume=resume, progress=progress))
+        if results[-1]["scores"]:  # rank 0 only: the other ranks return no scores
+            record_weights(stage.run_dir)
+    return results
+
+
+def _prune_checkpoints(out: Path, keep: str) -> list[str]:
+    """Delete the Lightning checkpoints of a finished fold that ``keep`` does not name; return those left.
+
+    ``best`` falls back to ``checkpoint_last.ckpt`` when the stage has no best checkpoint (no validation
+    fold or no monitor), since that one then holds the weights of model.pt.
+    """
+    wanted = set(KEEP_CHOICES[keep])
+    if keep == "best" and not (out / "checkpoint_best.ckpt").is_file():
+        wanted = {"checkpoint_last.ckpt"}
+    for ckpt in out.glob("checkpoint_*.ckpt"):
+        if ckpt.name not in wanted:
+            try:
+                ckpt.unlink()
+            except OSError as err:
+                raise InputError(ckpt, f"cannot delete (train.keep={keep}): {err.strerror or err}") from None
+    return sorted(p.name for p in out.glob("checkpoint_*.ckpt"))
 
 
 @torch.inference_mode()
@@ -145,70 +225,3 @@ def predict_dataset(stage: Stage, model: torch.nn.Module, dataset: Any, *, batch
                         collate_fn=stage.collate_fn(), num_workers=0)
     frames = [stage.predictions(stage.forward(model, batch), batch) for batch in loader]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
-def read_training_log(fold_folder: str | Path) -> pd.DataFrame:
-    """All CSV logs of one fold (every resumed part, in order) as one frame."""
-    parts = sorted(Path(fold_folder).glob("logs/version_*/metrics.csv"),
-                   key=lambda p: int(p.parent.name.removeprefix("version_")))
-    return pd.concat([pd.read_csv(p) for p in parts], ignore_index=True) if parts else pd.DataFrame()
-
-
-def trained_folds(run_dir: str | Path, stage: str) -> list[int | None]:
-    """Folds of ``stage`` that have weights (``None`` stands for the full-data model)."""
-    root = Path(run_dir) / stage
-    found: list[int | None] = []
-    if not root.is_dir():
-        return found
-    for d in sorted(root.iterdir()):
-        if (d / "model.pt").is_file():
-            found.append(None if d.name == "full" else int(d.name.removeprefix("fold_")))
-    return found
-
-
-def parse_fold_spec(spec: str, k: int) -> list[int | None]:
-    """``"all"`` -> every fold in turn, ``"full"`` -> the all-data model (``None``), ``"0,2"`` -> those folds."""
-    if spec == "all":
-        return list(range(k))
-    if spec == "full":
-        return [None]
-    try:
-        return [int(f) for f in spec.split(",")]
-    except ValueError:
-        from spinelab.errors import ConfigError
-
-        raise ConfigError(f"--fold must be 'all', 'full' or fold numbers like '0,1', got {spec!r}") from None
-
-
-def select_folds(run_dir: str | Path, stage: str, folds: list[int | None] | None) -> list[int | None]:
-    """Folds of ``stage`` to ensemble: the requested ones (all must be trained), else every trained CV fold,
-    else the full-data model."""
-    from spinelab.errors import InputError
-
-    available = trained_folds(run_dir, stage)
-    if folds is None:
-        return [f for f in available if f is not None] or available
-    missing = [f for f in folds if f not in available]
-    if missing:
-        raise InputError(Path(run_dir) / stage, f"folds {missing} not trained (available: {available})")
-    return list(folds)
-
-
-def load_stage_models(stage: Stage, folds: list[int | None] | None = None, *, device: str = "cpu"
-                      ) -> list[torch.nn.Module]:
-    """Build and load the models of ``stage`` for the given folds (default: every trained fold)."""
-    from spinelab.errors import InputError
-
-    folds = trained_folds(stage.run_dir, stage.name) if folds is None else folds
-    if not folds:
-        raise InputError(stage.run_dir / stage.name, "no trained model (model.pt) found; run `spinelab train`")
-    models = []
-    for f in folds:
-        path = fold_dir(stage.run_dir, stage.name, f) / "model.pt"
-        if not path.is_file():
-            raise InputError(path, "model weights not found")
-        model = stage.build_model()
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        models.append(model.eval().to(device))
-    return models
-

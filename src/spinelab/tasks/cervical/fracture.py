@@ -27,7 +27,7 @@ from spinelab.io.volume import Volume
 from spinelab.registry import CERVICAL_TARGETS, CERVICAL_WEIGHTS, VERTEBRAE
 from spinelab.tasks.cervical.slices import stack_images
 from spinelab.tasks.cervical.studies import CervicalStudies, canonical_fracture_slices
-from spinelab.train.run import fold_dir
+from spinelab.train.run_folder import fold_dir, safe_torch_load
 from spinelab.train.stage import Stage
 
 log = logging.getLogger("spinelab")
@@ -167,7 +167,7 @@ def load_trained_backbone(backbone: torch.nn.Module, run_dir: str | Path, stage:
         path = fold_dir(run_dir, stage, f) / "model.pt"
         if not path.is_file():
             continue
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = safe_torch_load(path, what="starting weights")
         state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
         own = backbone.state_dict()
         if state.keys() != own.keys() or any(state[k].shape != own[k].shape for k in own):

@@ -19,29 +19,32 @@ from spinelab.tasks.cervical.fracture import FractureStage, evaluate_cervical
 from spinelab.tasks.cervical.frames import FrameStage
 from spinelab.tasks.cervical.localization import LocalizerStage, localize, summarize_localization
 from spinelab.tasks.cervical.studies import CervicalStudies
-from spinelab.train.run import load_stage_models, parse_fold_spec, train_stage, trained_folds
+from spinelab.train.provenance import start_provenance
+from spinelab.train.run import load_stage_models, parse_fold_spec, train_folds, trained_folds
 
 __all__ = ["train_cervical", "localize_training_studies", "prepare_cervical_data"]
 
 log = logging.getLogger("spinelab")
+CV_SCHEMA_VERSION = 1
 
 
-def prepare_cervical_data(cfg: CervicalConfig, *, progress: bool = True) -> CervicalConfig:
+def prepare_cervical_data(cfg: CervicalConfig, run_dir: Path, *, progress: bool = True) -> CervicalConfig:
     """The volume cache, folds and derived slice labels exist (each built once, then reused)."""
     from spinelab.data.cervical_labels import derive_cervical_labels
     from spinelab.data.prepare import prepare_dataset
 
-    cfg = prepare_dataset(cfg, progress=progress)
-    dataset = Path(cfg.data.dataset_dir)
-    derived = Path(cfg.data.derived_dir or dataset / "derived")
+    cfg = prepare_dataset(cfg, run_dir, progress=progress)
+    derived = Path(cfg.data.derived_dir)
     if not (derived / "slice_labels.csv").is_file():
-        derive_cervical_labels(dataset, out=derived, cache_dir=cfg.data.cache_dir, progress=progress)
+        derive_cervical_labels(cfg.data.dataset_dir, out=derived, cache_dir=cfg.data.cache_dir, progress=progress)
     return cfg
 
 
 def train_cervical(cfg: CervicalConfig, run_dir: Path, *, fold: str = "all", stage: str = "all",
                    resume: bool = False, progress: bool = True) -> Path:
     """Train stage 1 and/or stage 2 for the requested folds into ``run_dir``.
+
+    Options and inputs are checked before anything is built or written.
 
     Args:
         cfg: validated cervical config.
@@ -51,33 +54,32 @@ def train_cervical(cfg: CervicalConfig, run_dir: Path, *, fold: str = "all", sta
             runs it when ``frames.enabled``) or ``"stage2"``.
         resume: continue killed folds from their last checkpoint.
     """
+    from spinelab.data.prepare import check_dataset, fold_count
+
     if stage not in ("all", "stage1", "frames", "stage2"):
         from spinelab.errors import ConfigError
 
         raise ConfigError(f"unknown cervical stage {stage!r}; choose all, stage1, frames or stage2")
-    cfg = prepare_cervical_data(cfg, progress=progress)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    folds = parse_fold_spec(fold, fold_count(cfg))
+    check_dataset(cfg)
+    run_dir = Path(run_dir)
+    cfg = prepare_cervical_data(cfg, run_dir, progress=progress)
     save_config(cfg, run_dir / "config.yaml")
+    start_provenance(run_dir, accelerator=cfg.trainer.accelerator)
     studies = CervicalStudies(cfg)
     atomic_write_csv(run_dir / "folds.csv", studies.folds.rename("fold").reset_index())
     atomic_write_json(run_dir / "targets.json", list(CERVICAL_TARGETS))
     prior = studies.labels[list(CERVICAL_TARGETS)].mean().to_dict()
     atomic_write_json(run_dir / "prior.json", prior)
-    folds = parse_fold_spec(fold, cfg.data.folds)
+    kw: dict[str, Any] = {"trainer_cfg": cfg.trainer, "resume": resume, "progress": progress}
     if stage in ("all", "stage1"):
-        s1 = LocalizerStage(cfg, run_dir)
-        for f in folds:
-            train_stage(s1, trainer_cfg=cfg.trainer, fold=f, resume=resume, progress=progress)
+        train_folds(LocalizerStage(cfg, run_dir), folds, **kw)
     if stage in ("all", "frames", "stage2"):
         localize_training_studies(cfg, run_dir, progress=progress)
     if stage == "frames" or (stage == "all" and cfg.frames.enabled):
-        frames = FrameStage(cfg, run_dir)
-        for f in folds:
-            train_stage(frames, trainer_cfg=cfg.trainer, fold=f, resume=resume, progress=progress)
+        train_folds(FrameStage(cfg, run_dir), folds, **kw)
     if stage in ("all", "stage2"):
-        s2 = FractureStage(cfg, run_dir)
-        for f in folds:
-            train_stage(s2, trainer_cfg=cfg.trainer, fold=f, resume=resume, progress=progress)
+        train_folds(FractureStage(cfg, run_dir), folds, **kw)
         write_cv_scores(run_dir)
     return run_dir
 
@@ -123,7 +125,7 @@ def write_cv_scores(run_dir: Path) -> dict[str, Any]:
         return {}
     oof = pd.concat(frames, ignore_index=True)
     atomic_write_csv(run_dir / "oof.csv", oof)
-    scores: dict[str, Any] = {"studies": len(oof), **evaluate_cervical(oof)}
+    scores: dict[str, Any] = {"schema_version": CV_SCHEMA_VERSION, "studies": len(oof), **evaluate_cervical(oof)}
     truth = oof[["StudyInstanceUID", *(f"true_{t}" for t in CERVICAL_TARGETS)]]
     truth.columns = ["StudyInstanceUID", *CERVICAL_TARGETS]
     constant = float(cervical_score(truth, cervical_prevalence_constant(truth)))

@@ -23,6 +23,7 @@ from spinelab.io.volume import Volume
 from spinelab.registry import CERVICAL_TARGETS, VERTEBRAE
 from spinelab.tasks.cervical.fracture import FractureStage, fracture_inputs
 from spinelab.tasks.cervical.localization import LocalizerStage, localize, summarize_localization
+from spinelab.tasks.cervical.studies import prepare_cervical_volume
 from spinelab.train.run import fold_dir, load_stage_models, select_folds
 
 __all__ = ["CervicalPredictor", "predict_cervical", "predict_cervical_dataset", "evaluate_cervical_predictions"]
@@ -96,6 +97,7 @@ class CervicalPredictor:
         Raises:
             StudyRefusedError: the study fails an input rule (any warning too with ``strict``).
         """
+        volume = prepare_cervical_volume(volume)  # the orientation the models were trained in
         check = check_cervical_input(volume)
         check.raise_if_refused(self.strict)
         summary = self.locate(volume)

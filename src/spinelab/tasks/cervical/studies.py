@@ -104,13 +104,10 @@ class CervicalStudies:
 
     @cached_property
     def folds(self) -> pd.Series:
-        """Fold of each study (from DATASET_DIR/folds.csv, written by `spinelab folds` or on demand)."""
-        from spinelab.data.folds import read_folds, write_folds
+        """Fold of each study (``data.folds_file``, else DATASET_DIR/folds.csv, else made in memory)."""
+        from spinelab.data.folds import load_folds
 
-        if not (self.dataset_dir / "folds.csv").is_file():
-            write_folds(self.dataset_dir, k=self.cfg.data.folds, seed=self.cfg.data.fold_seed, task="cervical")
-        folds = read_folds(self.dataset_dir)
-        return folds.reindex(self.labels.index)
+        return load_folds(self.cfg).reindex(self.labels.index)
 
     @cached_property
     def slice_labels(self) -> pd.DataFrame:

@@ -22,19 +22,21 @@ from spinelab.registry import LUMBAR_GRADES, lumbar_columns
 from spinelab.tasks.lumbar.grading import GradingStage
 from spinelab.tasks.lumbar.points import AxialPointStage, SagT1PointStage, SagT2PointStage, side_offsets
 from spinelab.tasks.lumbar.studies import LumbarStudies
-from spinelab.train.run import parse_fold_spec, train_stage, trained_folds
+from spinelab.train.provenance import start_provenance
+from spinelab.train.run import parse_fold_spec, train_folds, trained_folds
 
 __all__ = ["train_lumbar", "prepare_lumbar_data", "write_cv_scores"]
 
 log = logging.getLogger("spinelab")
+CV_SCHEMA_VERSION = 1
 STAGE1 = (SagT2PointStage, SagT1PointStage, AxialPointStage)
 
 
-def prepare_lumbar_data(cfg: LumbarConfig, *, progress: bool = True) -> LumbarConfig:
+def prepare_lumbar_data(cfg: LumbarConfig, run_dir: Path, *, progress: bool = True) -> LumbarConfig:
     """The volume cache and folds exist (each built once, then reused)."""
     from spinelab.data.prepare import prepare_dataset
 
-    return prepare_dataset(cfg, progress=progress)
+    return prepare_dataset(cfg, run_dir, progress=progress)
 
 
 def _prior(studies: LumbarStudies, ids: list[str]) -> np.ndarray:
@@ -61,14 +63,18 @@ def train_lumbar(cfg: LumbarConfig, run_dir: Path, *, fold: str = "all", stage: 
     Returns:
         ``run_dir``.
     """
+    from spinelab.data.prepare import check_dataset, fold_count
+
     if stage not in ("all", "stage1", "stage2"):
         from spinelab.errors import ConfigError
 
         raise ConfigError(f"unknown lumbar stage {stage!r}; choose all, stage1 or stage2")
-    cfg = prepare_lumbar_data(cfg, progress=progress)
+    folds = parse_fold_spec(fold, fold_count(cfg))
+    check_dataset(cfg)
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = prepare_lumbar_data(cfg, run_dir, progress=progress)
     save_config(cfg, run_dir / "config.yaml")
+    start_provenance(run_dir, accelerator=cfg.trainer.accelerator)
     studies = LumbarStudies(cfg)
     ids = list(studies.labels.index)
     folds_frame = studies.folds.rename("fold").rename_axis("study_id").reset_index()
@@ -76,16 +82,12 @@ def train_lumbar(cfg: LumbarConfig, run_dir: Path, *, fold: str = "all", stage: 
     atomic_write_json(run_dir / "targets.json", lumbar_columns())
     atomic_write_json(run_dir / "prior.json", _prior(studies, ids).tolist())
     atomic_write_json(run_dir / "geometry.json", {"t1_offsets_mm": side_offsets(studies, ids)})
-    folds = parse_fold_spec(fold, cfg.data.folds)
+    kw: dict[str, Any] = {"trainer_cfg": cfg.trainer, "resume": resume, "progress": progress}
     if stage in ("all", "stage1"):
         for cls in STAGE1:
-            s1 = cls(cfg, run_dir, studies)
-            for f in folds:
-                train_stage(s1, trainer_cfg=cfg.trainer, fold=f, resume=resume, progress=progress)
+            train_folds(cls(cfg, run_dir, studies), folds, **kw)
     if stage in ("all", "stage2"):
-        s2 = GradingStage(cfg, run_dir, studies)
-        for f in folds:
-            train_stage(s2, trainer_cfg=cfg.trainer, fold=f, resume=resume, progress=progress)
+        train_folds(GradingStage(cfg, run_dir, studies), folds, **kw)
     if stage in ("all", "stage2") and any(f is not None for f in folds):
         write_cv_scores(cfg, run_dir, studies=studies, progress=progress)
     return run_dir
@@ -140,7 +142,8 @@ def write_cv_scores(cfg: LumbarConfig, run_dir: Path, *, studies: LumbarStudies 
         const_parts.append(c)
     constant = lumbar_score_details(truth, pd.concat(const_parts, ignore_index=True))
     scores: dict[str, Any] = {
-        "studies": len(truth), "folds": sorted(done), "lumbar_score": details["score"],
+        "schema_version": CV_SCHEMA_VERSION, "studies": len(truth), "folds": sorted(done),
+        "lumbar_score": details["score"],
         "parts": {k: v for k, v in details.items() if k != "score"},
         "weight_optimal_constant_score": constant["score"],
         "relative_improvement": 1 - details["score"] / constant["score"],

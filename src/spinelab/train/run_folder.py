@@ -1,0 +1,161 @@
+"""Reading a run folder: trained folds, weights and their hashes (no Lightning import: inference uses this).
+
+Run folder layout (the API of ``spinelab predict``; nnU-Net's results folder is the model)::
+
+    RUN_DIR/config.yaml                 resolved config (input contract: windows, sizes, slices)
+    RUN_DIR/folds.csv                   the folds used
+    RUN_DIR/provenance.json             how the run was made (versions, command, machine, weight hashes)
+    RUN_DIR/<stage>/fold_<k>/           model.pt, checkpoint_last.ckpt / checkpoint_best.ckpt (see --keep),
+                                        logs/version_N/ (metrics.csv, TensorBoard), oof.csv, scores.json
+    RUN_DIR/<stage>/full/               the same for a model trained on all data (no validation, so no
+                                        checkpoint_best: model.pt is the last epoch)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import re
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from spinelab.errors import ConfigError, InputError
+
+if TYPE_CHECKING:
+    from spinelab.train.stage import Stage
+
+__all__ = [
+    "fold_dir",
+    "trained_folds",
+    "parse_fold_spec",
+    "select_folds",
+    "safe_torch_load",
+    "load_stage_models",
+    "model_sha256",
+    "read_training_log",
+]
+
+
+def fold_dir(run_dir: str | Path, stage: str, fold: int | None) -> Path:
+    """``RUN_DIR/<stage>/fold_<k>`` or ``RUN_DIR/<stage>/full``."""
+    return Path(run_dir) / stage / ("full" if fold is None else f"fold_{fold}")
+
+
+def trained_folds(run_dir: str | Path, stage: str) -> list[int | None]:
+    """Folds of ``stage`` that have weights (``None`` stands for the full-data model)."""
+    root = Path(run_dir) / stage
+    found: list[int | None] = []
+    if not root.is_dir():
+        return found
+    for d in sorted(root.iterdir()):
+        if not (d / "model.pt").is_file():
+            continue
+        if d.name == "full":
+            found.append(None)
+        elif d.name.startswith("fold_") and d.name.removeprefix("fold_").isdigit():
+            found.append(int(d.name.removeprefix("fold_")))
+    return found
+
+
+def parse_fold_spec(spec: str, k: int) -> list[int | None]:
+    """``"all"`` -> every fold in turn, ``"full"`` -> the all-data model (``None``), ``"0,2"`` -> those folds.
+
+    Raises:
+        ConfigError: a fold that is not a number, or one outside ``0 .. k-1`` (checked before any work).
+    """
+    spec = str(spec).strip()
+    if spec == "all":
+        return list(range(k))
+    if spec == "full":
+        return [None]
+    parts = [p.strip() for p in spec.split(",")]
+    if not all(p.isdigit() for p in parts):
+        raise ConfigError(f"--fold must be 'all', 'full' or fold numbers like '0,1', got {spec!r}")
+    folds = [int(p) for p in parts]
+    outside = [f for f in folds if f >= k]
+    if outside:
+        raise ConfigError(f"--fold {spec}: fold(s) {outside} out of range: the dataset has {k} folds (0..{k - 1})")
+    return list(dict.fromkeys(folds))
+
+
+def select_folds(run_dir: str | Path, stage: str, folds: list[int | None] | None) -> list[int | None]:
+    """Folds of ``stage`` to ensemble: the requested ones (all must be trained), else every trained CV fold,
+    else the full-data model."""
+    available = trained_folds(run_dir, stage)
+    if folds is None:
+        return [f for f in available if f is not None] or available
+    missing = [f for f in folds if f not in available]
+    if missing:
+        raise InputError(Path(run_dir) / stage, f"folds {missing} not trained (available: {available})")
+    return list(folds)
+
+
+def safe_torch_load(path: str | Path, *, what: str = "checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU; any failure is one ``InputError`` naming the file.
+
+    ``weights_only=True`` refuses pickles that would build arbitrary objects (a planted checkpoint cannot run
+    code); a truncated or garbage file is refused the same way.
+    """
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        text = str(err)
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if found:  # a reference to a class or function: what a planted pickle needs to run code
+            raise InputError(path, f"{what} refused: it references {found.group(1)}, not only tensors and plain "
+                                   "data (spinelab loads with weights_only=True)") from None
+        detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+        reason = detail.group(1).strip() if detail else (text.strip().splitlines() or [type(err).__name__])[0]
+        raise InputError(path, f"{what} cannot be read (truncated or not a torch file): {reason[:200]}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(path, f"{what} cannot be read (truncated or not a torch file): {first[:200]}") from None
+
+
+def load_stage_models(stage: Stage, folds: list[int | None] | None = None, *, device: str = "cpu"
+                      ) -> list[torch.nn.Module]:
+    """Build and load the models of ``stage`` for the given folds (default: every trained fold)."""
+    folds = trained_folds(stage.run_dir, stage.name) if folds is None else folds
+    if not folds:
+        raise InputError(stage.run_dir / stage.name, "no trained model (model.pt) found; run `spinelab train`")
+    models = []
+    for f in folds:
+        path = fold_dir(stage.run_dir, stage.name, f) / "model.pt"
+        if not path.is_file():
+            raise InputError(path, "model weights not found")
+        state = safe_torch_load(path, what="model weights")
+        if not isinstance(state, dict):
+            raise InputError(path, f"model weights must be a state dict, got {type(state).__name__}")
+        model = stage.build_model()
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[0]
+            raise InputError(path, f"weights do not fit the model of config.yaml: {first[:200]}") from None
+        models.append(model.eval().to(device))
+    return models
+
+
+def model_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a weights file (recorded in provenance.json and in study results)."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as err:
+        raise InputError(path, f"cannot read: {err.strerror or err}") from None
+    return digest.hexdigest()
+
+
+def read_training_log(fold_folder: str | Path) -> Any:
+    """All CSV logs of one fold (every resumed part, in order) as one pandas frame."""
+    import pandas as pd
+
+    parts = sorted(Path(fold_folder).glob("logs/version_*/metrics.csv"),
+                   key=lambda p: int(p.parent.name.removeprefix("version_")))
+    return pd.concat([pd.read_csv(p) for p in parts], ignore_index=True) if parts else pd.DataFrame()
