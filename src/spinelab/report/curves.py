@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from spinelab.report.figures import plt, save_figure
-from spinelab.train.run import read_training_log
+from spinelab.train.run_folder import read_training_log
 
 __all__ = ["plot_training_curves"]
 

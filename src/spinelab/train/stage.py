@@ -94,4 +94,5 @@ class Stage(ABC):
         """Create the stage's model from the registry."""
         mc = self.model_config
         return create_model(mc.name, backbone=mc.backbone, pretrained_path=mc.pretrained_path,
+                            pretrained_sha256=mc.pretrained_sha256,
                             hidden=mc.hidden, drop_rate=mc.drop_rate, **self.model_kwargs())

@@ -24,7 +24,7 @@ from spinelab.registry import CERVICAL_TARGETS, VERTEBRAE
 from spinelab.tasks.cervical.fracture import FractureStage, fracture_inputs
 from spinelab.tasks.cervical.localization import LocalizerStage, localize, summarize_localization
 from spinelab.tasks.cervical.studies import prepare_cervical_volume
-from spinelab.train.run import fold_dir, load_stage_models, select_folds
+from spinelab.train.run_folder import fold_dir, load_stage_models, select_folds
 
 __all__ = ["CervicalPredictor", "predict_cervical", "predict_cervical_dataset", "evaluate_cervical_predictions"]
 

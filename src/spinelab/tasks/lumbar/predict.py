@@ -26,7 +26,7 @@ from spinelab.tasks.lumbar.grading import FLIP_ORDER, GradingStage, flip_items, 
 from spinelab.tasks.lumbar.localize import localize_study
 from spinelab.tasks.lumbar.points import AxialPointStage, SagT1PointStage, SagT2PointStage, read_geometry
 from spinelab.tasks.lumbar.studies import LumbarStudy, load_study, read_descriptions
-from spinelab.train.run import fold_dir, load_stage_models, select_folds
+from spinelab.train.run_folder import fold_dir, load_stage_models, select_folds
 
 __all__ = ["LumbarPredictor", "predict_lumbar", "predict_lumbar_dataset", "evaluate_lumbar_predictions",
            "point_errors", "sagittal_variants"]
