@@ -97,9 +97,9 @@ class CervicalPredictor:
         Raises:
             StudyRefusedError: the study fails an input rule (any warning too with ``strict``).
         """
-        volume = prepare_cervical_volume(volume)  # the orientation the models were trained in
-        check = check_cervical_input(volume)
+        check = check_cervical_input(volume)  # on the series as stored: its slice axis is what was scanned
         check.raise_if_refused(self.strict)
+        volume = prepare_cervical_volume(volume)  # the orientation the models were trained in
         summary = self.locate(volume)
         after = InputCheck(warnings=summary["warnings"] + check_cervical_localization(summary, volume),
                            facts=check.facts)
