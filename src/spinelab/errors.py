@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["SpinelabError", "InputError", "ConfigError", "GeometryError", "SeriesSelectionError"]
+__all__ = ["SpinelabError", "InputError", "OutputError", "ConfigError", "GeometryError", "SeriesSelectionError",
+           "describe_os_error"]
 
 
 class SpinelabError(Exception):
@@ -29,6 +30,20 @@ class InputError(SpinelabError):
         super().__init__(f"{self.path}: {problem}")
 
 
+class OutputError(SpinelabError):
+    """A file or folder could not be written (disk full, read-only file system, permission denied).
+
+    Args:
+        path: the file or folder that could not be written.
+        problem: what went wrong, e.g. ``cannot write: No space left on device``.
+    """
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
 class SeriesSelectionError(InputError):
     """A folder holds several series and the request does not pick exactly one."""
 
@@ -39,3 +54,12 @@ class ConfigError(SpinelabError):
 
 class GeometryError(SpinelabError):
     """Image geometry is inconsistent (no affine, non-invertible, incompatible grids)."""
+
+
+def describe_os_error(err: OSError) -> str:
+    """One line for an ``OSError``: the path(s) it names, then the system's words for the problem."""
+    reason = err.strerror or str(err) or type(err).__name__
+    paths = [str(p) for p in (err.filename, err.filename2) if p is not None]
+    if not paths:
+        return reason
+    return f"{' -> '.join(paths)}: {reason}"

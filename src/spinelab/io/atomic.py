@@ -1,7 +1,11 @@
 """Write-to-temporary-then-rename helpers shared by every writer.
 
 A killed process must never leave a half-written output behind: readers either see the old file or the
-complete new one, because ``os.replace`` is atomic within one file system.
+complete new one, because ``os.replace`` is atomic within one file system. The finished file gets the mode
+a plain ``open()`` would give (``0o666`` less the umask, so 0644 under umask 022), not ``mkstemp``'s 0600,
+so other users, web servers and containers can read models, submissions and reports. A write that fails
+(disk full, read-only file system, permission denied) removes its temporary file and raises
+``OutputError`` naming the destination.
 """
 
 from __future__ import annotations
@@ -14,7 +18,28 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_write_json", "atomic_save_npy", "atomic_write_csv"]
+from spinelab.errors import OutputError
+
+__all__ = ["atomic_path", "atomic_write_text", "atomic_write_json", "atomic_save_npy", "atomic_write_csv",
+           "current_umask", "TEMP_MARKER"]
+
+# Every temporary is named ``.<name>.<random>.tmp<suffix>``: readers (the cache, the study loop) skip names
+# holding this marker, and a test looks for it to prove nothing was left behind.
+TEMP_MARKER = ".tmp"
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux allows (``os.umask`` alone must set one)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -28,19 +53,30 @@ def atomic_path(path: str | Path, *, suffix: str | None = None) -> Iterator[Path
 
     Yields:
         The temporary path to write to. It is removed if the block raises.
+
+    Raises:
+        OutputError: the folder cannot be created, or writing or renaming fails (``OSError`` of any kind:
+            no space, read-only, permission); the temporary file is gone by then.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes) if suffix is None else suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f"{TEMP_MARKER}{suffix}", dir=path.parent)
+        os.close(fd)
+    except OSError as err:
+        raise OutputError(path, f"cannot write: {err.strerror or err}") from err
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # After the block: a writer may have replaced the file rather than written into it.
+        os.chmod(tmp_path, 0o666 & ~current_umask())
         os.replace(tmp_path, path)
+    except OSError as err:
+        raise OutputError(path, f"cannot write: {err.strerror or err}") from err
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        with contextlib.suppress(OSError):
+            tmp_path.unlink(missing_ok=True)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
