@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--run-dir", type=Path, default=Path("/tmp/lumbench_run"))
-    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "lumbar" / "bench.yaml")
+    parser.add_argument("--config", type=Path, default=ROOT / "src/spinelab/configs" / "lumbar" / "bench.yaml")
     parser.add_argument("--fold", default="0")
     parser.add_argument("--workers", type=int, default=2, help="generator processes")
     parser.add_argument("--device", default="cpu", help="inference device of the test-split prediction")

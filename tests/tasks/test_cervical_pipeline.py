@@ -33,7 +33,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def run(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cfg = load_config("cervical", [REPO / "configs/cervical/tiny.yaml"],
+    cfg = load_config("cervical", [REPO / "src/spinelab/configs/cervical/tiny.yaml"],
                       [f"data.dataset_dir={dataset}", "stage1.train.epochs=3", "trainer.accelerator=cpu",
                        "trainer.log_every_n_steps=1"])
     return api.train(cfg, run_dir=tmp_path_factory.mktemp("runs") / "tiny", fold="0", progress=False)
@@ -145,7 +145,7 @@ def test_report_lists_studies_by_risk(predictions: dict, dataset: Path, run: Pat
 
 def test_cli_resume_continues_a_killed_fold(dataset: Path, tmp_path: Path) -> None:
     runner = CliRunner()
-    base = ["train", "cervical", "-c", str(REPO / "configs/cervical/tiny.yaml"), "--run-dir", str(tmp_path / "r"),
+    base = ["train", "cervical", "-c", "cervical/tiny.yaml", "--run-dir", str(tmp_path / "r"),
             "--fold", "0", "--stage", "stage1", f"data.dataset_dir={dataset}", "trainer.accelerator=cpu"]
     first = runner.invoke(app, [*base, "stage1.train.epochs=1"])
     assert first.exit_code == 0, first.output
