@@ -119,6 +119,7 @@ _NOISE = re.compile("|".join([
     r"smaller than the logging interval", r"but have no `val_dataloader`", r"is deprecated",
     r"will be removed in", r"torch\.load.*weights_only",
 ]))
+_PACKAGE_DIR = str(Path(__file__).resolve().parent) + "/"
 _LIBRARY_INFO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
                          "lightning.pytorch.accelerators.cuda", "lightning.fabric.accelerators.cuda")
 
@@ -132,7 +133,7 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
     """
     text = str(message).strip()
     if not _state["verbose"]:
-        foreign = "spinelab" not in Path(filename).parts
+        foreign = not str(Path(filename).resolve()).startswith(_PACKAGE_DIR)
         if _NOISE.search(text) or (foreign and issubclass(category, DeprecationWarning | FutureWarning)):
             return
     origin = Path(filename).parent.name + "/" + Path(filename).name
@@ -182,6 +183,12 @@ def _global_options(
         raise typer.BadParameter("choose one of --verbose and --quiet")
     _state["verbose"] = verbose
     _configure_logging(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+
+
+def _fail(err: Exception) -> None:
+    """For a command body that catches ``SpinelabError`` itself: the same line and exit code as the group."""
+    _error_line(str(err))
+    raise typer.Exit(code=2)
 
 
 # --- option checks: run while parsing, before any work or write -------------------------------------------
