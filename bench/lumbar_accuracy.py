@@ -105,7 +105,7 @@ def write_block(summary: dict) -> None:
     groups = cv_pts.get("by_group", {})
     body = "\n".join([
         "## Lumbar accuracy (`bench/lumbar_accuracy.py`)", "",
-        f"`{summary['command']}` with `configs/lumbar/bench.yaml`: {summary['train_studies']} synthetic studies, "
+        f"`{summary['command']}` with the recipe `lumbar/bench.yaml`: {summary['train_studies']} synthetic studies, "
         f"fold 0 of 5 held out and predicted by the whole pipeline from the images (stage-1 points, then "
         f"stage 2); the constant is the weight-optimal one of the training folds. Training took "
         f"{summary['train_seconds']} s on {summary['machine']} (shared). The series are 64 px over a 260-300 mm "
