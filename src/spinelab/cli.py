@@ -236,7 +236,11 @@ def _split_task(args: Sequence[str], task: Task | None, n_paths: int, *, require
 
 
 _OUT = ("--out", "-o")
-_TASK_ALIAS = typer.Option("--task", hidden=True, help="Deprecated: give the task as the first argument.")
+
+
+def _task_alias() -> Any:
+    """The old ``--task`` option, hidden: the task is now the first argument."""
+    return typer.Option("--task", hidden=True, help="Deprecated: give the task as the first argument.")
 
 
 # --- inspection and caching ---------------------------------------------------------------------------
@@ -330,7 +334,7 @@ def folds(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
     out: Annotated[Path | None, typer.Option(*_OUT, help="folds.csv to write (default DATASET_DIR/folds.csv; "
                                              "use it for a read-only dataset).", callback=_out_file)] = None,
-    task: Annotated[Task | None, _TASK_ALIAS] = None,
+    task: Annotated[Task | None, _task_alias()] = None,
 ) -> None:
     """Write DATASET_DIR/folds.csv (or --out FILE): multilabel-stratified folds by study."""
     from spinelab.data.folds import write_folds
@@ -346,7 +350,7 @@ def score(
     args: Annotated[list[str], typer.Argument(metavar="TASK SOLUTION SUBMISSION",
                                               help="cervical or lumbar (which competition metric), the "
                                                    "solution CSV (labels) and the Kaggle-format submission.")],
-    task: Annotated[Task | None, _TASK_ALIAS] = None,
+    task: Annotated[Task | None, _task_alias()] = None,
 ) -> None:
     """Score a Kaggle-format submission with the official competition metric."""
     from spinelab.metrics import score_files
