@@ -12,10 +12,12 @@ import pytest
 
 
 @contextlib.contextmanager
-def small_tmpfs(where: Path, size: str = "8k") -> Iterator[Path]:
-    """Mount a ``size`` tmpfs at ``where`` for the block; fail under ``CI=true`` when it cannot be mounted."""
+def small_tmpfs(where: Path, size: str = "8k", *, readonly: bool = False) -> Iterator[Path]:
+    """Mount a ``size`` tmpfs (read-only if asked) at ``where`` for the block; fail under ``CI=true`` when it
+    cannot be mounted."""
     where.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+    options = f"size={size},ro" if readonly else f"size={size}"
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
                              capture_output=True, text=True)
     if mounted.returncode != 0:
         message = f"cannot mount a tmpfs at {where}: {mounted.stderr.strip()} (needs root)"

@@ -151,6 +151,14 @@ def test_python_m_spinelab_refuses_zero_studies_without_a_traceback(tmp_path: Pa
 
 
 # --- the one place errors become exit codes ------------------------------------------------------------
+def test_a_read_only_output_is_one_line_from_python_m_spinelab(tmp_path: Path) -> None:
+    with small_tmpfs(tmp_path / "ro", "1m", readonly=True) as ro:
+        done = python_m_spinelab("synth", "lumbar", "-o", ro / "x", "--studies", "1", "--test-studies", "0",
+                                 "--size", "32", "--workers", "1", cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert error_lines(done.stderr) == [f"error: {ro / 'x'}: Read-only file system"]
+
+
 @pytest.mark.parametrize("error", [
     InputError("/data/solution.csv", "no such file"),
     OSError(28, "No space left on device", "/out/submission.csv"),
@@ -224,6 +232,20 @@ def test_quiet_and_verbose_are_accepted_after_the_command(monkeypatch: pytest.Mo
     assert logger.level == logging.INFO
     assert cli._hoist_global_flags(["train", "cervical", "-q", "x=1", "--", "-v"]) == \
         ["-q", "train", "cervical", "x=1", "--", "-v"]
+
+
+def test_no_command_spells_an_option_like_a_global_flag() -> None:
+    from typer.main import get_command
+
+    def walk(command, path):
+        yield path, command
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from walk(sub, [*path, name])
+
+    for path, command in walk(get_command(app), []):
+        if path:  # the top level owns -q/-v; a subcommand option spelled so would be hoisted away from it
+            spelled = {opt for param in command.params for opt in getattr(param, "opts", [])}
+            assert not spelled & {"-q", "--quiet", "-v", "--verbose", "-h"}, path
 
 
 def test_results_go_to_stdout_and_python_warnings_through_the_log(monkeypatch: pytest.MonkeyPatch) -> None:
