@@ -313,3 +313,9 @@ def test_precision_is_spelled_the_same_at_training_and_inference() -> None:
     assert (cfg["trainer"]["precision"], cfg["infer"]["precision"]) == ("bf16-mixed", "bf16")
     bad = invoke("train", "cervical", "--print-config", "trainer.precision=fp8")
     assert bad.exit_code == 2 and "trainer.precision" in bad.stderr
+    option = yaml.safe_load(invoke("train", "cervical", "--precision", "fp16", "--print-config").stdout)
+    assert option["trainer"]["precision"] == "16-mixed"
+    for stage, command in (("training", ["train", "cervical"]),
+                           ("inference", ["predict", "cervical", "--model", "m", "-i", "i", "-o", "o"])):
+        refused = invoke(*command, "--precision", "fp8")
+        assert refused.exit_code == 2 and f"unknown {stage} precision 'fp8'" in refused.stderr

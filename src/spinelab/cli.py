@@ -216,6 +216,23 @@ def _fold_list(value: str | None) -> str | None:
     return ",".join(parts)
 
 
+def _precision(stage: str) -> Any:
+    """A ``--precision`` check for ``training`` or ``inference``: any spelling ``spinelab.precision`` knows."""
+    from spinelab import precision as spelling
+
+    check = spelling.training_precision if stage == "training" else spelling.inference_precision
+
+    def callback(value: str | None) -> str | None:
+        if value is not None:
+            try:
+                check(value)
+            except spelling.PrecisionError as err:
+                raise typer.BadParameter(str(err)) from None
+        return value
+
+    return callback
+
+
 def _split_task(args: Sequence[str], task: Task | None, n_paths: int, *, required: bool) -> tuple[str | None,
                                                                                                  list[Path]]:
     """``[TASK] PATH...``: the task first and positional, as in every command; ``--task`` still works."""
@@ -376,6 +393,9 @@ def train(
     resume: Annotated[bool, typer.Option(help="Resume each fold from its last checkpoint.")] = False,
     devices: Annotated[str | None, typer.Option(help="Devices for Lightning (e.g. 1, 2, auto).")] = None,
     strategy: Annotated[str | None, typer.Option(help="Lightning strategy, e.g. ddp.")] = None,
+    precision: Annotated[str | None, typer.Option(
+        help="bf16, fp16 or fp32 (= trainer.precision; Lightning spellings such as bf16-mixed too).",
+        callback=_precision("training"))] = None,
     print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved config.")] = False,
 ) -> None:
     """Train a pipeline. Extra arguments are config overrides: stage1.train.epochs=3 trainer.precision=bf16."""
@@ -388,6 +408,8 @@ def train(
         cfg.trainer.devices = devices
     if strategy is not None:
         cfg.trainer.strategy = strategy
+    if precision is not None:
+        cfg.trainer.precision = precision  # the schema maps bf16 to Lightning's bf16-mixed
     if print_config:
         import yaml
 
@@ -407,7 +429,7 @@ def predict(
     device: Annotated[str | None, typer.Option(help="cpu, cuda or auto [default: the run's infer.device]")] = None,
     precision: Annotated[str | None, typer.Option(
         help="fp32, bf16 or fp16 (GPU) autocast; Lightning spellings (bf16-mixed) too "
-             "[default: the run's infer.precision]")] = None,
+             "[default: the run's infer.precision]", callback=_precision("inference"))] = None,
     compile: Annotated[bool | None, typer.Option(
         "--compile/--no-compile", help="torch.compile the models [default: the run's infer.compile]")] = None,
     folds: Annotated[str | None, typer.Option(help="Comma-separated folds to ensemble (default all).",
