@@ -21,7 +21,8 @@ def test_names_resolve_to_the_packaged_file(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.chdir(tmp_path)
     want = recipe_path("cervical/demo.yaml")
     assert want.is_file() and want.parent.parent.name == "configs"
-    for name in ("demo", "demo.yaml", "cervical/demo", "cervical/demo.yaml", "configs/cervical/demo.yaml"):
+    for name in ("demo", "demo.yaml", "cervical/demo", "cervical/demo.yaml", "configs/cervical/demo.yaml",
+                 tmp_path / "old_checkout" / "configs" / "cervical" / "demo.yaml"):
         assert resolve_recipe("cervical", name) == want, name
     assert resolve_recipe("lumbar", "demo") == recipe_path("lumbar/demo.yaml")
     local = tmp_path / "demo"

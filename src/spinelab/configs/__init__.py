@@ -1,9 +1,9 @@
 """The recipes that ship with spinelab (``cervical/*.yaml``, ``lumbar/*.yaml``), found with importlib.resources.
 
 A recipe is named as ``-c`` takes it: a file on disk wins; otherwise ``cervical/demo.yaml``, ``cervical/demo``
-or, for the task at hand, ``demo`` name the packaged ``cervical/demo.yaml`` (a leading ``configs/``, as in
-commands written for a source checkout, is ignored). The files are read in place, so the package must be
-installed as files (a wheel or an editable install), not run from a zip.
+or, for the task at hand, ``demo`` name the packaged ``cervical/demo.yaml`` (a missing path ending in
+``configs/cervical/demo.yaml``, as in commands written for an older source checkout, does too). The files
+are read in place, so the package must be installed as files (a wheel or an editable install), not a zip.
 """
 
 from __future__ import annotations
@@ -45,8 +45,9 @@ def recipe_path(name: str) -> Path:
 def resolve_recipe(task: str, value: str | Path) -> Path:
     """A ``-c`` value as a path: an existing file as given, else the packaged recipe it names.
 
-    ``demo`` means ``<task>/demo.yaml``; ``cervical/demo.yaml`` and ``configs/cervical/demo.yaml`` are the
-    packaged file when no such file exists relative to the working folder.
+    ``demo`` means ``<task>/demo.yaml``; ``cervical/demo.yaml``, ``configs/cervical/demo.yaml`` and any
+    missing ``.../configs/cervical/demo.yaml`` (a path into an older checkout, where the recipes lived in a
+    top-level ``configs/``) are the packaged file when no such file exists.
 
     Raises:
         ConfigError: neither a file nor a packaged recipe.
@@ -54,7 +55,10 @@ def resolve_recipe(task: str, value: str | Path) -> Path:
     path = Path(value)
     if path.is_file():
         return path
-    name = str(value).removeprefix("configs/")
+    parts = path.parts
+    if len(parts) >= 3 and parts[-3] == "configs":  # .../configs/<task>/<name>.yaml of an older checkout
+        return recipe_path("/".join(parts[-2:]))
+    name = str(value)
     if "/" not in name:
         name = f"{task}/{name}"
     return recipe_path(name)
