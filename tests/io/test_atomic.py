@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Iterator
@@ -79,7 +80,10 @@ def test_parent_that_is_a_file_is_one_named_error(tmp_path: Path) -> None:
 
 def test_destination_that_is_a_folder_is_one_named_error(tmp_path: Path) -> None:
     (tmp_path / "a.json").mkdir()
-    with pytest.raises(OutputError, match=r"a\.json: cannot write: Is a directory"):
+    with pytest.raises(OutputError, match=r"a\.json: cannot write: Is a directory") as info:
+        atomic_write_json(tmp_path / "a.json", {})
+    assert info.value.errno == errno.EISDIR and info.value.strerror == "Is a directory"
+    with pytest.raises(OSError):  # still an OSError for code that catches those around a write
         atomic_write_json(tmp_path / "a.json", {})
     assert leftovers(tmp_path) == []
 
@@ -90,4 +94,5 @@ def test_disk_full_is_one_named_error_and_leaves_no_temporary(tmp_path: Path) ->
         with pytest.raises(OutputError, match=r"big\.npy: cannot write: No space left on device") as info:
             atomic_save_npy(full / "big.npy", np.zeros(64 * 1024, dtype=np.int16))
         assert info.value.path == full / "big.npy"
+        assert isinstance(info.value, OSError) and info.value.errno == errno.ENOSPC  # callers catching OSError
         assert sorted(p.name for p in full.iterdir()) == ["small.txt"]

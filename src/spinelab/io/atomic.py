@@ -15,6 +15,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator
+from errno import ENOSPC
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,7 @@ def atomic_path(path: str | Path, *, suffix: str | None = None) -> Iterator[Path
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f"{TEMP_MARKER}{suffix}", dir=path.parent)
         os.close(fd)
     except OSError as err:
-        raise OutputError(path, _cannot_write(err, path.parent)) from err
+        raise _output_error(path, err) from err
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -73,21 +74,23 @@ def atomic_path(path: str | Path, *, suffix: str | None = None) -> Iterator[Path
         os.chmod(tmp_path, 0o666 & ~current_umask())
         os.replace(tmp_path, path)
     except OSError as err:
-        raise OutputError(path, _cannot_write(err, path.parent)) from err
+        raise _output_error(path, err) from err
     finally:
         with contextlib.suppress(OSError):
             tmp_path.unlink(missing_ok=True)
 
 
-def _cannot_write(err: OSError, folder: Path) -> str:
-    """The reason a write failed; short writes without an errno (numpy's ``tofile``) are checked for space."""
-    reason = err.strerror or str(err) or type(err).__name__
-    if err.errno is None:
+def _output_error(path: Path, err: OSError) -> OutputError:
+    """``OutputError`` for a failed write; short writes without an errno (numpy's ``tofile``) are checked
+    for free space, so a full disk is named as such."""
+    if isinstance(err, OutputError):
+        return err
+    reason, errno = err.strerror or str(err) or type(err).__name__, err.errno
+    if errno is None:
         with contextlib.suppress(OSError):
-            fs = os.statvfs(folder)
-            if fs.f_bavail == 0:
-                reason = f"No space left on device ({reason})"
-    return f"cannot write: {reason}"
+            if os.statvfs(path.parent).f_bavail == 0:
+                reason, errno = f"No space left on device ({reason})", ENOSPC
+    return OutputError(path, f"cannot write: {reason}", errno=errno, strerror=reason)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
