@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["SpinelabError", "InputError", "OutputError", "ConfigError", "GeometryError", "SeriesSelectionError",
+__all__ = ["SpinelabError", "InputError", "ConfigError", "GeometryError", "SeriesSelectionError",
            "describe_os_error"]
 
 
@@ -28,29 +28,6 @@ class InputError(SpinelabError):
         self.path = Path(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
-
-
-class OutputError(SpinelabError, OSError):
-    """A file or folder could not be written (disk full, read-only file system, permission denied).
-
-    Also an ``OSError`` carrying the original ``errno`` and ``strerror``, so code that catches ``OSError``
-    around a write (to add a hint, say) keeps working.
-
-    Args:
-        path: the file or folder that could not be written.
-        problem: what went wrong, e.g. ``cannot write: No space left on device``.
-        errno, strerror: those of the ``OSError`` behind it, when there is one.
-    """
-
-    def __init__(self, path: str | Path, problem: str, *, errno: int | None = None,
-                 strerror: str | None = None) -> None:
-        self.path = Path(path)
-        self.problem = problem
-        OSError.__init__(self, f"{self.path}: {problem}")
-        self.errno, self.strerror, self.filename = errno, strerror, str(self.path)
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.problem}"
 
 
 class SeriesSelectionError(InputError):

@@ -1,4 +1,5 @@
-"""Atomic writes: complete or absent, the user's umask, one named error and no temporary on failure."""
+"""Atomic writes: complete or absent, the user's umask, an OSError naming the destination and no temporary
+on failure."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from spinelab.errors import OutputError
 from spinelab.io.atomic import (
     atomic_path,
     atomic_save_npy,
@@ -72,27 +72,28 @@ def test_a_failing_block_keeps_the_old_file_and_leaves_no_temporary(tmp_path: Pa
     assert leftovers(tmp_path) == []
 
 
-def test_parent_that_is_a_file_is_one_named_error(tmp_path: Path) -> None:
+def test_parent_that_is_a_file_names_the_folder(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
-    with pytest.raises(OutputError, match=r"file/a\.json: cannot write"):
+    with pytest.raises(OSError) as info:
         atomic_write_json(tmp_path / "file" / "a.json", {})
+    assert info.value.errno in (errno.EEXIST, errno.ENOTDIR) and info.value.filename == str(tmp_path / "file")
 
 
-def test_destination_that_is_a_folder_is_one_named_error(tmp_path: Path) -> None:
+def test_destination_that_is_a_folder_names_it_not_the_temporary(tmp_path: Path) -> None:
     (tmp_path / "a.json").mkdir()
-    with pytest.raises(OutputError, match=r"a\.json: cannot write: Is a directory") as info:
+    with pytest.raises(IsADirectoryError) as info:
         atomic_write_json(tmp_path / "a.json", {})
-    assert info.value.errno == errno.EISDIR and info.value.strerror == "Is a directory"
-    with pytest.raises(OSError):  # still an OSError for code that catches those around a write
-        atomic_write_json(tmp_path / "a.json", {})
+    assert info.value.filename == str(tmp_path / "a.json") and info.value.strerror == "Is a directory"
     assert leftovers(tmp_path) == []
 
 
-def test_disk_full_is_one_named_error_and_leaves_no_temporary(tmp_path: Path) -> None:
+def test_disk_full_names_the_destination_and_leaves_no_temporary(tmp_path: Path) -> None:
     with small_tmpfs(tmp_path / "full", "8k") as full:
         atomic_write_text(full / "small.txt", "fits\n")
-        with pytest.raises(OutputError, match=r"big\.npy: cannot write: No space left on device") as info:
-            atomic_save_npy(full / "big.npy", np.zeros(64 * 1024, dtype=np.int16))
-        assert info.value.path == full / "big.npy"
-        assert isinstance(info.value, OSError) and info.value.errno == errno.ENOSPC  # callers catching OSError
+        with pytest.raises(OSError, match="No space left on device") as info:
+            atomic_save_npy(full / "big.npy", np.zeros(64 * 1024, dtype=np.int16))  # numpy: a bare short write
+        assert info.value.errno == errno.ENOSPC and info.value.filename == str(full / "big.npy")
+        with pytest.raises(OSError) as info:
+            atomic_write_text(full / "big.txt", "x" * 64 * 1024)  # Python: ENOSPC naming the temporary
+        assert info.value.errno == errno.ENOSPC and info.value.filename == str(full / "big.txt")
         assert sorted(p.name for p in full.iterdir()) == ["small.txt"]

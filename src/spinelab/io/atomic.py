@@ -4,8 +4,9 @@ A killed process must never leave a half-written output behind: readers either s
 complete new one, because ``os.replace`` is atomic within one file system. The finished file gets the mode
 a plain ``open()`` would give (``0o666`` less the umask, so 0644 under umask 022), not ``mkstemp``'s 0600,
 so other users, web servers and containers can read models, submissions and reports. A write that fails
-(disk full, read-only file system, permission denied) removes its temporary file and raises
-``OutputError`` naming the destination.
+(disk full, read-only file system, permission denied) removes its temporary file and raises an ``OSError``
+of the usual kind (``errno`` kept) that names the destination rather than the temporary, so callers can
+catch ``OSError`` as for any write, and the command line prints one line with the path.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from collections.abc import Iterator
 from errno import ENOSPC
 from pathlib import Path
 from typing import Any
-
-from spinelab.errors import OutputError
 
 __all__ = ["atomic_path", "atomic_write_text", "atomic_write_json", "atomic_save_npy", "atomic_write_csv",
            "current_umask", "TEMP_MARKER"]
@@ -56,8 +55,8 @@ def atomic_path(path: str | Path, *, suffix: str | None = None) -> Iterator[Path
         The temporary path to write to. It is removed if the block raises.
 
     Raises:
-        OutputError: the folder cannot be created, or writing or renaming fails (``OSError`` of any kind:
-            no space, read-only, permission); the temporary file is gone by then.
+        OSError: the folder cannot be created (naming the folder), or writing or renaming fails (naming
+            ``path``): no space, read-only, permission, a folder in the way; the temporary is gone by then.
     """
     path = Path(path)
     suffix = "".join(path.suffixes) if suffix is None else suffix
@@ -66,7 +65,7 @@ def atomic_path(path: str | Path, *, suffix: str | None = None) -> Iterator[Path
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f"{TEMP_MARKER}{suffix}", dir=path.parent)
         os.close(fd)
     except OSError as err:
-        raise _output_error(path, err) from err
+        _reraise_naming(path, err, None)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -74,23 +73,23 @@ def atomic_path(path: str | Path, *, suffix: str | None = None) -> Iterator[Path
         os.chmod(tmp_path, 0o666 & ~current_umask())
         os.replace(tmp_path, path)
     except OSError as err:
-        raise _output_error(path, err) from err
+        _reraise_naming(path, err, tmp_path)
     finally:
         with contextlib.suppress(OSError):
             tmp_path.unlink(missing_ok=True)
 
 
-def _output_error(path: Path, err: OSError) -> OutputError:
-    """``OutputError`` for a failed write; short writes without an errno (numpy's ``tofile``) are checked
-    for free space, so a full disk is named as such."""
-    if isinstance(err, OutputError):
-        return err
-    reason, errno = err.strerror or str(err) or type(err).__name__, err.errno
-    if errno is None:
+def _reraise_naming(path: Path, err: OSError, tmp: Path | None) -> None:
+    """Raise ``err`` again, or the same kind of ``OSError`` naming ``path`` where it names the temporary or
+    nothing; a short write without an errno (numpy's ``tofile``) on a full disk becomes ``ENOSPC``."""
+    code, reason = err.errno, err.strerror or str(err) or type(err).__name__
+    if code is None:
         with contextlib.suppress(OSError):
             if os.statvfs(path.parent).f_bavail == 0:
-                reason, errno = f"No space left on device ({reason})", ENOSPC
-    return OutputError(path, f"cannot write: {reason}", errno=errno, strerror=reason)
+                code, reason = ENOSPC, f"{os.strerror(ENOSPC)} ({reason})"
+    if code == err.errno and err.filename is not None and (tmp is None or err.filename != str(tmp)):
+        raise err
+    raise OSError(code, reason, str(path)) from err
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
