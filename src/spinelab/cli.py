@@ -6,7 +6,7 @@ names. Heavy modules are imported inside each command so that ``spinelab --help`
 Errors are mapped in one place, ``_SpinelabGroup.invoke``, which every command runs inside (through
 ``app`` as well as the ``spinelab`` script and ``python -m spinelab``):
 
-* ``SpinelabError`` (bad input, bad config, a file that cannot be written): ``error: ...`` on stderr, exit 2;
+* ``SpinelabError`` (bad input, bad config): ``error: ...`` on stderr, exit 2;
 * ``OSError`` (disk full, read-only file system, permission denied, is/not a directory): one line naming
   the path, exit 2;
 * anything else: one line and ``run with -v for the traceback``, exit 1 (``-v`` prints the traceback);
