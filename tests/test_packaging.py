@@ -46,6 +46,26 @@ def _requirements(extra: str | None = None) -> list[Requirement]:
     return [Requirement(r) for r in items]
 
 
+def _installed_tree() -> dict[str, str]:
+    """Every installed distribution that spinelab[dev]'s requirements pull in (extras and markers honoured)."""
+    tree: dict[str, str] = {}
+    done: set[tuple[str, frozenset[str]]] = set()
+    stack = _requirements() + _requirements("dev")
+    while stack:
+        req = stack.pop()
+        key = (canonicalize_name(req.name), frozenset(req.extras))
+        if key in done:
+            continue
+        done.add(key)
+        dist = md.distribution(req.name)
+        tree[canonicalize_name(dist.metadata["Name"])] = dist.version
+        for text in dist.requires or []:
+            sub = Requirement(text)
+            if sub.marker is None or any(sub.marker.evaluate({"extra": e}) for e in (req.extras or {""})):
+                stack.append(sub)
+    return tree
+
+
 def _third_party_imports() -> set[str]:
     names: set[str] = set()
     for path in (REPO / "src" / "spinelab").rglob("*.py"):
@@ -57,11 +77,11 @@ def _third_party_imports() -> set[str]:
     return {n for n in names if n not in sys.stdlib_module_names and n != "spinelab"}
 
 
-def test_every_constraint_is_the_installed_version() -> None:
-    pins = _constraints()
+def test_constraints_pin_exactly_the_installed_dependency_tree() -> None:
+    pins, tree = _constraints(), _installed_tree()
     assert len(pins) > 20
-    wrong = {name: (pin, md.version(name)) for name, pin in pins.items() if md.version(name) != pin}
-    assert wrong == {}
+    assert set(pins) == set(tree), "constraints.txt and the dependency tree name different packages"
+    assert {n: v for n, v in pins.items() if tree[n] != v} == {}, "pins that differ from what is installed"
 
 
 def test_every_requirement_is_a_range_that_holds_its_pinned_version() -> None:
