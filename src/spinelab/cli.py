@@ -39,7 +39,7 @@ from spinelab.errors import SpinelabError, describe_os_error
 __all__ = ["app", "main"]
 
 console = Console(stderr=True)
-_GLOBAL_FLAGS = {"-q": "quiet", "--quiet": "quiet", "-v": "verbose", "--verbose": "verbose"}
+_GLOBAL_FLAGS = frozenset({"-q", "--quiet", "-v", "--verbose"})
 _state: dict[str, bool] = {"verbose": False}
 
 
