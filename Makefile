@@ -9,13 +9,15 @@ TASK ?= all
 
 setup: $(STAMP)
 
-# Torch and torchvision come first and alone: this machine serves exactly these two from a local
-# wheel cache; any other pair downloads gigabytes or leaves torchvision broken (see README).
-$(STAMP): pyproject.toml
+# Torch and torchvision come first and alone, at the versions in constraints.txt: this machine serves
+# exactly that pair from a local wheel cache; any other pair downloads gigabytes or leaves torchvision
+# broken (see README). Everything else: pyproject.toml's ranges, pinned by constraints.txt (what CI runs).
+# A change to either file reinstalls.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -c constraints.txt torch torchvision
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
 test: setup

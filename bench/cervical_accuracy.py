@@ -2,7 +2,7 @@
 pipeline trained with fold 0 held out, and the held-out competition metric against the per-column prevalence
 constant, with vertebra-level AUC.
 
-    python bench/cervical_accuracy.py [--studies 100 --size 256 --recipe configs/cervical/bench256.yaml] [--write]
+    python bench/cervical_accuracy.py [--studies 100 --size 256 --recipe RECIPE.yaml] [--write]
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--studies", type=int, default=100)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=2022)
-    parser.add_argument("--recipe", type=Path, default=REPO / "configs/cervical/bench256.yaml")
+    parser.add_argument("--recipe", type=Path, default=REPO / "src/spinelab/configs/cervical/bench256.yaml")
     parser.add_argument("--work", type=Path, default=REPO / "bench/_work/cervical_accuracy")
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()

@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--run-dir", type=Path, default=Path("/tmp/lumbench_run"))
-    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "lumbar" / "bench.yaml")
+    parser.add_argument("--config", type=Path, default=ROOT / "src/spinelab/configs" / "lumbar" / "bench.yaml")
     parser.add_argument("--fold", default="0")
     parser.add_argument("--workers", type=int, default=2, help="generator processes")
     parser.add_argument("--device", default="cpu", help="inference device of the test-split prediction")
@@ -105,7 +105,7 @@ def write_block(summary: dict) -> None:
     groups = cv_pts.get("by_group", {})
     body = "\n".join([
         "## Lumbar accuracy (`bench/lumbar_accuracy.py`)", "",
-        f"`{summary['command']}` with `configs/lumbar/bench.yaml`: {summary['train_studies']} synthetic studies, "
+        f"`{summary['command']}` with the recipe `lumbar/bench.yaml`: {summary['train_studies']} synthetic studies, "
         f"fold 0 of 5 held out and predicted by the whole pipeline from the images (stage-1 points, then "
         f"stage 2); the constant is the weight-optimal one of the training folds. Training took "
         f"{summary['train_seconds']} s on {summary['machine']} (shared). The series are 64 px over a 260-300 mm "

@@ -16,10 +16,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from spinelab.configs import recipe_path
+
 __all__ = ["run_cervical_demo", "run_lumbar_demo", "main"]
 
 console = Console()
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _step(name: str, fn: Callable[[], Any]) -> Any:
@@ -50,7 +51,7 @@ def run_cervical_demo(out: Path, *, studies: int = 40, test_studies: int = 8, si
     _step("3. slice labels from segmentations",
           lambda: derive_cervical_labels(data, out=data / "derived", cache_dir=cache))
     _step("4. multilabel-stratified folds", lambda: write_folds(data, k=5, seed=42, task="cervical"))
-    cfg = load_config("cervical", [REPO / "configs" / "cervical" / "demo.yaml"],
+    cfg = load_config("cervical", [recipe_path("cervical/demo.yaml")],
                       [f"data.dataset_dir={data}", f"data.cache_dir={cache}"])
     _step("5. train stage 1 (localisation) and stage 2 (fractures), fold 0",
           lambda: api.train(cfg, run_dir=run, fold="0"))
@@ -80,7 +81,7 @@ def run_lumbar_demo(out: Path, *, studies: int = 40, test_studies: int = 8, size
                                               seed=seed))
     _step("2. volume cache (every series decoded once)", lambda: build_cache(data, cache, workers=2))
     _step("3. multilabel-stratified folds", lambda: write_folds(data, k=5, seed=42, task="lumbar"))
-    cfg = load_config("lumbar", [REPO / "configs" / "lumbar" / "demo.yaml"],
+    cfg = load_config("lumbar", [recipe_path("lumbar/demo.yaml")],
                       [f"data.dataset_dir={data}", f"data.cache_dir={cache}"])
     _step("4. train stage 1 (level points) and stage 2 (grades), fold 0",
           lambda: api.train(cfg, run_dir=run, fold="0"))

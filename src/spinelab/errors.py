@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["SpinelabError", "InputError", "ConfigError", "GeometryError", "SeriesSelectionError"]
+__all__ = ["SpinelabError", "InputError", "ConfigError", "GeometryError", "SeriesSelectionError",
+           "describe_os_error"]
 
 
 class SpinelabError(Exception):
@@ -39,3 +40,12 @@ class ConfigError(SpinelabError):
 
 class GeometryError(SpinelabError):
     """Image geometry is inconsistent (no affine, non-invertible, incompatible grids)."""
+
+
+def describe_os_error(err: OSError) -> str:
+    """One line for an ``OSError``: the path(s) it names, then the system's words for the problem."""
+    reason = err.strerror or str(err) or type(err).__name__
+    paths = [str(p) for p in (err.filename, err.filename2) if p is not None]
+    if not paths:
+        return reason
+    return f"{' -> '.join(paths)}: {reason}"

@@ -20,7 +20,7 @@ def test_defaults_validate_for_both_tasks() -> None:
 def test_files_layer_then_overrides_win(tmp_path: Path) -> None:
     extra = tmp_path / "extra.yaml"
     extra.write_text("stage1:\n  image_size: 80\n  train: {epochs: 7}\n")
-    cfg = load_config("cervical", [REPO / "configs/cervical/tiny.yaml", extra],
+    cfg = load_config("cervical", [REPO / "src/spinelab/configs/cervical/tiny.yaml", extra],
                       ["stage1.train.epochs=3", "stage2.windows=[[40, 400], [400, 1800]]"])
     assert cfg.stage1.image_size == 80  # second file overrides the first
     assert cfg.stage1.train.epochs == 3  # the override beats both files
@@ -55,7 +55,7 @@ def test_override_syntax_errors() -> None:
 
 
 def test_every_shipped_recipe_validates() -> None:
-    recipes = sorted((REPO / "configs").glob("*/*.yaml"))
+    recipes = sorted((REPO / "src/spinelab/configs").glob("*/*.yaml"))
     assert len(recipes) >= 4
     for path in recipes:
         cfg = load_config(path.parent.name, [path])
@@ -63,7 +63,7 @@ def test_every_shipped_recipe_validates() -> None:
 
 
 def test_run_config_round_trip(tmp_path: Path) -> None:
-    cfg = load_config("cervical", [REPO / "configs/cervical/tiny.yaml"], ["experiment=roundtrip"])
+    cfg = load_config("cervical", [REPO / "src/spinelab/configs/cervical/tiny.yaml"], ["experiment=roundtrip"])
     save_config(cfg, tmp_path / "config.yaml")
     again = read_run_config(tmp_path)
     assert again == cfg

@@ -77,3 +77,14 @@ def test_flip_tta_left_unset_is_off_on_a_cpu(tmp_path) -> None:
     assert run_inference_options(tmp_path)[1] is False
     assert run_inference_options(tmp_path, tta=True)[1] is True
 
+
+
+def test_precision_spellings_and_fp16_only_on_a_gpu() -> None:
+    assert Runtime(device="cpu", precision="bf16-mixed").precision == "bf16"
+    assert Runtime(device="cpu", precision="32-true").precision == "fp32"
+    with pytest.raises(ConfigError, match="fp16 needs a GPU"):
+        Runtime(device="cpu", precision="16-mixed")
+    if torch.cuda.is_available():
+        out = Runtime(device="cuda", precision="fp16").run(create_model("test_cervical_slice_localizer"),
+                                                          torch.rand(1, 6, 3, 48, 48), torch.linspace(0, 1, 6)[None])
+        assert out["ratio"].dtype == torch.float32 and torch.isfinite(out["ratio"]).all()

@@ -91,7 +91,7 @@ def test_registered_models_check_the_config_checksum(imagenet_like: dict[str, Pa
     from spinelab.config.load import load_config
 
     path = imagenet_like["pth"]
-    cfg = load_config("cervical", [REPO / "configs" / "cervical" / "tiny.yaml"],
+    cfg = load_config("cervical", [REPO / "src/spinelab/configs" / "cervical" / "tiny.yaml"],
                       overrides=[f"stage1.model.pretrained_path={path}",
                                  f"stage1.model.pretrained_sha256={file_sha256(path)}"])
     assert cfg.stage1.model.pretrained_sha256 == file_sha256(path)

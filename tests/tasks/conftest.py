@@ -25,7 +25,7 @@ def tiny_cervical_run(tiny_cervical_dataset: Path, tmp_path_factory: pytest.Temp
     from spinelab import api
     from spinelab.config.load import load_config
 
-    cfg = load_config("cervical", [REPO / "configs/cervical/tiny.yaml"],
+    cfg = load_config("cervical", [REPO / "src/spinelab/configs/cervical/tiny.yaml"],
                       [f"data.dataset_dir={tiny_cervical_dataset}", "stage1.train.epochs=1",
                        "stage2.train.epochs=1", "trainer.accelerator=cpu"])
     return api.train(cfg, run_dir=tmp_path_factory.mktemp("tiny_runs") / "cervical", fold="0", progress=False)
@@ -46,7 +46,7 @@ def tiny_lumbar_run(tiny_lumbar_dataset: Path, tmp_path_factory: pytest.TempPath
     from spinelab import api
     from spinelab.config.load import load_config
 
-    cfg = load_config("lumbar", [REPO / "configs/lumbar/tiny.yaml"],
+    cfg = load_config("lumbar", [REPO / "src/spinelab/configs/lumbar/tiny.yaml"],
                       [f"data.dataset_dir={tiny_lumbar_dataset}", f"data.cache_dir={tiny_lumbar_dataset}_cache",
                        "stage1.train.epochs=1", "stage2.train.epochs=1"])
     return api.train(cfg, run_dir=tmp_path_factory.mktemp("tiny_runs") / "lumbar", fold="0", progress=False)

@@ -180,7 +180,7 @@ def test_training_items_carry_painted_fractures_as_step_positives() -> None:
 
 
 def _tiny(tmp_path: Path, *overrides: str):
-    return load_config("cervical", [REPO / "configs" / "cervical" / "tiny.yaml"],
+    return load_config("cervical", [REPO / "src/spinelab/configs" / "cervical" / "tiny.yaml"],
                        overrides=[f"data.dataset_dir={tmp_path}", *overrides])
 
 

@@ -36,7 +36,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def run(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cfg = load_config("cervical", [REPO / "configs/cervical/tiny.yaml"],
+    cfg = load_config("cervical", [REPO / "src/spinelab/configs/cervical/tiny.yaml"],
                       [f"data.dataset_dir={dataset}", "stage1.train.epochs=3", "trainer.accelerator=cpu",
                        "trainer.log_every_n_steps=1", "stage2.train.keep=all"])
     return api.train(cfg, run_dir=tmp_path_factory.mktemp("runs") / "tiny", fold="0", progress=False)
@@ -154,7 +154,7 @@ def test_report_lists_studies_by_risk(predictions: dict, dataset: Path, run: Pat
 
 def test_cli_resume_continues_a_killed_fold(dataset: Path, tmp_path: Path) -> None:
     runner = CliRunner()
-    base = ["train", "cervical", "-c", str(REPO / "configs/cervical/tiny.yaml"), "--run-dir", str(tmp_path / "r"),
+    base = ["train", "cervical", "-c", "cervical/tiny.yaml", "--run-dir", str(tmp_path / "r"),
             "--fold", "0", "--stage", "stage1", f"data.dataset_dir={dataset}", "trainer.accelerator=cpu"]
     first = runner.invoke(app, [*base, "stage1.train.epochs=1"])
     assert first.exit_code == 0, first.output
@@ -213,7 +213,7 @@ def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
 def test_bad_options_are_refused_before_anything_is_written(small: Path, tmp_path: Path, args: list[str],
                                                             message: str) -> None:
     before = _snapshot(small.parent)
-    result = CliRunner().invoke(app, ["train", "cervical", "-c", str(REPO / "configs/cervical/tiny.yaml"),
+    result = CliRunner().invoke(app, ["train", "cervical", "-c", str(REPO / "src/spinelab/configs/cervical/tiny.yaml"),
                                       "--run-dir", str(tmp_path / "run"), *args, f"data.dataset_dir={small}"])
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
     assert not (tmp_path / "run").exists() and _snapshot(small.parent) == before
@@ -250,7 +250,7 @@ def test_folds_train_and_predict_on_a_read_only_dataset(small: Path, tmp_path: P
     script = " && ".join([
         f"! {cli} folds {small} 2> {tmp_path}/refused.txt",  # the default place is read-only: a clear refusal
         f"{cli} folds {small} --k 2 --out {folds}",
-        f"{cli} train cervical -c {REPO}/configs/cervical/tiny.yaml --run-dir {run} --fold 0 --keep model "
+        f"{cli} train cervical -c {REPO}/src/spinelab/configs/cervical/tiny.yaml --run-dir {run} --fold 0 --keep model "
         f"data.dataset_dir={small} data.folds_file={folds} stage1.train.epochs=1 stage2.train.epochs=1 "
         "trainer.accelerator=cpu",
         f"{cli} predict cervical --model {run} -i {small} -o {tmp_path}/pred --device cpu",
@@ -277,7 +277,7 @@ def test_cli_resume_refuses_a_planted_checkpoint(small: Path, tmp_path: Path) ->
     target = run / "stage1" / "fold_1" / "checkpoint_last.ckpt"
     target.parent.mkdir(parents=True)
     torch.save({"state_dict": {}, "payload": Planted()}, target)
-    result = CliRunner().invoke(app, ["train", "cervical", "-c", str(REPO / "configs/cervical/tiny.yaml"),
+    result = CliRunner().invoke(app, ["train", "cervical", "-c", str(REPO / "src/spinelab/configs/cervical/tiny.yaml"),
                                       "--run-dir", str(run), "--fold", "1", "--stage", "stage1", "--resume",
                                       f"data.dataset_dir={small}", "data.folds=2", "trainer.accelerator=cpu"])
     assert result.exit_code == 2 and "checkpoint_last.ckpt: checkpoint refused" in result.output

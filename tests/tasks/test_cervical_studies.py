@@ -82,7 +82,7 @@ def _tiny_run(run: Path) -> Path:
     from spinelab.tasks.cervical.localization import LocalizerStage
     from spinelab.train.run import fold_dir
 
-    cfg = load_config("cervical", [REPO / "configs" / "cervical" / "tiny.yaml"])
+    cfg = load_config("cervical", [REPO / "src/spinelab/configs" / "cervical" / "tiny.yaml"])
     run.mkdir(parents=True)
     save_config(cfg, run / "config.yaml")
     torch.manual_seed(0)

@@ -19,7 +19,7 @@ from spinelab.registry import LUMBAR_GRADES, lumbar_row_ids
 from spinelab.tasks.lumbar.grading import GradingStage
 from spinelab.tasks.lumbar.points import AxialPointStage
 
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "lumbar" / "tiny.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "src/spinelab/configs" / "lumbar" / "tiny.yaml"
 
 
 @pytest.fixture(scope="module")

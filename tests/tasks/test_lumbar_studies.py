@@ -34,7 +34,7 @@ from spinelab.tasks.lumbar.studies import (
     study_series,
 )
 
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "lumbar" / "tiny.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "src/spinelab/configs" / "lumbar" / "tiny.yaml"
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Every config field of every pipeline, with its default, in one place (pydantic, ``extra="forbid"``).
 
-Recipe files under ``configs/`` hold only what differs from these defaults. The resolved config is
+Recipe files in ``spinelab/configs/`` hold only what differs from these defaults. The resolved config is
 written into each run folder and is the input contract at inference time (window, sizes, slices).
 """
 
@@ -9,7 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from spinelab.precision import inference_precision, training_precision
 
 __all__ = [
     "StrictModel",
@@ -87,7 +89,8 @@ class TrainerConfig(StrictModel):
     devices: str | int = "auto"
     strategy: str = "auto"
     num_nodes: int = 1
-    precision: str = "32-true"
+    # bf16 / fp16 / fp32 accepted as well as Lightning's spellings; stored as Lightning's (bf16-mixed).
+    precision: Annotated[str, BeforeValidator(training_precision)] = "32-true"
     log_every_n_steps: int = 10
     deterministic: bool = False
 
@@ -116,7 +119,8 @@ class InferConfig(StrictModel):
 
     device: str = "auto"
     # bf16 pays only on CPUs with bf16 units (AMX / AVX512-BF16) or on a GPU; see BENCHMARKS.md.
-    precision: Literal["fp32", "bf16"] = "fp32"
+    # fp16 needs a GPU; Lightning's spellings (bf16-mixed) are accepted and stored as bf16.
+    precision: Annotated[Literal["fp32", "bf16", "fp16"], BeforeValidator(inference_precision)] = "fp32"
     channels_last: bool = True
     compile: bool = False
     # Flip TTA; None = on a GPU, off on a CPU (it doubles stage-2 time there: bench/predict.py).

@@ -1,8 +1,8 @@
-"""How models run at inference: device, bf16 autocast, channels_last and torch.compile.
+"""How models run at inference: device, bf16 / fp16 autocast, channels_last and torch.compile.
 
-On CPUs with AMX or AVX512-BF16 (bf16 matrix units) bf16 autocast is several times faster than fp32; on
-CPUs without them it is emulated and slower, so ``Runtime`` warns. It must be checked against fp32 on the
-metric before use (``bench/predict.py`` does), so fp32 stays the default.
+fp16 autocast runs on GPUs only. On CPUs with AMX or AVX512-BF16 (bf16 matrix units) bf16 autocast is several
+times faster than fp32; on CPUs without them it is emulated and slower, so ``Runtime`` warns. It must be
+checked against fp32 on the metric before use (``bench/predict.py`` does), so fp32 stays the default.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from spinelab.errors import ConfigError
+from spinelab.precision import inference_precision
 
 __all__ = ["Runtime", "resolve_device", "cpu_has_bf16_units"]
 
@@ -43,7 +44,8 @@ class Runtime:
 
     Args:
         device: ``cpu``, ``cuda`` or ``auto``.
-        precision: ``fp32`` or ``bf16`` (autocast).
+        precision: ``fp32``, ``bf16`` or ``fp16`` (autocast; fp16 on a GPU only); Lightning's spellings
+            (``bf16-mixed``, ``16-mixed``, ``32-true``) are accepted too.
         channels_last: convert 4-D inputs and models to channels_last (faster convolutions).
         compile: wrap models in ``torch.compile`` (first call is slow; worth it for many studies).
     """
@@ -56,8 +58,9 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self.device = resolve_device(self.device)
-        if self.precision not in ("fp32", "bf16"):
-            raise ConfigError(f"precision must be fp32 or bf16, got {self.precision!r}")
+        self.precision = inference_precision(self.precision)
+        if self.precision == "fp16" and not self.device.startswith("cuda"):
+            raise ConfigError("precision fp16 needs a GPU (--device cuda); on a CPU use bf16 or fp32")
         if self.precision == "bf16" and self.device == "cpu" and not cpu_has_bf16_units():
             log.warning("this CPU has no bf16 units (AMX / AVX512-BF16): bf16 autocast is emulated and slower "
                         "than fp32; use --precision fp32")
@@ -73,10 +76,10 @@ class Runtime:
         return self._prepared[key]
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.precision == "bf16":
-            return torch.autocast(device_type="cuda" if self.device.startswith("cuda") else "cpu",
-                                  dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type="cuda" if self.device.startswith("cuda") else "cpu",
+                              dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
 
     @torch.inference_mode()
     def run(self, model: torch.nn.Module, *inputs: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
