@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
-__all__ = ["calibration_table"]
+__all__ = ["calibration_table", "plot_calibration"]
 
 
 def calibration_table(y_true: np.ndarray, y_prob: np.ndarray, *, bins: int = 10) -> pd.DataFrame:
@@ -30,3 +32,27 @@ def calibration_table(y_true: np.ndarray, y_prob: np.ndarray, *, bins: int = 10)
             rows.append({"bin_low": edges[b], "bin_high": edges[b + 1], "count": int(sel.sum()),
                          "mean_predicted": float(y_prob[sel].mean()), "observed_rate": float(y_true[sel].mean())})
     return pd.DataFrame(rows)
+
+
+def plot_calibration(table: pd.DataFrame, path: str | Path, *, title: str = "Calibration") -> Path:
+    """Reliability diagram of a ``calibration_table``: observed rate against mean prediction per bin, the
+    diagonal of perfect calibration, and the number of predictions per bin.
+
+    Returns:
+        ``path`` (a PNG).
+    """
+    from spinelab.report.figures import plt, save_figure
+
+    fig, (ax, counts) = plt.subplots(2, 1, figsize=(5.6, 5.4), sharex=True, height_ratios=[3, 1],
+                                     layout="constrained")
+    ax.plot([0, 1], [0, 1], ls="--", color="#757575", lw=1, label="perfectly calibrated")
+    if len(table):
+        ax.plot(table.mean_predicted, table.observed_rate, "-o", color="#1565c0", ms=5, label="this model")
+        counts.bar((table.bin_low + table.bin_high) / 2, table["count"], width=(table.bin_high - table.bin_low) * 0.9,
+                   color="#90a4ae")
+    ax.set(xlim=(0, 1), ylim=(0, 1), ylabel="observed fracture rate", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    counts.set(xlabel="mean predicted probability in the bin", ylabel="predictions")
+    counts.grid(alpha=0.3)
+    return save_figure(fig, path)

@@ -1,0 +1,138 @@
+"""The cervical report: labels in order without overlap, the axial slice with the crop box, the legend, the
+labels beside the prediction, the index page with status, warnings and scores, and the same figure for a CT
+stored with mirrored columns."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+from spinelab.io.volume import Volume
+from spinelab.registry import CERVICAL_TARGETS, VERTEBRAE
+from spinelab.report.cervical import draw_cervical_study, plot_cervical_study, vertebra_slices
+from spinelab.report.figures import RISK_BANDS, plt
+
+
+def _volume(depth: int = 60, size: int = 48) -> Volume:
+    """A canonical CT-like volume (head first, rows to posterior, columns to the left), 2 x 0.8 x 0.8 mm."""
+    rng = np.random.default_rng(0)
+    affine = np.diag([-2.0, 0.8, 0.8, 1.0])
+    return Volume(rng.normal(0, 300, (depth, size, size)).astype(np.float32), affine,
+                  slice_ids=[str(100 + i) for i in range(depth)])
+
+
+def _result(ranges: dict[str, tuple[int, int]], probs: dict[str, float] | None = None) -> dict:
+    probs = probs or {t: 0.1 for t in CERVICAL_TARGETS}
+    return {"study": "s1", "probabilities": probs, "crop_box": [10, 12, 30, 36], "missing_vertebrae": ["C7"],
+            "vertebra_ranges": {v: {"start_index": a, "end_index": b, "slice_numbers": None}
+                                for v, (a, b) in ranges.items()},
+            "warnings": ["C7 not found: placed next to C6"], "status": "warning"}
+
+
+def _label_boxes(fig: plt.Figure) -> list[tuple[str, object]]:
+    renderer = fig.canvas.get_renderer()
+    texts = [t for ax in fig.axes for t in ax.texts if t.get_gid() == "vertebra-label"]
+    return [(t.get_text().split()[0].rstrip("?"), t.get_bbox_patch().get_window_extent(renderer)) for t in texts]
+
+
+@pytest.mark.parametrize("layout", ["crowded", "out_of_order"])
+def test_vertebra_labels_in_anatomical_order_without_overlap(layout: str) -> None:
+    if layout == "crowded":  # seven ranges squeezed into 8 slices: labels must spread
+        ranges = {v: (i, i + 1) for i, v in enumerate(VERTEBRAE)}
+    else:  # an implausible prediction: C7 above C1
+        ranges = {v: (40 - 5 * i, 44 - 5 * i) for i, v in enumerate(VERTEBRAE)}
+    fig = draw_cervical_study(_volume(), _result(ranges))
+    fig.canvas.draw()
+    boxes = _label_boxes(fig)
+    assert [name for name, _ in boxes] == list(VERTEBRAE)
+    tops = [box.y1 for _, box in boxes]
+    assert tops == sorted(tops, reverse=True)  # C1 highest on the page, C7 lowest
+    for (a, box_a), (b, box_b) in itertools.combinations(boxes, 2):
+        assert not box_a.overlaps(box_b), (a, b)
+    plt.close(fig)
+
+
+def test_axial_slice_at_the_most_suspicious_vertebra_with_the_crop_box() -> None:
+    ranges = {v: (4 + 7 * i, 10 + 7 * i) for i, v in enumerate(VERTEBRAE)}
+    probs = {t: 0.1 for t in CERVICAL_TARGETS} | {"C5": 0.81, "patient_overall": 0.7}
+    fig = draw_cervical_study(_volume(), _result(ranges, probs))
+    sag, cor, axial, bars = fig.axes[:4]
+    assert "C5" in axial.get_title() and "slice 35" in axial.get_title()  # C5 spans slices 32..38
+    (box,) = [p for p in axial.patches if p.get_gid() == "crop-box"]
+    assert (box.get_x(), box.get_y(), box.get_width(), box.get_height()) == pytest.approx((9.5, 11.5, 20, 24))
+    for ax in (sag, cor):  # the axial level is marked where it is
+        (line,) = [line for line in ax.lines if line.get_gid() == "axial-level"]
+        assert line.get_ydata()[0] == pytest.approx(35)
+    legend = [t.get_text() for t in bars.get_legend().get_texts()]
+    assert legend == [label for _, _, label in RISK_BANDS]
+    notes = " ".join(t.get_text() for t in fig.texts)
+    assert "C7 not found" in notes and "warning" in fig._suptitle.get_text()
+    plt.close(fig)
+
+
+def test_labels_are_drawn_beside_the_probabilities() -> None:
+    ranges = {v: (4 + 7 * i, 10 + 7 * i) for i, v in enumerate(VERTEBRAE)}
+    truth = {t: int(t in ("C2", "patient_overall")) for t in CERVICAL_TARGETS}
+    fig = draw_cervical_study(_volume(), _result(ranges), truth=truth)
+    marks = [t.get_text() for t in fig.axes[3].texts if t.get_gid() == "truth"]
+    assert marks == ["none", "fracture", "none", "none", "none", "none", "none", "fracture"]
+    plt.close(fig)
+
+
+def test_ranges_follow_slice_numbers_on_any_slice_order() -> None:
+    volume = _volume(depth=20)
+    result = _result({"C1": (0, 0)})
+    result["vertebra_ranges"]["C1"] = {"start_index": 17, "end_index": 19, "slice_numbers": ["102", "100"]}
+    assert vertebra_slices(volume, result) == {"C1": (0, 2)}
+    result["vertebra_ranges"]["C1"]["slice_numbers"] = None  # no names: the indices are used
+    assert vertebra_slices(volume, result) == {"C1": (17, 19)}
+
+
+def test_index_shows_status_warnings_truth_and_scores(cervical_report: Path,
+                                                      cervical_predictions: tuple[Path, Path]) -> None:
+    page = cervical_report.read_text()
+    folder = cervical_report.parent
+    studies = sorted(p.name for p in (cervical_predictions[0] / "test_images").iterdir())
+    # every study listed once, highest overall first; the refused one has no picture
+    rows = re.findall(r"<tr><td class=\"id\">([^<]+)</td><td class=\"num\" title=\"([0-9.]+)\"", page)
+    assert sorted(sid for sid, _ in rows) == studies
+    assert [float(p) for _, p in rows] == sorted((float(p) for _, p in rows), reverse=True)
+    assert len(list((folder / "studies").glob("*.png"))) == 2
+    for status in ("ok", "warning", "refused"):
+        assert f">{status}</td>" in page
+    assert '<div class="warn">z-extent 96 mm' in page and "refused, prior used" in page
+    assert "competition metric" in page and "constant that predicts the label prevalence" in page
+    assert "ROC AUC" in page and "C1-C7 pooled" in page and "●" in page
+    assert (folder / "calibration.png").is_file() and 'src="calibration.png"' in page
+    assert 'src="curves_stage1.png"' in page and 'src="curves_stage2.png"' in page
+
+
+@pytest.mark.realdata
+@pytest.mark.filterwarnings("ignore:.*empty SeriesInstanceUID")  # a known quirk of this real series
+def test_figure_is_the_same_for_a_ct_stored_with_mirrored_columns(realdata: Path, tmp_path: Path) -> None:
+    from spinelab.io.dicom import read_series
+    from spinelab.io.dicom_write import write_series
+
+    stored = read_series(realdata / "totalsegmentator" / "example_ct_dicom_j2k")
+    depth, height, width = stored.shape
+    mirrored_affine = stored.affine.copy()
+    mirrored_affine[:3, 3] += stored.affine[:3, 2] * (width - 1)  # column 0 is now the old last column
+    mirrored_affine[:3, 2] = -stored.affine[:3, 2]  # columns run towards the patient's right
+    names = [f"{s}.dcm" for s in stored.slice_ids]
+    for name, volume in (("as_stored", stored), ("mirrored", stored.with_array(stored.array[:, :, ::-1].copy()))):
+        if name == "mirrored":
+            volume = Volume(volume.array, mirrored_affine, slice_ids=stored.slice_ids)
+        write_series(volume, tmp_path / name, file_names=names, bits_stored=16, study_uid="1.2.3")
+    a, b = read_series(tmp_path / "as_stored"), read_series(tmp_path / "mirrored")
+    assert not np.array_equal(a.array, b.array)  # the files really differ
+    ranges = {v: (2 * i, 2 * i + 3) for i, v in enumerate(VERTEBRAE)}
+    result = _result(ranges, {t: 0.1 + 0.1 * i for i, t in enumerate(CERVICAL_TARGETS)})
+    result["crop_box"] = [180, 200, 340, 380]
+    pictures = [imread(plot_cervical_study(v, result, tmp_path / f"{n}.png")) for n, v in (("a", a), ("b", b))]
+    assert pictures[0].shape == pictures[1].shape
+    np.testing.assert_array_equal(pictures[0], pictures[1])

@@ -1,0 +1,84 @@
+"""The lumbar report: grade values readable on their cells, abbreviations spelled out, L/R on axial panels
+with each side's point on its side, and the index page."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spinelab.report.figures import contrast_ratio, plt
+from spinelab.report.lumbar import ABBREVIATIONS, draw_lumbar_study, grade_cell_colors
+
+
+@pytest.fixture(scope="module")
+def drawn(lumbar_predictions: tuple[Path, Path]):
+    import json
+
+    from spinelab.tasks.lumbar.studies import load_study, read_descriptions
+
+    data, pred = lumbar_predictions
+    folder = sorted((data / "test_images").iterdir())[0]
+    study = load_study(folder, descriptions=read_descriptions(data, "test"))
+    result = json.loads((pred / "studies" / f"{folder.name}.json").read_text())
+    fig = draw_lumbar_study(study, result)
+    fig.canvas.draw()
+    yield fig, result
+    plt.close(fig)
+
+
+def test_grade_cell_text_contrast_is_at_least_aa() -> None:
+    for value in np.linspace(0, 1, 101):
+        background, text = grade_cell_colors(value)
+        assert contrast_ratio(text, background[:3]) >= 4.5, value
+
+
+def test_every_drawn_grade_value_is_legible(drawn) -> None:
+    fig, _ = drawn
+    values = [t for ax in fig.axes for t in ax.texts if t.get_gid() == "grade-value"]
+    assert len(values) == 2 * 25  # P(moderate) and P(severe) for 5 conditions x 5 levels
+    cmap = plt.get_cmap("Reds")
+    for t in values:
+        assert contrast_ratio(t.get_color(), cmap(float(t.get_text()))[:3]) >= 4.5, t.get_text()
+
+
+def test_abbreviations_are_spelled_out(drawn, lumbar_report: Path) -> None:
+    fig, _ = drawn
+    notes = " ".join(t.get_text() for t in fig.texts)
+    for spelled in ("SCS = spinal canal stenosis", "NFN = neural foraminal narrowing", "SS = subarticular stenosis",
+                    "L- / R- = the patient's left / right"):
+        assert spelled in notes and spelled in ABBREVIATIONS
+    ticks = {t.get_text() for ax in fig.axes for t in ax.get_yticklabels()}
+    assert {"SCS", "L-NFN", "R-NFN", "L-SS", "R-SS"} <= ticks
+    assert "SCS = spinal canal stenosis" in lumbar_report.read_text()
+
+
+def test_axial_panels_have_lr_letters_and_each_side_on_its_side(drawn) -> None:
+    fig, result = drawn
+    axial = [ax for ax in fig.axes if ax.get_title().startswith("Axial")]
+    assert axial, "no axial panel drawn"
+    checked = 0
+    for ax in axial:
+        edges = {t.get_text() for t in ax.texts if t.get_gid() == "orientation"}
+        assert edges == {"A", "P", "R", "L"}
+        left_edge = min((t for t in ax.texts if t.get_gid() == "orientation"), key=lambda t: t.get_position()[0])
+        assert left_edge.get_text() == "R"  # radiological convention: the patient's right on the image left
+        sides = {t.get_text(): t.xy[0] for t in ax.texts if t.get_gid() == "side-marker"}
+        if {"L-SS", "R-SS"} <= set(sides):
+            assert sides["L-SS"] > sides["R-SS"]  # the left point is drawn on the image's right
+            checked += 1
+    assert checked >= 1
+
+
+def test_index_lists_studies_with_status_and_spelled_headers(lumbar_report: Path,
+                                                             lumbar_predictions: tuple[Path, Path]) -> None:
+    page = lumbar_report.read_text()
+    studies = sorted(p.name for p in (lumbar_predictions[0] / "test_images").iterdir())
+    rows = re.findall(r"<tr><td class=\"id\">([^<]+)</td><td class=\"num\" title=\"([0-9.]+)\"", page)
+    assert sorted(sid for sid, _ in rows) == studies
+    assert [float(p) for _, p in rows] == sorted((float(p) for _, p in rows), reverse=True)
+    assert 'data-key="max_severe"' in page and "neural foraminal narrowing: highest P(severe)" in page
+    assert page.count(">ok</td>") == len(studies)
+    assert len(list((lumbar_report.parent / "studies").glob("*.png"))) == len(studies)
