@@ -21,9 +21,14 @@ from spinelab.report.figures import RISK_BANDS, plt
 def _volume(depth: int = 60, size: int = 48) -> Volume:
     """A canonical CT-like volume (head first, rows to posterior, columns to the left), 2 x 0.8 x 0.8 mm."""
     rng = np.random.default_rng(0)
-    affine = np.diag([-2.0, 0.8, 0.8, 1.0])
+    affine = np.eye(4)
+    affine[:3, :3] = [[0, 0, 0.8], [0, 0.8, 0], [-2.0, 0, 0]]  # D to the feet, H posterior, W to the left
     return Volume(rng.normal(0, 300, (depth, size, size)).astype(np.float32), affine,
                   slice_ids=[str(100 + i) for i in range(depth)])
+
+
+def test_the_test_volume_is_canonical() -> None:
+    assert _volume().orientation == "IPL"
 
 
 def _result(ranges: dict[str, tuple[int, int]], probs: dict[str, float] | None = None) -> dict:
@@ -40,13 +45,17 @@ def _label_boxes(fig: plt.Figure) -> list[tuple[str, object]]:
     return [(t.get_text().split()[0].rstrip("?"), t.get_bbox_patch().get_window_extent(renderer)) for t in texts]
 
 
-@pytest.mark.parametrize("layout", ["crowded", "out_of_order"])
+@pytest.mark.parametrize("layout", ["crowded", "out_of_order", "short_scan"])
 def test_vertebra_labels_in_anatomical_order_without_overlap(layout: str) -> None:
+    volume = _volume()
     if layout == "crowded":  # seven ranges squeezed into 8 slices: labels must spread
         ranges = {v: (i, i + 1) for i, v in enumerate(VERTEBRAE)}
-    else:  # an implausible prediction: C7 above C1
+    elif layout == "out_of_order":  # an implausible prediction: C7 above C1
         ranges = {v: (40 - 5 * i, 44 - 5 * i) for i, v in enumerate(VERTEBRAE)}
-    fig = draw_cervical_study(_volume(), _result(ranges))
+    else:  # 8 slices of 2 mm: the sagittal is a strip, too short for seven labels
+        volume = _volume(depth=8)
+        ranges = {v: (i, i + 1) for i, v in enumerate(VERTEBRAE)}
+    fig = draw_cervical_study(volume, _result(ranges))
     fig.canvas.draw()
     boxes = _label_boxes(fig)
     assert [name for name, _ in boxes] == list(VERTEBRAE)
@@ -81,6 +90,17 @@ def test_labels_are_drawn_beside_the_probabilities() -> None:
     fig = draw_cervical_study(_volume(), _result(ranges), truth=truth)
     marks = [t.get_text() for t in fig.axes[3].texts if t.get_gid() == "truth"]
     assert marks == ["none", "fracture", "none", "none", "none", "none", "none", "fracture"]
+    plt.close(fig)
+
+
+def test_reformats_of_a_short_scan_are_narrowed_around_the_crop_box() -> None:
+    ranges = {v: (i, i + 1) for i, v in enumerate(VERTEBRAE)}
+    fig = draw_cervical_study(_volume(depth=8, size=120), _result(ranges))  # 16 mm tall, 96 mm wide
+    # the crop box [10, 12, 30, 36] spans 24 rows (the sagittal's columns) and 20 columns (the coronal's)
+    for ax, box_px in zip(fig.axes[:2], (24, 20), strict=True):
+        image = ax.get_images()[0].get_array()
+        assert image.shape[0] == 8 and image.shape[1] < 120  # narrowed ...
+        assert image.shape[1] >= box_px + 2 * 25  # ... but the crop box and 2 cm (25 px) either side stay
     plt.close(fig)
 
 
@@ -136,3 +156,31 @@ def test_figure_is_the_same_for_a_ct_stored_with_mirrored_columns(realdata: Path
     pictures = [imread(plot_cervical_study(v, result, tmp_path / f"{n}.png")) for n, v in (("a", a), ("b", b))]
     assert pictures[0].shape == pictures[1].shape
     np.testing.assert_array_equal(pictures[0], pictures[1])
+
+
+def test_unreadable_or_absent_studies_and_moved_labels_do_not_stop_the_report(
+        cervical_predictions: tuple[Path, Path], tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from spinelab.report.cervical import write_cervical_report
+
+    data, pred = cervical_predictions
+    copy_data, copy_pred = tmp_path / "data", tmp_path / "pred"
+    shutil.copytree(pred, copy_pred)
+    evaluation = json.loads((copy_pred / "evaluation.json").read_text())
+    (copy_pred / "evaluation.json").write_text(json.dumps({**evaluation, "labels": str(tmp_path / "gone.csv")}))
+    ok = [json.loads(p.read_text()) for p in sorted((copy_pred / "studies").glob("*.json"))]
+    drawable = [r["study"] for r in ok if r["status"] in ("ok", "warning")]
+    shutil.copytree(data / "test_images" / drawable[0], copy_data / "test_images" / drawable[0])
+    for f in (copy_data / "test_images" / drawable[0]).iterdir():
+        f.write_bytes(b"DICM but not really")  # unreadable: no picture, the report goes on
+    shutil.copytree(data / "test_images" / drawable[1], copy_data / "test_images" / "someone_else")
+    page = write_cervical_report(predictions=copy_pred, input=copy_data, out=tmp_path / "report",
+                                 progress=False).read_text()
+    assert page.count("no picture: ") == 2  # the unreadable study and the absent one; the refused one has none
+    assert f"no picture: study not found under {copy_data}" in page
+    assert f"no picture: {copy_data / 'test_images' / drawable[0]}" in page  # the reader's one-line error
+    assert "gone.csv no longer exists: truth not shown per study" in page
+    assert "competition metric" in page and "●" not in page
+    assert not list((tmp_path / "report").glob("studies/*.png"))

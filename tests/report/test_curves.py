@@ -27,7 +27,8 @@ def test_panels_pair_training_with_validation_and_group_families() -> None:
 
 def test_direction_of_losses_and_metrics() -> None:
     assert direction("loss") == direction("competition_score") == direction("error_mm") == "lower is better"
-    assert direction("auc_vertebra") == direction("within_5mm") == "higher is better"
+    assert direction("auc_vertebra") == direction("within_5mm") == direction("presence_acc") == "higher is better"
+    assert direction("step_loss") == direction("ratio_mae") == "lower is better"
 
 
 def test_best_epoch_from_the_checkpoint_without_running_code(cervical_run: Path, tmp_path: Path) -> None:
@@ -81,3 +82,14 @@ def test_titles_do_not_overlap(stage2_figure) -> None:
     for ax in stage2_figure.axes:  # and no title runs into its own panel
         if ax.get_visible():
             assert ax.title.get_window_extent(renderer).y0 >= ax.get_window_extent(renderer).y1 - 1
+
+
+def test_a_first_epoch_far_above_the_rest_gets_a_log_axis(cervical_run: Path) -> None:
+    import pandas as pd
+
+    rows = [{"epoch": e, "step": e, "val/error_mm": 100.0 if e == 0 else 3.0 - 0.1 * e} for e in range(6)]
+    rows += [{"epoch": e, "step": e, "train/loss_epoch": 1.0 - 0.1 * e} for e in range(6)]
+    fig = draw_stage_curves(cervical_run, "stage1", {"fold_0": pd.DataFrame(rows)}, {"fold_0": 5})
+    scales = {ax.get_title(): ax.get_yscale() for ax in fig.axes if ax.get_visible()}
+    assert scales == {"loss": "linear", "error_mm": "log"}
+    plt.close(fig)

@@ -27,6 +27,7 @@ from spinelab.report.curves import plot_training_curves
 from spinelab.report.figures import (
     LEVEL_COLORS,
     Panel,
+    crop_columns,
     plt,
     readable_text_color,
     risk_color,
@@ -98,12 +99,15 @@ def draw_cervical_study(volume: Volume, result: dict[str, Any], *, truth: dict[s
     level = (sum(ranges[worst]) // 2) if worst else depth // 2
     probs = result.get("probabilities", {})
 
+    margin = 20.0 / volume.spacing[2]  # 2 cm either side of the crop box
     sag = volume_panel(volume, 2, cx, plane="sagittal")
+    sag = _narrow(sag, sag.to_display(cy, 0)[0], (box[3] - box[1]) + 2 * margin)
     cor = volume_panel(volume, 1, cy, plane="coronal")
+    cor = _narrow(cor, cor.to_display(cx, 0)[0], (box[2] - box[0]) + 2 * margin)
     axial = volume_panel(volume, 0, level, plane="axial")
     # As tall as the tallest panel needs at its width (a long scan is tall, a short one is not squashed).
     tallest = max(_height_ratio(p) for p in (sag, cor, axial))
-    fig = plt.figure(figsize=(15.5, float(np.clip(3.4 * tallest, 3.8, 9.0)) + 1.95))
+    fig = plt.figure(figsize=(13.5, float(np.clip(2.9 * tallest, 3.4, 8.0)) + 1.95))
     grid = fig.add_gridspec(1, 4, width_ratios=[1, 1, 1.15, 0.95], wspace=0.32, left=0.08, right=0.97,
                             top=1 - 0.65 / fig.get_figheight(), bottom=1.3 / fig.get_figheight())
     sag_ax, cor_ax, ax_ax, bar_ax = (fig.add_subplot(grid[0, i]) for i in range(4))
@@ -129,6 +133,17 @@ def draw_cervical_study(volume: Volume, result: dict[str, Any], *, truth: dict[s
         more = f"\n(+{len(notes) - 4} more warnings)" if len(notes) > 4 else ""
         fig.text(0.01, 0.02, "⚠ " + text + more, fontsize=8.5, va="bottom", color="#6d4c00")
     return fig
+
+
+def _narrow(panel: Panel, centre: float, least: float) -> Panel:
+    """A reformat of a short scan is a thin strip: keep the columns around the crop box (at least ``least``
+    pixels), so that it is at least half as tall as wide."""
+    height, width = panel.image.shape
+    if height * panel.row_mm >= 0.5 * width * panel.col_mm:
+        return panel
+    keep = int(min(width, max(2 * height * panel.row_mm / panel.col_mm, least)))
+    start = int(np.clip(round(centre - keep / 2), 0, width - keep))
+    return crop_columns(panel, start, start + keep)
 
 
 def _height_ratio(panel: Panel) -> float:
@@ -169,6 +184,10 @@ def _draw_vertebrae(ax: Any, panel: Panel, ranges: dict[str, tuple[int, int]], r
     lo, hi = sorted(ax.get_ylim())
     line_px = 9 * 1.6 * ax.figure.dpi / 72  # one 9-point label with its box and a little air
     gap = line_px * (hi - lo) / max(height_px, 1.0)  # in rows
+    need = gap * len(names)
+    if hi - lo < need:  # a short scan: the label column runs past the image's top and bottom
+        mid = (lo + hi) / 2
+        lo, hi = mid - need / 2, mid + need / 2
     placed = spread_labels(centres, gap, lo + gap / 2, hi - gap / 2)
     for v, centre, y in zip(names, centres, placed, strict=True):
         p = round(float(probs.get(v, 0.0)), 2)  # coloured as shown: a "0.20" is never green
@@ -275,14 +294,16 @@ def write_cervical_report(*, predictions: str | Path, input: str | Path, out: st
             row: dict[str, Any] = {"study": sid, "status": status, "warnings": list(r.get("warnings", [])),
                                    "truth": truth.get(sid, {})}
             row.update({t: float(r["probabilities"][t]) for t in CERVICAL_TARGETS})
-            if sid in folders and status in ("ok", "warning"):
+            if status not in ("ok", "warning"):
+                pass  # refused or failed: its reason is among the warnings, there is nothing to draw
+            elif sid in folders:
                 image = Path("studies") / f"{sid}.png"
                 try:
                     plot_cervical_study(_read_volume(folders[sid]), r, out / image, truth=truth.get(sid))
                     row["image"] = image.as_posix()
                 except SpinelabError as err:
                     row["warnings"].append(f"no picture: {err}")
-            elif sid not in folders:
+            else:
                 row["warnings"].append(f"no picture: study not found under {input}")
             rows.append(row)
             bar.advance(task)

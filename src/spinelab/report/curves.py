@@ -30,8 +30,8 @@ _MARKERS = ("o", "s", "^", "D", "v", "P", "X")  # one per fold
 
 def direction(name: str) -> str:
     """``"higher is better"`` or ``"lower is better"`` for a logged name (losses, scores, errors are lower)."""
-    lowered = name.lower()
-    if "auc" in lowered or "within" in lowered or "accuracy" in lowered:
+    words = set(name.lower().replace("/", "_").split("_"))
+    if words & {"auc", "acc", "accuracy", "within", "dice", "f1", "precision", "recall"}:
         return "higher is better"
     return "lower is better"
 
@@ -118,12 +118,15 @@ def draw_stage_curves(run_dir: Path, stage: str, logs: dict[str, pd.DataFrame],
                 color = LEVEL_COLORS[(m if family else k) % len(LEVEL_COLORS)]
                 label = f"{fold} {split}" + (f" {c.split('/', 1)[1]}" if family else "")
                 ax.plot(series.index, series.to_numpy(), "-" if split == "train" else "--",
-                        marker=_MARKERS[k % len(_MARKERS)], ms=4, color=color, label=label)
+                        marker=_MARKERS[k % len(_MARKERS)], ms=4, color=color, label=label, gid="curve")
             if best.get(fold) is not None:
                 ax.axvline(best[fold], color="#424242" if family else LEVEL_COLORS[k % len(LEVEL_COLORS)], ls=":",
                            lw=1.3,
                            label=f"{fold} best epoch {best[fold]} (model.pt)")
         _draw_baseline(ax, run_dir, panel)
+        low, high = _data_range(ax)
+        if low > 0 and high / low > 20:  # a first epoch far above the rest would flatten every later one
+            ax.set_yscale("log")
         ax.set_title(panel, fontsize=10)
         ax.set_xlabel("epoch")
         what = "loss" if "loss" in panel else panel
@@ -133,6 +136,12 @@ def draw_stage_curves(run_dir: Path, stage: str, logs: dict[str, pd.DataFrame],
         ax.legend(fontsize=7, loc="best")
     fig.suptitle(f"{run_dir.name}: {stage} (solid = training, dashed = validation)", fontsize=11)
     return fig
+
+
+def _data_range(ax: Any) -> tuple[float, float]:
+    """Smallest and largest y drawn by the curves of ``ax`` (markers and baselines left out)."""
+    ys = [y for line in ax.lines if line.get_gid() == "curve" for y in line.get_ydata()]
+    return (float(min(ys)), float(max(ys))) if ys else (0.0, 0.0)
 
 
 def _draw_baseline(ax: Any, run_dir: Path, panel: str) -> None:

@@ -40,6 +40,7 @@ __all__ = [
     "DISPLAY",
     "slice_panel",
     "volume_panel",
+    "crop_columns",
     "show_panel",
     "spread_labels",
 ]
@@ -168,6 +169,18 @@ def volume_panel(volume: Volume, axis: int, index: int, *, plane: str) -> Panel:
     image = np.take(np.asarray(volume.array), index, axis=axis)
     rest = [a for a in range(3) if a != axis]
     return slice_panel(image, volume.affine[:3, rest[0]], volume.affine[:3, rest[1]], plane=plane)
+
+
+def crop_columns(panel: Panel, start: int, stop: int) -> Panel:
+    """Columns ``[start, stop)`` of ``panel`` (a narrower view); points still map to where they are shown."""
+    start, stop = max(0, int(start)), min(panel.image.shape[1], int(stop))
+    inner = panel.to_display
+
+    def to_display(x: float, y: float) -> tuple[float, float]:
+        col, row = inner(x, y)
+        return col - start, row
+
+    return Panel(panel.image[:, start:stop], panel.row_mm, panel.col_mm, panel.letters, to_display)
 
 
 def show_panel(ax: Any, panel: Panel, *, window: tuple[float, float] | None, title: str = "",

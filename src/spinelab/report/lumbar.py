@@ -97,7 +97,7 @@ def draw_lumbar_study(study: Any, result: dict[str, Any]) -> Figure:
     notes = [ABBREVIATIONS + ". Letters at the image edges: S/I superior/inferior, A/P anterior/posterior, "
              "R/L the patient's right/left."]
     notes += [f"⚠ {textwrap.shorten(w, 190, placeholder=' ...')}" for w in (result.get("warnings") or [])[:4]]
-    fig, axes = plt.subplots(2, 5, figsize=(16, 7.6), height_ratios=[1, 1])
+    fig, axes = plt.subplots(2, 5, figsize=(14.5, 7.6), height_ratios=[1, 1])
     # the notes get a margin of their own below the panels, one line of 8.5-point text each
     fig.subplots_adjust(left=0.04, right=0.99, top=0.9, bottom=(0.3 + 0.17 * len(notes)) / 7.6, wspace=0.28,
                         hspace=0.3)
@@ -216,7 +216,9 @@ def write_lumbar_report(*, predictions: str | Path, input: str | Path, out: str 
                                                     max_severe(r, "right_neural")),
                                    "subarticular": max(max_severe(r, "left_sub"), max_severe(r, "right_sub")),
                                    "status": status, "warnings": list(r.get("warnings", []))}
-            if sid in folders and status in ("ok", "warning"):
+            if status not in ("ok", "warning"):
+                pass  # refused or failed: its reason is among the warnings, there is nothing to draw
+            elif sid in folders:
                 image = Path("studies") / f"{sid}.png"
                 try:
                     study = load_study(folders[sid], descriptions=descriptions)
@@ -224,7 +226,7 @@ def write_lumbar_report(*, predictions: str | Path, input: str | Path, out: str 
                     row["image"] = image.as_posix()
                 except SpinelabError as err:
                     row["warnings"].append(f"no picture: {err}")
-            elif sid not in folders:
+            else:
                 row["warnings"].append(f"no picture: study not found under {input}")
             rows.append(row)
             bar.advance(task)
