@@ -44,6 +44,14 @@ def test_every_drawn_grade_value_is_legible(drawn) -> None:
         assert contrast_ratio(t.get_color(), cmap(float(t.get_text()))[:3]) >= 4.5, t.get_text()
 
 
+def test_level_labels_on_the_points_are_legible(drawn) -> None:
+    fig, _ = drawn
+    labels = [t for ax in fig.axes for t in ax.texts if t.get_gid() == "level-label"]
+    assert len(labels) >= 5
+    for t in labels:
+        assert contrast_ratio(t.get_color(), t.get_bbox_patch().get_facecolor()[:3]) >= 4.5, t.get_text()
+
+
 def test_abbreviations_are_spelled_out(drawn, lumbar_report: Path) -> None:
     fig, _ = drawn
     notes = " ".join(t.get_text() for t in fig.texts)

@@ -72,8 +72,8 @@ def _draw_points(ax: Any, panel: Panel, records: dict[str, Any] | None) -> None:
             x, y = panel.to_display(rec["x"], rec["y"])
             ax.plot(x, y, "o", ms=5, mec="white", mew=0.8, color=LEVEL_COLORS[li])
             ax.annotate(LUMBAR_LEVEL_TITLES[level], (x, y), xytext=(4, 0), textcoords="offset points",
-                        color="white", fontsize=7.5, va="center", bbox={"facecolor": LEVEL_COLORS[li],
-                                                                        "pad": 1, "edgecolor": "none"})
+                        color=readable_text_color(LEVEL_COLORS[li]), fontsize=7.5, va="center", gid="level-label",
+                        bbox={"facecolor": LEVEL_COLORS[li], "pad": 1, "edgecolor": "none"})
 
 
 def _slice_of(records: dict[str, Any] | None, default: int) -> int:
