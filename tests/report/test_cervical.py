@@ -15,7 +15,7 @@ from matplotlib.image import imread
 from spinelab.io.volume import Volume
 from spinelab.registry import CERVICAL_TARGETS, VERTEBRAE
 from spinelab.report.cervical import draw_cervical_study, plot_cervical_study, vertebra_slices
-from spinelab.report.figures import RISK_BANDS, plt
+from spinelab.report.figures import RISK_BANDS, contrast_ratio, plt
 
 
 def _volume(depth: int = 60, size: int = 48) -> Volume:
@@ -63,6 +63,8 @@ def test_vertebra_labels_in_anatomical_order_without_overlap(layout: str) -> Non
     assert tops == sorted(tops, reverse=True)  # C1 highest on the page, C7 lowest
     for (a, box_a), (b, box_b) in itertools.combinations(boxes, 2):
         assert not box_a.overlaps(box_b), (a, b)
+    for t in (t for ax in fig.axes for t in ax.texts if t.get_gid() == "vertebra-label"):
+        assert contrast_ratio(t.get_color(), t.get_bbox_patch().get_facecolor()[:3]) >= 4.5, t.get_text()
     plt.close(fig)
 
 

@@ -23,7 +23,7 @@ __all__ = ["Column", "write_index", "metric_table", "metric_row", "STATUS_COLORS
 STATUS_COLORS = {"ok": "#e8f5e9", "warning": "#fff3cd", "refused": "#fde0dc", "failed": "#f8bbd0"}
 
 # Column widths (percent of the table) by kind; the warnings column takes what is left.
-_WIDTHS = {"id": 14.0, "prob": 6.0, "status": 7.0, "text": 9.0}
+_WIDTHS = {"id": 13.0, "prob": 6.8, "status": 7.0, "text": 9.0}
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:20px;color:#1a1a1a;line-height:1.35}
