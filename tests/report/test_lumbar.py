@@ -90,3 +90,36 @@ def test_index_lists_studies_with_status_and_spelled_headers(lumbar_report: Path
     assert 'data-key="max_severe"' in page and "neural foraminal narrowing: highest P(severe)" in page
     assert page.count(">ok</td>") == len(studies)
     assert len(list((lumbar_report.parent / "studies").glob("*.png"))) == len(studies)
+
+
+def test_axial_series_stored_mirrored_gives_the_same_figure(lumbar_predictions: tuple[Path, Path]) -> None:
+    import copy
+    import json
+
+    from spinelab.io.volume import Volume
+    from spinelab.tasks.lumbar.studies import LumbarStudy, load_study, read_descriptions
+
+    data, pred = lumbar_predictions
+    folder = sorted((data / "test_images").iterdir())[0]
+    study = load_study(folder, descriptions=read_descriptions(data, "test"))
+    result = json.loads((pred / "studies" / f"{folder.name}.json").read_text())
+    mirrored_series = []
+    for vol in study.series["axial"]:  # the same pixels with columns running towards the patient's right
+        width = vol.shape[2]
+        affine = vol.affine.copy()
+        affine[:3, 3] += vol.affine[:3, 2] * (width - 1)
+        affine[:3, 2] = -vol.affine[:3, 2]
+        mirrored_series.append(Volume(np.ascontiguousarray(vol.array[:, :, ::-1]), affine, slice_ids=vol.slice_ids))
+    mirrored = LumbarStudy(study.study_id, {**study.series, "axial": mirrored_series}, study.series_ids)
+    flipped = copy.deepcopy(result)
+    widths = dict(zip(study.series_ids["axial"], (v.shape[2] for v in study.series["axial"]), strict=True))
+    for side in ("left", "right"):  # the predicted points move with the pixels
+        for rec in flipped["points"][f"{side}_subarticular_stenosis"].values():
+            rec["x"] = widths[rec["series_id"]] - 1 - rec["x"]
+    pictures = []
+    for s, r in ((study, result), (mirrored, flipped)):
+        fig = draw_lumbar_study(s, r)
+        fig.canvas.draw()
+        pictures.append(np.asarray(fig.canvas.buffer_rgba()).copy())
+        plt.close(fig)
+    np.testing.assert_array_equal(pictures[0], pictures[1])
