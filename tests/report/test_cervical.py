@@ -186,3 +186,25 @@ def test_unreadable_or_absent_studies_and_moved_labels_do_not_stop_the_report(
     assert "gone.csv no longer exists: truth not shown per study" in page
     assert "competition metric" in page and "●" not in page
     assert not list((tmp_path / "report").glob("studies/*.png"))
+
+
+@pytest.mark.parametrize("bad", ["out_is_a_file", "model_missing", "no_predictions"])
+def test_bad_paths_are_one_line_errors_before_anything_is_written(bad: str, tmp_path: Path,
+                                                                  cervical_predictions: tuple[Path, Path]) -> None:
+    from typer.testing import CliRunner
+
+    from spinelab.cli import app
+
+    data, pred = cervical_predictions
+    out = tmp_path / "report"
+    args = ["report", "cervical", "-p", str(pred), "-i", str(data), "-o", str(out)]
+    if bad == "out_is_a_file":
+        out.write_text("not a folder")
+    elif bad == "model_missing":
+        args += ["--model", str(tmp_path / "no_run")]
+    else:
+        args[3] = str(tmp_path)  # a folder without studies/*.json
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and str(tmp_path) in result.output
+    assert out.is_file() if bad == "out_is_a_file" else not out.exists()  # nothing drawn, nothing half-written

@@ -23,7 +23,7 @@ from spinelab.io.orientation import to_canonical
 from spinelab.io.volume import Volume
 from spinelab.registry import CERVICAL_TARGETS, VERTEBRAE
 from spinelab.report.calibration import plot_calibration
-from spinelab.report.curves import plot_training_curves
+from spinelab.report.curves import check_run_folder, plot_training_curves
 from spinelab.report.figures import (
     LEVEL_COLORS,
     Panel,
@@ -37,7 +37,7 @@ from spinelab.report.figures import (
     spread_labels,
     volume_panel,
 )
-from spinelab.report.html import Column, metric_row, metric_table, write_index
+from spinelab.report.html import Column, check_report_folder, metric_row, metric_table, write_index
 
 __all__ = ["write_cervical_report", "plot_cervical_study", "draw_cervical_study", "vertebra_slices", "most_suspicious"]
 
@@ -281,6 +281,9 @@ def write_cervical_report(*, predictions: str | Path, input: str | Path, out: st
     """
     predictions, out = Path(predictions), Path(out)
     folder = predictions if predictions.is_dir() else predictions.parent
+    check_report_folder(out)
+    if model is not None:
+        check_run_folder(model)
     results = read_study_results(predictions)
     _, studies = find_input_studies(input)
     folders = dict(studies)

@@ -16,7 +16,7 @@ from matplotlib.ticker import MaxNLocator
 from spinelab.report.figures import LEVEL_COLORS, plt, save_figure
 from spinelab.train.run import read_training_log
 
-__all__ = ["plot_training_curves", "draw_stage_curves", "best_epoch", "curve_panels", "direction"]
+__all__ = ["plot_training_curves", "draw_stage_curves", "best_epoch", "curve_panels", "direction", "check_run_folder"]
 
 #: metric -> (file, key, label) of the constant it must beat, as ``spinelab train`` writes them.
 _BASELINES = {
@@ -75,6 +75,16 @@ def curve_panels(columns: list[str]) -> dict[str, list[str]]:
         key = base or name
         panels.setdefault(key, []).extend(c for c in (train.get(name), val.get(name)) if c)
     return panels
+
+
+def check_run_folder(run_dir: str | Path) -> Path:
+    """``run_dir`` (``--model``) must be a folder: checked before a report draws anything."""
+    from spinelab.errors import InputError
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise InputError(run_dir, "run folder (--model) not found")
+    return run_dir
 
 
 def plot_training_curves(run_dir: str | Path, out_dir: str | Path) -> list[Path]:

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from spinelab.errors import InputError
 from spinelab.io.atomic import atomic_write_text
 from spinelab.report.figures import RISK_BANDS, readable_text_color, risk_color
 
-__all__ = ["Column", "write_index", "metric_table", "metric_row", "STATUS_COLORS"]
+__all__ = ["Column", "write_index", "metric_table", "metric_row", "check_report_folder", "STATUS_COLORS"]
 
 #: Background of each study status (text colour chosen by contrast).
 STATUS_COLORS = {"ok": "#e8f5e9", "warning": "#fff3cd", "refused": "#fde0dc", "failed": "#f8bbd0"}
@@ -60,6 +61,14 @@ class Column:
     title: str
     kind: str = "text"
     help: str = ""
+
+
+def check_report_folder(out: str | Path) -> Path:
+    """``out`` as a report folder: it may not exist yet, but must not be a file (checked before any work)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "the report folder (-o) is a file; give a folder")
+    return out
 
 
 def _cell(column: Column, row: dict[str, Any]) -> str:

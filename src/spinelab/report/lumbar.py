@@ -22,7 +22,7 @@ from spinelab.registry import (
     LUMBAR_LEVEL_TITLES,
     LUMBAR_LEVELS,
 )
-from spinelab.report.curves import plot_training_curves
+from spinelab.report.curves import check_run_folder, plot_training_curves
 from spinelab.report.figures import (
     LEVEL_COLORS,
     Panel,
@@ -32,7 +32,7 @@ from spinelab.report.figures import (
     show_panel,
     volume_panel,
 )
-from spinelab.report.html import Column, metric_table, write_index
+from spinelab.report.html import Column, check_report_folder, metric_table, write_index
 
 __all__ = ["write_lumbar_report", "plot_lumbar_study", "draw_lumbar_study", "max_severe", "grade_cell_colors",
            "ABBREVIATIONS"]
@@ -200,6 +200,9 @@ def write_lumbar_report(*, predictions: str | Path, input: str | Path, out: str 
 
     predictions, out, input = Path(predictions), Path(out), Path(input)
     folder = predictions if predictions.is_dir() else predictions.parent
+    check_report_folder(out)
+    if model is not None:
+        check_run_folder(model)
     results = read_study_results(predictions)
     split, studies = find_input_studies(input, nested=True)
     descriptions = read_descriptions(input, split) if split in ("train", "test") else None
