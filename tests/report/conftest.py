@@ -76,8 +76,10 @@ def cervical_predictions(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path
 
 @pytest.fixture(scope="session")
 def lumbar_predictions(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """``(dataset, predictions folder)``: 2 synthetic lumbar test studies with points where the truth is."""
+    """``(dataset, predictions folder)``: 2 synthetic lumbar test studies with points where the truth is, and
+    an ``evaluation.json`` against their labels."""
     from spinelab.data.synthetic.lumbar import generate_lumbar_dataset
+    from spinelab.tasks.lumbar.predict import evaluate_lumbar_predictions, probs_of
     from spinelab.tasks.lumbar.studies import load_study, read_descriptions
 
     root = tmp_path_factory.mktemp("report_lumbar")
@@ -86,10 +88,13 @@ def lumbar_predictions(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
     descriptions = read_descriptions(data, "test")
     out = root / "pred"
     rng = np.random.default_rng(1)
+    results = []
     for folder in sorted((data / "test_images").iterdir()):
         study = load_study(folder, descriptions=descriptions)
         truth = json.loads((data / "synthetic_truth" / f"{folder.name}.json").read_text())["points"]
-        atomic_write_json(out / "studies" / f"{folder.name}.json", lumbar_result(study, truth, rng))
+        results.append(lumbar_result(study, truth, rng))
+        atomic_write_json(out / "studies" / f"{folder.name}.json", results[-1])
+    evaluate_lumbar_predictions(probs_of(results), data / "test_labels.csv", out)
     return data, out
 
 

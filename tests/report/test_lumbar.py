@@ -7,8 +7,10 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from spinelab.registry import LUMBAR_GRADE_NAMES
 from spinelab.report.figures import contrast_ratio, plt
 from spinelab.report.lumbar import ABBREVIATIONS, draw_lumbar_study, grade_cell_colors
 
@@ -23,9 +25,11 @@ def drawn(lumbar_predictions: tuple[Path, Path]):
     folder = sorted((data / "test_images").iterdir())[0]
     study = load_study(folder, descriptions=read_descriptions(data, "test"))
     result = json.loads((pred / "studies" / f"{folder.name}.json").read_text())
-    fig = draw_lumbar_study(study, result)
+    labels = pd.read_csv(data / "test_labels.csv", dtype={"study_id": str}).set_index("study_id").loc[folder.name]
+    truth = {c: LUMBAR_GRADE_NAMES.index(g) if isinstance(g, str) else -1 for c, g in labels.items()}
+    fig = draw_lumbar_study(study, result, truth=truth)
     fig.canvas.draw()
-    yield fig, result
+    yield fig, result, truth
     plt.close(fig)
 
 
@@ -36,7 +40,7 @@ def test_grade_cell_text_contrast_is_at_least_aa() -> None:
 
 
 def test_every_drawn_grade_value_is_legible(drawn) -> None:
-    fig, _ = drawn
+    fig, *_ = drawn
     values = [t for ax in fig.axes for t in ax.texts if t.get_gid() == "grade-value"]
     assert len(values) == 2 * 25  # P(moderate) and P(severe) for 5 conditions x 5 levels
     cmap = plt.get_cmap("Reds")
@@ -45,7 +49,7 @@ def test_every_drawn_grade_value_is_legible(drawn) -> None:
 
 
 def test_level_labels_on_the_points_are_legible(drawn) -> None:
-    fig, _ = drawn
+    fig, *_ = drawn
     labels = [t for ax in fig.axes for t in ax.texts if t.get_gid() == "level-label"]
     assert len(labels) >= 5
     for t in labels:
@@ -53,7 +57,7 @@ def test_level_labels_on_the_points_are_legible(drawn) -> None:
 
 
 def test_abbreviations_are_spelled_out(drawn, lumbar_report: Path) -> None:
-    fig, _ = drawn
+    fig, *_ = drawn
     notes = " ".join(t.get_text() for t in fig.texts)
     for spelled in ("SCS = spinal canal stenosis", "NFN = neural foraminal narrowing", "SS = subarticular stenosis",
                     "L- / R- = the patient's left / right"):
@@ -64,7 +68,7 @@ def test_abbreviations_are_spelled_out(drawn, lumbar_report: Path) -> None:
 
 
 def test_axial_panels_have_lr_letters_and_each_side_on_its_side(drawn) -> None:
-    fig, result = drawn
+    fig, result, _ = drawn
     axial = [ax for ax in fig.axes if ax.get_title().startswith("Axial")]
     assert axial, "no axial panel drawn"
     checked = 0
@@ -78,6 +82,29 @@ def test_axial_panels_have_lr_letters_and_each_side_on_its_side(drawn) -> None:
             assert sides["L-SS"] > sides["R-SS"]  # the left point is drawn on the image's right
             checked += 1
     assert checked >= 1
+
+
+def test_the_labelled_grade_is_framed(drawn) -> None:
+    fig, _, truth = drawn
+    tables = {ax.get_title(): ax for ax in fig.axes if ax.get_title().startswith("P(")}
+    for title, grade in (("P(moderate)", 1), ("P(severe)", 2)):
+        framed = [p for p in tables[title].patches if p.get_gid() == "truth-cell"]
+        assert len(framed) == sum(g == grade for g in truth.values())
+    assert "A framed cell is the labelled grade" in " ".join(t.get_text() for t in fig.texts)
+
+
+def test_index_marks_groups_labelled_severe(lumbar_report: Path, lumbar_predictions: tuple[Path, Path]) -> None:
+    labels = pd.read_csv(lumbar_predictions[0] / "test_labels.csv", dtype={"study_id": str}).set_index("study_id")
+    severe = labels == "Severe"
+    expected = 0
+    for _, row in severe.iterrows():
+        groups = [row[[c for c in row.index if c.startswith(p)]].any()
+                  for p in (("spinal",), ("left_neural", "right_neural"), ("left_sub", "right_sub"))]
+        expected += sum(groups) + int(row.any())  # the three group columns and "max P(severe)"
+    page = lumbar_report.read_text()
+    assert expected > 0  # the synthetic labels hold severe levels, so the marks can be counted
+    assert page.count("●") == expected + 1  # the explanation above the table has one too
+    assert "Score against the labels" in page and "best constant prediction" in page
 
 
 def test_index_lists_studies_with_status_and_spelled_headers(lumbar_report: Path,

@@ -1,13 +1,15 @@
-"""Calibration tables: does a predicted 0.3 mean 30 %? Binned mean prediction against observed rate."""
+"""Calibration tables (does a predicted 0.3 mean 30 %? binned mean prediction against observed rate), their
+plot, and the labels a prediction folder was scored against (``evaluation.json``)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["calibration_table", "plot_calibration"]
+__all__ = ["calibration_table", "plot_calibration", "read_evaluation"]
 
 
 def calibration_table(y_true: np.ndarray, y_prob: np.ndarray, *, bins: int = 10) -> pd.DataFrame:
@@ -56,3 +58,19 @@ def plot_calibration(table: pd.DataFrame, path: str | Path, *, title: str = "Cal
     counts.set(xlabel="mean predicted probability in the bin", ylabel="predictions")
     counts.grid(alpha=0.3)
     return save_figure(fig, path)
+
+
+def read_evaluation(folder: str | Path, *, id_column: str) -> tuple[dict, pd.DataFrame | None, str]:
+    """``(evaluation.json, its labels table or None, a note for the reader)`` of a ``predict`` folder.
+
+    Empty when the predictions were not scored; the table is ``None`` (with a note) when the labels file it
+    names has gone since. ``id_column`` is read as text (study ids are names, not numbers).
+    """
+    path = Path(folder) / "evaluation.json"
+    if not path.is_file():
+        return {}, None, ""
+    evaluation = json.loads(path.read_text())
+    labels = Path(str(evaluation.get("labels", "")))
+    if not labels.is_file():
+        return evaluation, None, f"labels file {labels} no longer exists: truth not shown per study"
+    return evaluation, pd.read_csv(labels, dtype={id_column: str}), ""

@@ -5,7 +5,6 @@ the predictions were evaluated, the metric, the AUCs and a calibration plot."""
 
 from __future__ import annotations
 
-import json
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from spinelab.infer.studies import find_input_studies
 from spinelab.io.orientation import to_canonical
 from spinelab.io.volume import Volume
 from spinelab.registry import CERVICAL_TARGETS, VERTEBRAE
-from spinelab.report.calibration import plot_calibration
+from spinelab.report.calibration import plot_calibration, read_evaluation
 from spinelab.report.curves import check_run_folder, plot_training_curves
 from spinelab.report.figures import (
     LEVEL_COLORS,
@@ -232,18 +231,13 @@ def _read_volume(path: Path) -> Volume:
 
 
 def _labels(predictions: Path) -> tuple[dict[str, Any], dict[str, dict[str, int]], str]:
-    """``(evaluation.json, {study: {target: 0/1}}, note)``; empty when the predictions were not evaluated."""
-    path = predictions / "evaluation.json"
-    if not path.is_file():
-        return {}, {}, ""
-    evaluation = json.loads(path.read_text())
-    labels = Path(str(evaluation.get("labels", "")))
-    if not labels.is_file():
-        return evaluation, {}, f"labels file {labels} no longer exists: truth not shown per study"
-    frame = pd.read_csv(labels, dtype={"StudyInstanceUID": str})
+    """``(evaluation.json, {study: {target: 0/1}}, note)``; empty when the predictions were not scored."""
+    evaluation, frame, note = read_evaluation(predictions, id_column="StudyInstanceUID")
+    if frame is None:
+        return evaluation, {}, note
     cols = [t for t in CERVICAL_TARGETS if t in frame.columns]
     truth = {str(r.StudyInstanceUID): {t: int(getattr(r, t)) for t in cols} for r in frame.itertuples()}
-    return evaluation, truth, ""
+    return evaluation, truth, note
 
 
 def _evaluation_section(evaluation: dict[str, Any], out: Path) -> tuple[str, list[tuple[str, str]]]:

@@ -3,13 +3,13 @@ predicted points drawn, plus the 25 grades as a table; an HTML index sorted by t
 
 from __future__ import annotations
 
-import json
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from spinelab.errors import SpinelabError
 from spinelab.infer.batch import progress_bar, read_study_results
@@ -21,7 +21,9 @@ from spinelab.registry import (
     LUMBAR_GRADES,
     LUMBAR_LEVEL_TITLES,
     LUMBAR_LEVELS,
+    lumbar_columns,
 )
+from spinelab.report.calibration import read_evaluation
 from spinelab.report.curves import check_run_folder, plot_training_curves
 from spinelab.report.figures import (
     LEVEL_COLORS,
@@ -82,20 +84,22 @@ def _slice_of(records: dict[str, Any] | None, default: int) -> int:
     return int(np.median(found)) if found else default
 
 
-def plot_lumbar_study(study: Any, result: dict[str, Any], path: str | Path) -> Path:
+def plot_lumbar_study(study: Any, result: dict[str, Any], path: str | Path, *,
+                      truth: dict[str, int] | None = None) -> Path:
     """Write ``draw_lumbar_study``'s figure to the PNG ``path``."""
-    return save_figure(draw_lumbar_study(study, result), path)
+    return save_figure(draw_lumbar_study(study, result, truth=truth), path)
 
 
-def draw_lumbar_study(study: Any, result: dict[str, Any]) -> Figure:
+def draw_lumbar_study(study: Any, result: dict[str, Any], *, truth: dict[str, int] | None = None) -> Figure:
     """One study's points on the sagittal and axial slices and its grades as tables.
 
     Args:
         study: ``tasks.lumbar.studies.LumbarStudy`` (oriented volumes, as predicted).
         result: the study's prediction JSON.
+        truth: ``{condition_level: 0/1/2}`` from the labels (-1 unlabelled): the labelled grade's cell is framed.
     """
     notes = [ABBREVIATIONS + ". Letters at the image edges: S/I superior/inferior, A/P anterior/posterior, "
-             "R/L the patient's right/left."]
+             "R/L the patient's right/left." + (" A framed cell is the labelled grade." if truth else "")]
     notes += [f"⚠ {textwrap.shorten(w, 190, placeholder=' ...')}" for w in (result.get("warnings") or [])[:4]]
     fig, axes = plt.subplots(2, 5, figsize=(14.5, 7.6), height_ratios=[1, 1])
     # the notes get a margin of their own below the panels, one line of 8.5-point text each
@@ -117,7 +121,7 @@ def draw_lumbar_study(study: Any, result: dict[str, Any]) -> Figure:
             panel = _series_panel(axes[0, 1 + k], t1, idx, "sagittal",
                                   f"Sagittal T1, slice {idx}: {side} foramina ({side[0].upper()}-NFN)")
             _draw_points(axes[0, 1 + k], panel, pts.get(cond))
-    _grade_table(axes[0, 3:], result)
+    _grade_table(axes[0, 3:], result, truth or {})
     axial = study.series.get("axial") or []
     ids = study.series_ids.get("axial") or []
     for li, level in enumerate(LUMBAR_LEVELS):
@@ -147,9 +151,9 @@ def draw_lumbar_study(study: Any, result: dict[str, Any]) -> Figure:
     return fig
 
 
-def _grade_table(axes: Any, result: dict[str, Any]) -> None:
+def _grade_table(axes: Any, result: dict[str, Any], truth: dict[str, int]) -> None:
     """P(moderate) and P(severe) as condition x level grids; each value in the colour that reads best on its
-    cell."""
+    cell; the labelled grade's cell framed."""
     grades = result.get("grades", {})
     for ax, grade, name in zip(axes, LUMBAR_GRADES[1:], LUMBAR_GRADE_NAMES[1:], strict=True):
         grid = np.array([[round(grades.get(f"{c}_{lv}", {}).get(grade, 0.0), 2) for lv in LUMBAR_LEVELS]
@@ -159,16 +163,40 @@ def _grade_table(axes: Any, result: dict[str, Any]) -> None:
         ax.set_xticks(range(len(LUMBAR_LEVELS)), [LUMBAR_LEVEL_TITLES[lv] for lv in LUMBAR_LEVELS], fontsize=8.5)
         ax.set_yticks(range(len(LUMBAR_CONDITIONS)), [_SHORT[c] for c in LUMBAR_CONDITIONS], fontsize=8.5)
         ax.tick_params(length=0)
+        index = LUMBAR_GRADES.index(grade)
         for (i, j), v in np.ndenumerate(grid):
             _, text = grade_cell_colors(v)
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=9, color=text, gid="grade-value")
+            if truth.get(f"{LUMBAR_CONDITIONS[i]}_{LUMBAR_LEVELS[j]}") == index:
+                ax.add_patch(Rectangle((j - 0.45, i - 0.45), 0.9, 0.9, fill=False, lw=2, edgecolor="#1565c0",
+                                       gid="truth-cell"))
         ax.set_title(f"P({name.lower()})", fontsize=10)
 
 
-def _evaluation_section(folder: Path) -> str:
+def _labels(folder: Path) -> tuple[dict[str, Any], dict[str, dict[str, int]], str]:
+    """``(evaluation.json, {study: {condition_level: 0/1/2 or -1}}, note)``; empty when not scored."""
+    from spinelab.metrics import lumbar_grade_matrix
+
+    evaluation, frame, note = read_evaluation(folder, id_column="study_id")
+    if frame is None:
+        return evaluation, {}, note
+    grades = lumbar_grade_matrix(frame, source=evaluation["labels"])
+    columns = lumbar_columns()
+    return evaluation, {str(sid): dict(zip(columns, (int(g) for g in row), strict=True))
+                        for sid, row in zip(frame.study_id, grades, strict=True)}, note
+
+
+def _severe_marks(truth: dict[str, int]) -> dict[str, int]:
+    """Which index cells get the ● of a level labelled severe (2)."""
+    severe = {c for c, g in truth.items() if g == 2}
+    groups = {"spinal": ("spinal",), "foraminal": ("left_neural", "right_neural"),
+              "subarticular": ("left_sub", "right_sub")}
+    marks = {k: int(any(c.startswith(p) for c in severe for p in prefixes)) for k, prefixes in groups.items()}
+    return {**marks, "max_severe": int(bool(severe))}
+
+
+def _evaluation_section(evaluation: dict[str, Any]) -> str:
     """The score against the labels (``evaluation.json``) as HTML, empty when the predictions were not scored."""
-    path = folder / "evaluation.json"
-    evaluation = json.loads(path.read_text()) if path.is_file() else {}
     if "lumbar_score" not in evaluation:
         return ""
     rows = [("studies with labels", str(evaluation.get("studies", ""))),
@@ -207,6 +235,7 @@ def write_lumbar_report(*, predictions: str | Path, input: str | Path, out: str 
     split, studies = find_input_studies(input, nested=True)
     descriptions = read_descriptions(input, split) if split in ("train", "test") else None
     folders = dict(studies)
+    evaluation, truth, note = _labels(folder)
     rows = []
     with progress_bar() as bar:
         task = bar.add_task("report", total=len(results), visible=progress)
@@ -218,14 +247,15 @@ def write_lumbar_report(*, predictions: str | Path, input: str | Path, out: str 
                                    "foraminal": max(max_severe(r, "left_neural"),
                                                     max_severe(r, "right_neural")),
                                    "subarticular": max(max_severe(r, "left_sub"), max_severe(r, "right_sub")),
-                                   "status": status, "warnings": list(r.get("warnings", []))}
+                                   "status": status, "warnings": list(r.get("warnings", [])),
+                                   "truth": _severe_marks(truth.get(sid, {}))}
             if status not in ("ok", "warning"):
                 pass  # refused or failed: its reason is among the warnings, there is nothing to draw
             elif sid in folders:
                 image = Path("studies") / f"{sid}.png"
                 try:
                     study = load_study(folders[sid], descriptions=descriptions)
-                    plot_lumbar_study(study, r, out / image)
+                    plot_lumbar_study(study, r, out / image, truth=truth.get(sid))
                     row["image"] = image.as_posix()
                 except SpinelabError as err:
                     row["warnings"].append(f"no picture: {err}")
@@ -239,6 +269,10 @@ def write_lumbar_report(*, predictions: str | Path, input: str | Path, out: str 
     intro = [f"{len(rows)} studies from {folder}, highest probability of a severe grade first. Cells show the "
              "highest predicted probability of a severe grade over the levels (and both sides).",
              ABBREVIATIONS + "."]
+    if truth:
+        intro.append("● marks a group with a level labelled severe; the pictures frame each labelled grade.")
+    if note:
+        intro.append(note)
     columns = [Column("study", "study", "id"),
                Column("max_severe", "max P(severe)", "prob", "highest P(severe) of the 25 rows"),
                Column("spinal", "SCS", "prob", "spinal canal stenosis: highest P(severe) over the levels"),
@@ -249,4 +283,4 @@ def write_lumbar_report(*, predictions: str | Path, input: str | Path, out: str 
                Column("status", "status", "status", "ok, warning, refused (prior used) or failed (prior used)"),
                Column("warnings", "warnings", "warnings")]
     return write_index(out / "index.html", title="spinelab lumbar grading report", columns=columns, rows=rows,
-                       intro=intro, summary=_evaluation_section(folder), figures=curves, legend=True)
+                       intro=intro, summary=_evaluation_section(evaluation), figures=curves, legend=True)
