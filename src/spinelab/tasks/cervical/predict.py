@@ -32,10 +32,12 @@ log = logging.getLogger("spinelab")
 
 #: What the boxes and indices of a study JSON mean (written into every result as ``conventions``).
 CONVENTIONS = {
-    "crop_box": "[x0, y0, x1, y1] in pixels of the axial image as read: x along columns, y along rows, "
+    "grid": "the canonical grid the models see (io.orientation.to_canonical: slices head to feet, rows toward "
+            "posterior, columns toward the patient's left), not necessarily the order the files are stored in",
+    "crop_box": "[x0, y0, x1, y1] in pixels of the canonical axial image: x along columns, y along rows, "
                 "x0/y0 inclusive, x1/y1 exclusive (pixel i spans [i, i + 1))",
-    "vertebra_ranges": "start_index/end_index: inclusive array indices along the slices as read (sorted along "
-                       "the slice normal); slice_numbers: the slice files' names without suffix, as strings",
+    "vertebra_ranges": "start_index/end_index: inclusive slice indices on the canonical grid (0 = most cranial); "
+                       "slice_numbers: those slices' file names without suffix, as strings",
 }
 
 
