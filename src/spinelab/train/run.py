@@ -132,7 +132,8 @@ def train_stage(stage: Stage, *, trainer_cfg: TrainerConfig, fold: int | None, r
     if progress:
         from lightning.pytorch.callbacks import RichProgressBar
 
-        callbacks.append(RichProgressBar(leave=True))
+        # stderr: rich's global console otherwise moves to stdout, where only results belong
+        callbacks.append(RichProgressBar(leave=True, console_kwargs={"stderr": True}))
     # Versioned log folders (logs/version_N): a resumed run appends a new version instead of overwriting.
     loggers = [CSVLogger(out, name="logs"), TensorBoardLogger(out, name="logs")]
     trainer = L.Trainer(
@@ -166,13 +167,15 @@ def train_stage(stage: Stage, *, trainer_cfg: TrainerConfig, fold: int | None, r
         # epoch did better: the last epoch is what is left.
         log.warning("%s: best checkpoint %s no longer exists; model.pt takes the last epoch", out, best.name)
         best = last
-    state = safe_torch_load(best)["state_dict"]
+    best_ckpt = safe_torch_load(best)
+    state = best_ckpt["state_dict"]
     weights = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
     with atomic_path(out / "model.pt", suffix=".pt") as tmp:
         torch.save(weights, tmp)
     scores: dict[str, Any] = {"schema_version": SCORES_SCHEMA_VERSION, "epochs": trainer.current_epoch,
                               "global_step": trainer.global_step, "seconds": round(seconds, 1),
-                              "best_checkpoint": best.name, "model_sha256": model_sha256(out / "model.pt")}
+                              "best_checkpoint": best.name, "best_epoch": int(best_ckpt.get("epoch", -1)),
+                              "model_sha256": model_sha256(out / "model.pt")}
     if val_ds is not None:
         model = stage.build_model()
         model.load_state_dict(weights)
