@@ -36,7 +36,7 @@ from typer.exceptions import Abort, Exit, TyperException
 from spinelab import __version__
 from spinelab.errors import SpinelabError, describe_os_error
 
-__all__ = ["app", "main"]
+__all__ = ["app", "main", "configure_logging"]
 
 console = Console(stderr=True)
 _GLOBAL_FLAGS = frozenset({"-q", "--quiet", "-v", "--verbose"})
@@ -140,7 +140,7 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
     logging.getLogger("spinelab.warnings").warning("%s: %s (%s:%d)", category.__name__, text, origin, lineno)
 
 
-def _configure_logging(level: int) -> None:
+def configure_logging(level: int) -> None:
     """Send the ``spinelab`` logger's messages (stage notes, skipped studies, fallbacks) to stderr via rich.
 
     Library use leaves logging to the application; the command line is the application here. Python
@@ -182,7 +182,7 @@ def _global_options(
     if verbose and quiet:
         raise typer.BadParameter("choose one of --verbose and --quiet")
     _state["verbose"] = verbose
-    _configure_logging(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+    configure_logging(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
 
 
 def _fail(err: Exception) -> None:

@@ -98,6 +98,11 @@ def main(task: Annotated[str, typer.Option(help="cervical, lumbar or all")] = "a
          out: Annotated[Path, typer.Option(help="Output folder")] = Path("demo_out"),
          studies: Annotated[int, typer.Option(help="Training studies per task")] = 40) -> None:
     """Run the demo of one or both pipelines on synthetic data."""
+    import logging
+
+    from spinelab.cli import configure_logging
+
+    configure_logging(logging.INFO)  # the CLI's log, warnings and library-noise rules
     runners = {"cervical": run_cervical_demo, "lumbar": run_lumbar_demo}
     chosen = list(runners) if task == "all" else [task]
     if any(t not in runners for t in chosen):
