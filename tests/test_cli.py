@@ -291,7 +291,7 @@ def test_task_is_positional_and_task_option_still_works(monkeypatch: pytest.Monk
                         lambda d, **kw: calls.append((Path(d), kw)) or Path(d) / "folds.csv")
     assert invoke("folds", "cervical", tmp_path).exit_code == 0
     assert invoke("folds", tmp_path, "--k", "3", "-o", tmp_path / "f.csv").exit_code == 0
-    assert calls[0] == (tmp_path, {"k": 5, "seed": 42, "task": "cervical"})
+    assert calls[0] == (tmp_path, {"k": 5, "seed": 42, "task": "cervical", "out": None})
     assert calls[1] == (tmp_path, {"k": 3, "seed": 42, "task": None, "out": tmp_path / "f.csv"})
 
 
