@@ -26,7 +26,9 @@ def dataset(tmp_path, rng, oblique_affine):
     bad = root / "train_images" / "9.9.9"
     bad.mkdir(parents=True)
     for i in range(3):
-        (bad / f"{i}.dcm").write_bytes(b"\x00" * 200)  # DICOM-named files that are not DICOM
+        (bad / f"{i}.dcm").write_bytes(b"\x00" * 128 + b"DICM" + b"\x00" * 68)  # DICOM magic, nothing readable
+    (root / "train_images" / "notes").mkdir()
+    (root / "train_images" / "notes" / "a.dcm").write_bytes(b"\x00" * 200)  # a .dcm name is not DICOM content
     (root / "train.csv").write_text("StudyInstanceUID\n")
     return root
 

@@ -23,10 +23,16 @@ Rules (each is a warning -- in ``meta["warnings"]`` and through ``warnings.warn(
 |---|---|
 | path missing, or an empty folder | error |
 | no readable DICOM image among the files | error listing what was found |
-| non-DICOM file, corrupt header, or a DICOM without pixels among good slices | warning, file skipped (named) |
+| non-DICOM file (by content), corrupt header, or a DICOM without pixels among good slices | warning, skipped (named) |
+| header and pixel data disagree (see ``pixel_checks``: limits, length, fragments, end marker) | warning, skipped |
+| a decoder warning (pydicom / pylibjpeg / dicomsdl) while decoding a slice | corrupt: warning, slice dropped |
+| rescale not finite, ``abs(slope)`` outside [1e-4, 1e4] or ``abs(intercept)`` > 1e5 (not MR) | warning, dropped |
+| FIFO, socket, device, broken symlink or symlink loop in the folder | warning, never opened (named) |
+| a sub-folder inside a series folder | warning naming it; its files are not part of the series |
+| the path itself is a device, FIFO or socket (e.g. ``/dev/zero``) | error |
 | pixels fail with the chosen decoder | the other library (pydicom <-> dicomsdl) is tried before giving up |
 | file whose pixels fail to decode among good slices | warning, slice dropped (named), geometry recomputed |
-| hidden files (name starts with ``.``) and sub-folders | ignored silently |
+| hidden files (name starts with ``.``) | ignored silently |
 | several series; ``series`` missing or matching several | ``SeriesSelectionError`` listing uid, description, n files |
 | empty Series/Study/SOP Instance UID | warning; files with an empty series UID form one series |
 | mixed image sizes or orientations | error listing sizes; ``mixed_sizes="majority"`` keeps the most common, warns |
@@ -54,15 +60,21 @@ import numpy as np
 
 from spinelab.errors import InputError, SeriesSelectionError
 from spinelab.io import _decode_pool
+from spinelab.io.files import is_dicom_file, list_folder, require_regular_or_dir
+from spinelab.io.pixel_checks import CorruptPixelDataError, check_pixel_data
 from spinelab.io.series_checks import SliceHeader, check_sizes, find_duplicates, slice_normal, sort_and_measure
 from spinelab.io.volume import Volume
 
-__all__ = ["read_series", "list_series", "read_dicom_pixels", "DicomWarning", "IN_PROCESS_MAX_SLICES"]
+__all__ = ["read_series", "list_series", "read_dicom_pixels", "is_dicom_file", "DicomWarning", "IN_PROCESS_MAX_SLICES",
+           "MAX_ABS_SLOPE", "MAX_ABS_INTERCEPT"]
 
 log = logging.getLogger(__name__)
 
 #: Series with fewer slices than this are decoded in-process: starting/feeding a pool costs more.
 IN_PROCESS_MAX_SLICES = 16
+#: Rescale values accepted for CT (and any rescaled modality): finite, 1/MAX <= |slope| <= MAX, |intercept| <= MAX.
+MAX_ABS_SLOPE = 1e4
+MAX_ABS_INTERCEPT = 1e5
 _DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 _HEADER_TAGS = [
     "SeriesInstanceUID", "StudyInstanceUID", "SOPInstanceUID", "SeriesDescription", "SeriesNumber", "Modality",
@@ -115,7 +127,7 @@ def _read_header(path: Path) -> dict[str, Any] | str:
         try:
             return float(value) if value not in (None, "") else default
         except (TypeError, ValueError):
-            return default
+            return float("nan") if key.startswith("Rescale") else default
 
     try:
         instance = int(ds.get("InstanceNumber")) if ds.get("InstanceNumber") not in (None, "") else None
@@ -152,8 +164,8 @@ def _read_header(path: Path) -> dict[str, Any] | str:
 def _read_header_dicomsdl(path: Path) -> dict[str, Any] | None:
     """Fast header read with dicomsdl (about 6x pydicom's); ``None`` when pydicom should read the file instead.
 
-    Only Part-10 files (``DICM`` after the preamble) are tried, after the pixel-extent check that keeps
-    dicomsdl away from truncated uncompressed data (it would crash the process).
+    Only Part-10 files (``DICM`` after the preamble) are tried, and only after ``check_pixel_data`` accepted
+    the file's structure (dicomsdl trusts lengths and can crash the process on a corrupt file).
     """
     try:
         import dicomsdl
@@ -163,7 +175,6 @@ def _read_header_dicomsdl(path: Path) -> dict[str, Any] | None:
         with path.open("rb") as fh:
             if fh.read(132)[128:132] != b"DICM":
                 return None
-        _decode_pool.check_native_extent(path)
         d = dicomsdl.open(str(path))
         get = d.getValue if hasattr(d, "getValue") else lambda k: getattr(d, k)
         values = {k: get(k) for k in _HEADER_TAGS}
@@ -181,7 +192,7 @@ def _read_header_dicomsdl(path: Path) -> dict[str, Any] | None:
         try:
             return float(v) if v not in (None, "") else default
         except (TypeError, ValueError):
-            return default
+            return float("nan") if key.startswith("Rescale") else default
 
     ipp = _float_list(values["ImagePositionPatient"], 3) if values["ImagePositionPatient"] is not None else None
     iop = _float_list(values["ImageOrientationPatient"], 6) if values["ImageOrientationPatient"] is not None \
@@ -216,19 +227,39 @@ def _read_header_dicomsdl(path: Path) -> dict[str, Any] | None:
     }
 
 
+def _read_checked(path: Path, fast: bool) -> dict[str, Any] | str:
+    """Header of one file after the pixel-data checks, or why the file is skipped."""
+    if not is_dicom_file(path):
+        return "not a DICOM file"
+    try:
+        summary = check_pixel_data(path)
+    except CorruptPixelDataError as err:
+        if str(err) == "no PixelData element":
+            return "DICOM file without an image (no pixel data)"
+        return f"corrupt header or pixel data ({err})"
+    except OSError as err:
+        return f"cannot be read ({err.strerror or err})"
+    # dicomsdl parses natively, so it only sees files whose structure the walk above accepted.
+    h = (_read_header_dicomsdl(path) if fast and summary.checked else None) or _read_header(path)
+    if isinstance(h, str):
+        return h
+    if summary.checked and (h["rows"], h["cols"]) != (summary.rows, summary.cols):
+        return f"inconsistent header (Rows/Columns read as {h['rows']}x{h['cols']} and {summary.rows}x{summary.cols})"
+    h["pixel_checked"] = summary.checked
+    return h
+
+
 def _scan(path: Path, *, fast: bool = True) -> tuple[list[dict[str, Any]], list[tuple[Path, str]]]:
-    """Read every header under ``path`` (a folder or one file). Returns image headers and skipped files."""
-    if not path.exists():
-        raise InputError(path, "does not exist")
-    if path.is_file():
-        files = [path]
+    """Read every header under ``path`` (a folder or one file). Returns image headers and skipped entries."""
+    if require_regular_or_dir(path) == "file":
+        files, skipped = [path], []
     else:
-        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-        if not files:
+        files, skipped = list_folder(path)
+        if not files and not skipped:
             raise InputError(path, "folder is empty (no files to read as DICOM)")
-    headers, skipped = [], []
+    headers = []
     for f in files:
-        h = (_read_header_dicomsdl(f) if fast else None) or _read_header(f)
+        h = _read_checked(f, fast)
         if isinstance(h, str):
             skipped.append((f, h))
         else:
@@ -350,6 +381,9 @@ def read_series(
     uid = _select(path, groups, series)
     hs = sorted(groups[uid], key=lambda h: h["path"].name)
     warns = [f"skipped {p.name}: {why}" for p, why in skipped]
+    rescale = Counter(h["modality"] for h in hs).most_common(1)[0][0].upper() != "MR"
+    if rescale:
+        hs = _drop_bad_rescale(path, hs, warns)
 
     multi = [h for h in hs if h["frames"] > 1 or h["samples"] != 1]
     if multi:
@@ -377,15 +411,16 @@ def read_series(
             geom = sort_and_measure(slices, path)
 
     modality = Counter(h["modality"] for h in hs).most_common(1)[0][0]
-    rescale = modality.upper() != "MR"
     dtype, try_int16 = _output_dtype(hs, rescale)
     tasks = []
     for slot, i in enumerate(geom.order):
         h = hs[i]
         tasks.append(_decode_pool.SliceTask(
-            slot=slot, path=str(h["path"]), backend=_choose_backend(backend, h["transfer_syntax"]),
+            slot=slot, path=str(h["path"]),
+            backend=_choose_backend(backend, h["transfer_syntax"]) if h["pixel_checked"] else "pydicom",
             slope=h["slope"] if rescale else 1.0, intercept=h["intercept"] if rescale else 0.0,
-            invert_max=((1 << h["bits_stored"]) - 1) if h["photometric"] == "MONOCHROME1" else None))
+            invert_max=((1 << h["bits_stored"]) - 1) if h["photometric"] == "MONOCHROME1" else None,
+            checked=h["pixel_checked"]))
     n_workers = _default_workers() if workers is None else int(workers)
     if len(tasks) < IN_PROCESS_MAX_SLICES:
         n_workers = 1
@@ -431,6 +466,32 @@ def read_series(
         warnings.warn(f"{path}: {w}", DicomWarning, stacklevel=2)
         log.info("%s: %s", path, w)
     return vol
+
+
+def _rescale_problem(h: dict[str, Any]) -> str | None:
+    slope, inter = h["slope"], h["intercept"]
+    if not (np.isfinite(slope) and np.isfinite(inter)):
+        return f"RescaleSlope/RescaleIntercept not finite ({slope}, {inter})"
+    if not 1 / MAX_ABS_SLOPE <= abs(slope) <= MAX_ABS_SLOPE:
+        return f"RescaleSlope {slope:g} outside +-[{1 / MAX_ABS_SLOPE:g}, {MAX_ABS_SLOPE:g}]"
+    if abs(inter) > MAX_ABS_INTERCEPT:
+        return f"RescaleIntercept {inter:g} beyond +-{MAX_ABS_INTERCEPT:g}"
+    return None
+
+
+def _drop_bad_rescale(path: Path, hs: list[dict[str, Any]], warns: list[str]) -> list[dict[str, Any]]:
+    """Slices whose rescale would give a blank, absurd or NaN image are dropped (named); none left: error."""
+    keep = []
+    for h in hs:
+        why = _rescale_problem(h)
+        if why:
+            warns.append(f"skipped {h['path'].name}: {why}")
+        else:
+            keep.append(h)
+    if not keep:
+        raise InputError(path, f"no slice with a usable rescale (first: {hs[0]['path'].name}: "
+                               f"{_rescale_problem(hs[0])})")
+    return keep
 
 
 def _resolve_duplicates(path: Path, slices: list[SliceHeader], dups: list[list[int]], warns: list[str]) -> set[int]:
