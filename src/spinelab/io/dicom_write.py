@@ -233,10 +233,10 @@ def write_malformed(src: str | Path, dst: str | Path, kind: str) -> Path:
     elif kind == "zero_rows":
         ds.Rows = 0
     elif kind == "stream_cut":
-        frag = b"".join(generate_fragments(ds.PixelData))
+        frag = b"".join(list(generate_fragments(ds.PixelData))[1:])  # item 0 is the offset table
         ds.PixelData = encapsulate([frag[: len(frag) // 2 & ~1]])
     elif kind == "empty_fragment":
-        frags = list(generate_fragments(ds.PixelData))
+        frags = list(generate_fragments(ds.PixelData))[1:]
         # an empty item in the middle: written by hand, pydicom's encapsulate refuses it
         items = b"".join(b"\xfe\xff\x00\xe0" + len(f).to_bytes(4, "little") + f for f in [frags[0], b"", *frags[1:]])
         ds.PixelData = b"\xfe\xff\x00\xe0\x00\x00\x00\x00" + items + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
