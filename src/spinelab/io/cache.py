@@ -22,6 +22,7 @@ import datetime as _dt
 import errno
 import json
 import os
+import shutil
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -82,7 +83,14 @@ _FATAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EP
 
 def _store(volume: Volume, out_dir: Path, rel: str) -> None:
     npy, js = _paths(out_dir, rel)
-    atomic_save_npy(npy, np.ascontiguousarray(volume.array))
+    array = np.ascontiguousarray(volume.array)
+    try:
+        atomic_save_npy(npy, array)
+    except OSError as err:
+        # numpy reports a short write as a bare OSError ("N requested and M written"): name the full disk.
+        if err.errno is None and shutil.disk_usage(npy.parent).free < array.nbytes + (1 << 20):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(npy)) from err
+        raise
     try:
         _write_sidecar(volume, js, rel)
     except BaseException:
@@ -120,7 +128,8 @@ def _cache_one(dataset_dir: str, out_dir: str, rel: str) -> tuple[str, str | Non
         return rel, str(err), False
     except OSError as err:
         if err.errno in _FATAL_ERRNOS:
-            return rel, f"{err.filename or out_dir}: cannot write the cache ({err.strerror})", True
+            where = Path(err.filename).name if err.filename else rel
+            return rel, f"cannot write {where} ({err.strerror})", True
         return rel, f"{type(err).__name__}: {err}", False
     except Exception as err:  # noqa: BLE001 - one bad study must not stop the build
         return rel, f"{type(err).__name__}: {err}", False

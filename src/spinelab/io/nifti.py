@@ -143,7 +143,11 @@ def _check_header(path: Path, img: Any) -> None:
     # deflate expands at most ~1032:1, so a gzip file this small cannot hold what the header claims.
     if (offset + nbytes > size) if not compressed else (nbytes > 1032 * size + (1 << 20)):
         raise InputError(path, f"NIfTI file too small for its header ({size} bytes on disk, shape {shape})")
-    zooms = np.asarray(hdr.get_zooms()[:3], dtype=np.float64)
+    from nibabel.openers import ImageOpener
+
+    with ImageOpener(str(path)) as fobj:  # nibabel's loaded header has pixdims already "fixed" (abs, 1)
+        raw = type(hdr).from_fileobj(fobj, check=False)
+    zooms = np.asarray(raw["pixdim"][1:1 + min(3, len(shape))], dtype=np.float64)
     if not np.all(np.isfinite(zooms)) or np.any(zooms <= 0):
         raise InputError(path, f"NIfTI voxel sizes (pixdim) must be finite and positive, got {zooms.tolist()}")
     affine = np.asarray(img.affine, dtype=np.float64)
