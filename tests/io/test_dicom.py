@@ -79,7 +79,8 @@ def test_every_codec_fixture_decodes_and_dicomsdl_equals_pydicom(realdata, name)
         assert np.array_equal(_decode_pool.decode_stored(path, backend="dicomsdl", frame=0), ref[0])
         assert np.array_equal(ref, read_dicom_pixels(realdata / "pydicom_data" / "emri_small.dcm"))
     ts = str(pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
-    assert ts in _decode_pool.DICOMSDL_VERIFIED_SYNTAXES  # every verified syntax is exercised here
+    # every verified syntax is exercised here; RLE decodes identically but stays off dicomsdl (a fuzz crash)
+    assert ts in _decode_pool.DICOMSDL_VERIFIED_SYNTAXES | {"1.2.840.10008.1.2.5"}
 
 
 @pytest.mark.realdata

@@ -62,7 +62,8 @@ DICOMSDL_VERIFIED_SYNTAXES: frozenset[str] = frozenset(
         "1.2.840.10008.1.2.4.70",  # JPEG lossless SV1 (RSNA 2022)
         "1.2.840.10008.1.2.4.80",  # JPEG-LS lossless
         "1.2.840.10008.1.2.4.90",  # JPEG 2000 lossless
-        "1.2.840.10008.1.2.5",  # RLE lossless
+        # RLE lossless (1.2.840.10008.1.2.5) decodes identically but dicomsdl 0.109's RLE decoder overruns its
+        # buffer on a corrupt stream (found by tests/io/test_fuzz.py), so RLE goes to pydicom.
     }
 )
 
@@ -78,6 +79,8 @@ class SliceTask:
         slope, intercept: rescale applied to stored values (1, 0 to keep stored values).
         invert_max: for MONOCHROME1, ``stored = invert_max - stored`` before the rescale; ``None`` otherwise.
         checked: the caller already ran ``check_pixel_data`` on this file (it is not repeated).
+        transfer_syntax: the file's transfer syntax (decides whether a failed decode may try dicomsdl).
+        allow_dicomsdl: dicomsdl may open the file (``PixelSummary.native_safe`` and the same pixel offset).
     """
 
     slot: int
@@ -87,6 +90,8 @@ class SliceTask:
     intercept: float = 0.0
     invert_max: int | None = None
     checked: bool = False
+    transfer_syntax: str | None = None
+    allow_dicomsdl: bool = True
 
 
 def decode_stored(path: str | Path, *, backend: str = "pydicom", frame: int | None = None,
@@ -105,11 +110,19 @@ def decode_stored(path: str | Path, *, backend: str = "pydicom", frame: int | No
     Raises:
         CorruptPixelDataError: the header and pixel data disagree, or a decoder warned while decoding.
     """
-    if not checked and not check_pixel_data(path).checked:
-        backend = "pydicom"  # deflated: only pydicom can inflate it (and locate the pixels)
+    if not checked and not check_pixel_data(path).native_safe:
+        backend = "pydicom"  # deflated or out of tag order: dicomsdl would misparse it
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        arr = _decode(path, backend, frame)
+        try:
+            arr = _decode(path, backend, frame)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as err:
+            if isinstance(err, Exception):
+                raise
+            # pyo3 decoders (pylibjpeg-rle, ...) raise PanicException, a BaseException, on corrupt streams
+            raise CorruptPixelDataError(f"decoder panicked: {err}") from None
     problems = [w for w in caught if not issubclass(w.category, DeprecationWarning | PendingDeprecationWarning)]
     if problems:
         raise CorruptPixelDataError(f"decoder warning: {problems[0].message}")
@@ -121,6 +134,9 @@ def _decode(path: str | Path, backend: str, frame: int | None) -> np.ndarray:
         import dicomsdl
 
         dset = dicomsdl.open(str(path))
+        if str(dset.getDataElement("PixelData").vr()).endswith("NONE"):
+            # dicomsdl quit parsing before the pixels; copyFrameData would dereference nothing
+            raise ValueError("dicomsdl found no PixelData")
         info = dset.getPixelDataInfo()
         n_frames = int(info.get("NumberOfFrames") or 1)
         shape = (int(info["Rows"]), int(info["Cols"]))
@@ -147,20 +163,40 @@ def _decode(path: str | Path, backend: str, frame: int | None) -> np.ndarray:
     return arr
 
 
-def decode_with_fallback(path: str | Path, *, backend: str, checked: bool = False) -> np.ndarray:
-    """``decode_stored`` with ``backend``, then with the other backend if that fails.
+#: Syntaxes pydicom's plugins cannot decode (12-bit JPEG Extended), the only case where a file pydicom fails on
+#: goes on to dicomsdl: on any other syntax a pydicom failure means a bad stream, and dicomsdl's native
+#: decoders are not safe on bad streams (its RLE decoder corrupts the heap).
+PYDICOM_GAPS: frozenset[str] = frozenset({"1.2.840.10008.1.2.4.51"})
 
-    Each library has gaps (pydicom's plugins cannot decode 12-bit JPEG Extended 4.51; dicomsdl cannot index
-    frames of some encapsulated multi-frame files), so a file fails only when both fail; the first error is
-    raised. A file whose header and pixel data disagree (``CorruptPixelDataError``) is not retried: the file is bad.
+
+def decode_with_fallback(path: str | Path, *, backend: str, checked: bool = False,
+                         transfer_syntax: str | None = None, allow_dicomsdl: bool = True) -> np.ndarray:
+    """``decode_stored`` with ``backend``; if that fails, the other backend where it can help.
+
+    dicomsdl failing falls back to pydicom (dicomsdl cannot index frames of some encapsulated multi-frame
+    files); pydicom failing falls back to dicomsdl only for ``PYDICOM_GAPS``. The first error is raised. A file
+    whose header and pixel data disagree (``CorruptPixelDataError``) is not retried: the file is bad.
+
+    Args:
+        path: the DICOM file.
+        backend: ``"dicomsdl"`` or ``"pydicom"``.
+        checked: the caller ran ``check_pixel_data`` already.
+        transfer_syntax: the file's syntax, when the caller knows it (read from the file otherwise).
+        allow_dicomsdl: ``False`` keeps dicomsdl away from the file entirely.
     """
-    if not checked and not check_pixel_data(path).checked:
+    if not checked:
+        summary = check_pixel_data(path)
+        transfer_syntax = summary.transfer_syntax
+        allow_dicomsdl = allow_dicomsdl and summary.native_safe
+    if not allow_dicomsdl:
         backend = "pydicom"
     try:
         return decode_stored(path, backend=backend, checked=True)
     except CorruptPixelDataError:
         raise
     except Exception as first:  # noqa: BLE001
+        if backend == "pydicom" and (transfer_syntax not in PYDICOM_GAPS or not allow_dicomsdl):
+            raise
         other = "pydicom" if backend == "dicomsdl" else "dicomsdl"
         try:
             return decode_stored(path, backend=other, checked=True)
@@ -197,7 +233,8 @@ def decode_into(out: np.ndarray, tasks: Sequence[SliceTask]) -> list[tuple[int, 
     results: list[tuple[int, str | None]] = []
     for task in tasks:
         try:
-            stored = decode_with_fallback(task.path, backend=task.backend, checked=task.checked)
+            stored = decode_with_fallback(task.path, backend=task.backend, checked=task.checked,
+                                          transfer_syntax=task.transfer_syntax, allow_dicomsdl=task.allow_dicomsdl)
             if stored.ndim != 2:
                 raise ValueError(f"expected one frame, got pixel array of shape {stored.shape}")
             _apply(stored, out[task.slot], task)

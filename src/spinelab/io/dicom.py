@@ -161,7 +161,7 @@ def _read_header(path: Path) -> dict[str, Any] | str:
     }
 
 
-def _read_header_dicomsdl(path: Path) -> dict[str, Any] | None:
+def _read_header_dicomsdl(path: Path, pixel_offset: int) -> dict[str, Any] | None:
     """Fast header read with dicomsdl (about 6x pydicom's); ``None`` when pydicom should read the file instead.
 
     Only Part-10 files (``DICM`` after the preamble) are tried, and only after ``check_pixel_data`` accepted
@@ -176,6 +176,8 @@ def _read_header_dicomsdl(path: Path) -> dict[str, Any] | None:
             if fh.read(132)[128:132] != b"DICM":
                 return None
         d = dicomsdl.open(str(path))
+        if d.getDataElement("PixelData").offset() != pixel_offset:
+            return None  # dicomsdl parsed the file differently: pydicom reads (and decodes) it instead
         get = d.getValue if hasattr(d, "getValue") else lambda k: getattr(d, k)
         values = {k: get(k) for k in _HEADER_TAGS}
         ts = str(d.TransferSyntaxUID or "")
@@ -239,13 +241,16 @@ def _read_checked(path: Path, fast: bool) -> dict[str, Any] | str:
         return f"corrupt header or pixel data ({err})"
     except OSError as err:
         return f"cannot be read ({err.strerror or err})"
-    # dicomsdl parses natively, so it only sees files whose structure the walk above accepted.
-    h = (_read_header_dicomsdl(path) if fast and summary.checked else None) or _read_header(path)
+    # dicomsdl parses natively, so it only sees files whose structure the walk above accepted, and only
+    # decodes them if it found the pixel data where the walk did.
+    fast_h = _read_header_dicomsdl(path, summary.pixel_offset) if fast and summary.native_safe else None
+    h = fast_h or _read_header(path)
     if isinstance(h, str):
         return h
     if summary.checked and (h["rows"], h["cols"]) != (summary.rows, summary.cols):
         return f"inconsistent header (Rows/Columns read as {h['rows']}x{h['cols']} and {summary.rows}x{summary.cols})"
     h["pixel_checked"] = summary.checked
+    h["dicomsdl_ok"] = fast_h is not None or (not fast and summary.native_safe)
     return h
 
 
@@ -417,10 +422,10 @@ def read_series(
         h = hs[i]
         tasks.append(_decode_pool.SliceTask(
             slot=slot, path=str(h["path"]),
-            backend=_choose_backend(backend, h["transfer_syntax"]) if h["pixel_checked"] else "pydicom",
+            backend=_choose_backend(backend, h["transfer_syntax"]) if h["dicomsdl_ok"] else "pydicom",
             slope=h["slope"] if rescale else 1.0, intercept=h["intercept"] if rescale else 0.0,
             invert_max=((1 << h["bits_stored"]) - 1) if h["photometric"] == "MONOCHROME1" else None,
-            checked=h["pixel_checked"]))
+            checked=h["pixel_checked"], transfer_syntax=h["transfer_syntax"], allow_dicomsdl=h["dicomsdl_ok"]))
     n_workers = _default_workers() if workers is None else int(workers)
     if len(tasks) < IN_PROCESS_MAX_SLICES:
         n_workers = 1

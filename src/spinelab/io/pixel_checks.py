@@ -64,6 +64,14 @@ class PixelSummary:
     frames: int
     encapsulated: bool
     checked: bool  # False for deflated data (pixels cannot be located without inflating)
+    pixel_offset: int = -1  # file offset of the PixelData value (dicomsdl must find it at the same place)
+    ordered: bool = True  # elements in ascending tag order at every level (dicomsdl stops parsing otherwise)
+
+    @property
+    def native_safe(self) -> bool:
+        """Whether dicomsdl may open this file: checked, in tag order (it quits early on disorder and then
+        dereferences pixel data it never found)."""
+        return self.checked and self.ordered
 
 
 def looks_like_element(head: bytes) -> bool:
@@ -83,6 +91,7 @@ class _Walker:
 
     def __init__(self, buf: mmap.mmap | bytes, size: int) -> None:
         self.buf, self.size = buf, size
+        self.ordered = True
 
     def need(self, pos: int, n: int, what: str) -> None:
         if pos + n > self.size:
@@ -125,11 +134,15 @@ class _Walker:
     def dataset(self, pos: int, explicit: bool, little: bool, depth: int, *, stop_at_item_end: bool = False,
                 values: dict[str, int | str] | None = None) -> tuple[int, int | None]:
         """Walk elements from ``pos``; return (offset reached, offset of the PixelData header or None)."""
+        last = -1
         while pos < self.size:
             start = pos
             tag, vr, length, val = self.header(pos, explicit, little)
             if tag == _ITEM_END and stop_at_item_end:
                 return val, None
+            if tag <= last:
+                self.ordered = False
+            last = tag
             if tag == _PIXEL_DATA and values is not None:
                 return start, start
             if length == _UNDEFINED:
@@ -303,7 +316,10 @@ def check_pixel_data(path: str | Path) -> PixelSummary:
     if size < 8:
         raise CorruptPixelDataError(f"file too short for DICOM ({size} bytes)")
     with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        return _walk(_Walker(buf, size))
+        try:
+            return _walk(_Walker(buf, size))
+        except (struct.error, IndexError, OverflowError) as err:
+            raise CorruptPixelDataError(f"broken element structure ({err})") from None
 
 
 def _walk(w: _Walker) -> PixelSummary:
@@ -338,7 +354,8 @@ def _walk(w: _Walker) -> PixelSummary:
         transfer_syntax=ts, rows=int(values["rows"]), cols=int(values["cols"]),
         samples=int(values.get("samples", 1)), bits_allocated=bits_allocated,
         bits_stored=int(values.get("bits_stored", bits_allocated)), frames=int(values.get("frames", 1)),
-        encapsulated=bool(ts) and ts not in _NATIVE, checked=True)
+        encapsulated=bool(ts) and ts not in _NATIVE, checked=True,
+        pixel_offset=w.header(pixel_at, explicit, little)[3], ordered=w.ordered)
     _check_layout(s)
     _tag, _vr, length, val = w.header(pixel_at, explicit, little)
     if s.encapsulated:
