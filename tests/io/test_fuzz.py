@@ -166,7 +166,8 @@ def test_fuzz_read_series_and_read_nifti(realdata, tmp_path):
     repro = f"reproduce: SPINELAB_FUZZ_SEED={SEED} SPINELAB_FUZZ_COUNT={COUNT} pytest {__file__}"
     try:
         proc = subprocess.run([sys.executable, "-c", _RUNNER, str(SEED), str(COUNT), str(work), *seeds],
-                              capture_output=True, text=True, timeout=240, env=env)
+                              capture_output=True, text=True, errors="replace", timeout=240,
+                              env=env)
     except subprocess.TimeoutExpired as err:
         last = (err.stdout or b"").decode() if isinstance(err.stdout, bytes) else (err.stdout or "")
         pytest.fail(f"fuzz run hung; last mutant started: {last.splitlines()[-1:]}; {repro}")

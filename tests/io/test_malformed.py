@@ -39,8 +39,8 @@ def _env() -> dict[str, str]:
 
 
 def _run(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=_env(),
-                          cwd=REPO)
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, errors="replace", timeout=timeout,
+                          env=_env(), cwd=REPO)
 
 
 def _assert_clean(proc: subprocess.CompletedProcess, what: str, ok_codes: tuple[int, ...] = (0, 2)) -> None:

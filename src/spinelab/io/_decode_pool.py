@@ -313,7 +313,8 @@ def _shared_buffer(nbytes: int) -> tuple[int, str, str | None]:
 
 
 def decode_slices(
-    tasks: Sequence[SliceTask], shape: tuple[int, int, int], dtype: np.dtype, *, workers: int
+    tasks: Sequence[SliceTask], shape: tuple[int, int, int], dtype: np.dtype, *, workers: int,
+    isolate: bool = False,
 ) -> tuple[np.ndarray, list[tuple[int, str]]]:
     """Decode every task into a new ``(D, H, W)`` array of ``dtype``.
 
@@ -321,16 +322,19 @@ def decode_slices(
         tasks: one per slot ``0..D-1``.
         shape: output shape ``(D, H, W)``.
         dtype: ``int16`` or ``float32``.
-        workers: processes to use; ``<= 1`` decodes in this process.
+        workers: processes to use; ``<= 1`` decodes in this process unless ``isolate``.
+        isolate: decode in worker processes even with one worker (a crashing decoder then costs its slice,
+            not this process). Inside a daemon process (a pool worker) decoding is always in-process.
 
     Returns:
         The volume and a list of ``(slot, error)`` for files that failed to decode or whose decoder crashed
         its worker (their slot holds zeros).
     """
     dtype = np.dtype(dtype)
-    if workers <= 1 or mp.current_process().daemon:
+    if (workers <= 1 and not isolate) or mp.current_process().daemon:
         out = np.zeros(shape, dtype=dtype)
         return out, [(s, e) for s, e in decode_into(out, tasks) if e is not None]
+    workers = max(workers, 1)
     nbytes = max(int(np.prod(shape)) * dtype.itemsize, 1)
     fd, worker_path, named = _shared_buffer(nbytes)
     try:

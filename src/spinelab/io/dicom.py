@@ -65,13 +65,11 @@ from spinelab.io.pixel_checks import CorruptPixelDataError, check_pixel_data
 from spinelab.io.series_checks import SliceHeader, check_sizes, find_duplicates, slice_normal, sort_and_measure
 from spinelab.io.volume import Volume
 
-__all__ = ["read_series", "list_series", "read_dicom_pixels", "is_dicom_file", "DicomWarning", "IN_PROCESS_MAX_SLICES",
-           "MAX_ABS_SLOPE", "MAX_ABS_INTERCEPT"]
+__all__ = ["read_series", "list_series", "read_dicom_pixels", "is_dicom_file", "DicomWarning", "MAX_ABS_SLOPE",
+           "MAX_ABS_INTERCEPT"]
 
 log = logging.getLogger(__name__)
 
-#: Series with fewer slices than this are decoded in-process: starting/feeding a pool costs more.
-IN_PROCESS_MAX_SLICES = 16
 #: Rescale values accepted for CT (and any rescaled modality): finite, 1/MAX <= |slope| <= MAX, |intercept| <= MAX.
 MAX_ABS_SLOPE = 1e4
 MAX_ABS_INTERCEPT = 1e5
@@ -99,6 +97,14 @@ def _float_list(value: Any, n: int) -> np.ndarray | None:
     except (TypeError, ValueError):
         return None
     return arr if arr.shape == (n,) and np.all(np.isfinite(arr)) else None
+
+
+def _int_or_none(value: Any) -> int | None:
+    """An IS value as int; ``None`` when missing or garbage (a corrupt number never stops a read)."""
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 def _read_header(path: Path) -> dict[str, Any] | str:
@@ -129,17 +135,14 @@ def _read_header(path: Path) -> dict[str, Any] | str:
         except (TypeError, ValueError):
             return float("nan") if key.startswith("Rescale") else default
 
-    try:
-        instance = int(ds.get("InstanceNumber")) if ds.get("InstanceNumber") not in (None, "") else None
-    except (TypeError, ValueError):
-        instance = None
+    instance = _int_or_none(ds.get("InstanceNumber"))
     return {
         "path": path,
         "series_uid": str(ds.get("SeriesInstanceUID", "") or ""),
         "study_uid": str(ds.get("StudyInstanceUID", "") or ""),
         "sop_uid": str(ds.get("SOPInstanceUID", "") or ""),
         "description": str(ds.get("SeriesDescription", "") or ""),
-        "series_number": int(ds.SeriesNumber) if ds.get("SeriesNumber") not in (None, "") else None,
+        "series_number": _int_or_none(ds.get("SeriesNumber")),
         "modality": str(ds.get("Modality", "") or ""),
         "patient_id": str(ds.get("PatientID", "") or ""),
         "transfer_syntax": ts,
@@ -207,7 +210,7 @@ def _read_header_dicomsdl(path: Path, pixel_offset: int) -> dict[str, Any] | Non
         "study_uid": str(values["StudyInstanceUID"] or ""),
         "sop_uid": str(values["SOPInstanceUID"] or ""),
         "description": str(values["SeriesDescription"] or ""),
-        "series_number": values["SeriesNumber"],
+        "series_number": _int_or_none(values["SeriesNumber"]),
         "modality": str(values["Modality"] or ""),
         "patient_id": str(values["PatientID"] or ""),
         "transfer_syntax": ts,
@@ -361,8 +364,9 @@ def read_series(
     Args:
         path: folder of DICOM files (any names, with or without ``.dcm`` or a preamble), or one file.
         series: SeriesInstanceUID or SeriesDescription to pick when the folder holds several series.
-        workers: decode processes; default ``min(4, available cores)``; series under
-            ``IN_PROCESS_MAX_SLICES`` slices are always decoded in-process.
+        workers: decode processes; default ``min(4, available cores)``, used for every series so that a
+            decoder that crashes (segfault, abort) costs only its slice; ``1`` decodes in this process
+            (no process start, but a crashing decoder then takes this process down).
         backend: ``"auto"`` (dicomsdl for the verified lossless syntaxes, pydicom otherwise), ``"pydicom"`` or
             ``"dicomsdl"``.
         mixed_sizes: ``"error"`` or ``"majority"`` (keep the most common image size, with a warning).
@@ -426,11 +430,10 @@ def read_series(
             slope=h["slope"] if rescale else 1.0, intercept=h["intercept"] if rescale else 0.0,
             invert_max=((1 << h["bits_stored"]) - 1) if h["photometric"] == "MONOCHROME1" else None,
             checked=h["pixel_checked"], transfer_syntax=h["transfer_syntax"], allow_dicomsdl=h["dicomsdl_ok"]))
+    # Default: worker processes, even for one slice, so a crashing native decoder costs only its slice.
     n_workers = _default_workers() if workers is None else int(workers)
-    if len(tasks) < IN_PROCESS_MAX_SLICES:
-        n_workers = 1
     shape = (len(tasks), hs[0]["rows"], hs[0]["cols"])
-    array, errors = _decode_pool.decode_slices(tasks, shape, dtype, workers=n_workers)
+    array, errors = _decode_pool.decode_slices(tasks, shape, dtype, workers=n_workers, isolate=workers is None)
     if errors:
         if len(errors) == len(tasks):
             raise InputError(path, f"no slice could be decoded (first: {Path(tasks[errors[0][0]].path).name}: "
