@@ -43,6 +43,8 @@ _SHORT_VRS = {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"I
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _PIXEL_DATA = 0x7FE00010
+#: (tag group, element, VR bytes, short length) and a 32-bit length, per byte order (True: little endian).
+_STRUCTS = {True: (struct.Struct("<HH2sH"), struct.Struct("<I")), False: (struct.Struct(">HH2sH"), struct.Struct(">I"))}
 _WANTED = {0x00280002: "samples", 0x00280008: "frames", 0x00280010: "rows", 0x00280011: "cols",
            0x00280100: "bits_allocated", 0x00280101: "bits_stored"}
 
@@ -99,20 +101,18 @@ class _Walker:
 
     def header(self, pos: int, explicit: bool, little: bool) -> tuple[int, bytes | None, int, int]:
         """``(tag, vr, length, value offset)`` of the element at ``pos``."""
-        e = "<" if little else ">"
-        self.need(pos, 8, "an element header")
-        group, elem = struct.unpack_from(e + "HH", self.buf, pos)
+        if pos + 8 > self.size:
+            self.need(pos, 8, "an element header")
+        head, u32 = _STRUCTS[little]
+        group, elem, vr, short = head.unpack_from(self.buf, pos)
         tag = (group << 16) | elem
-        if group == 0xFFFE:  # item / delimiters never carry a VR
-            return tag, None, struct.unpack_from(e + "I", self.buf, pos + 4)[0], pos + 8
-        if not explicit:
-            return tag, None, struct.unpack_from(e + "I", self.buf, pos + 4)[0], pos + 8
-        vr = bytes(self.buf[pos + 4:pos + 6])
+        if group == 0xFFFE or not explicit:  # items / delimiters never carry a VR
+            return tag, None, u32.unpack_from(self.buf, pos + 4)[0], pos + 8
         if vr in _LONG_VRS:
             self.need(pos, 12, "an element header")
-            return tag, vr, struct.unpack_from(e + "I", self.buf, pos + 8)[0], pos + 12
+            return tag, vr, u32.unpack_from(self.buf, pos + 8)[0], pos + 12
         if vr in _SHORT_VRS:
-            return tag, vr, struct.unpack_from(e + "H", self.buf, pos + 6)[0], pos + 8
+            return tag, vr, short, pos + 8
         raise CorruptPixelDataError(f"unknown value representation {vr!r} at offset {pos}")
 
     def skip_sequence(self, pos: int, explicit: bool, little: bool, depth: int) -> int:
@@ -148,7 +148,8 @@ class _Walker:
             if length == _UNDEFINED:
                 pos = self.skip_sequence(val, explicit, little, depth + 1)
                 continue
-            self.need(val, length, f"element ({tag >> 16:04X},{tag & 0xFFFF:04X})")
+            if val + length > self.size:
+                self.need(val, length, f"element ({tag >> 16:04X},{tag & 0xFFFF:04X})")
             if values is not None and tag in _WANTED:
                 values[_WANTED[tag]] = self.value(tag, val, length, little)
             pos = val + length
