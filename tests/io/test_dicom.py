@@ -14,7 +14,7 @@ from spinelab.errors import InputError, SeriesSelectionError
 from spinelab.io import _decode_pool
 from spinelab.io.dicom import DicomWarning, list_series, read_dicom_pixels, read_series
 from spinelab.io.volume import Volume
-from tests.io._helpers import ct_volume, write
+from tests.io._helpers import ct_volume, leaked_shm_files, shm_decode_files, write
 
 EMRI = ["emri_small.dcm", "emri_small_RLE.dcm", "emri_small_jpeg_2k_lossless.dcm", "emri_small_jpeg_ls_lossless.dcm"]
 
@@ -201,6 +201,7 @@ def test_parallel_dicomsdl_equals_pydicom_and_no_leak(tmp_path, rng, oblique_aff
     vol = ct_volume(rng, oblique_affine, (20, 64, 64))
     syntaxes = ["explicit", "jpeg_lossless", "jpeg2000", "rle"] * 5
     write(vol, tmp_path, transfer_syntax=syntaxes)
+    shm_before = shm_decode_files()
     fast = read_series(tmp_path, workers=2, backend="auto")
     slow = read_series(tmp_path, workers=1, backend="pydicom")
     assert np.array_equal(fast.array, slow.array) and np.array_equal(fast.array, vol.array)
@@ -212,7 +213,7 @@ def test_parallel_dicomsdl_equals_pydicom_and_no_leak(tmp_path, rng, oblique_aff
     assert _decode_pool.pool_pids() == []
     alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     assert alive == []
-    assert not [f for f in os.listdir("/dev/shm") if f.startswith("spinelab-decode-")]
+    assert leaked_shm_files(shm_before) == set()
 
 
 def test_mixed_sizes(tmp_path, rng, oblique_affine):
@@ -424,6 +425,6 @@ def test_decode_buffer_never_named_in_dev_shm(tmp_path, rng, oblique_affine):
         assert named is None and worker_path == f"/proc/{os.getpid()}/fd/{fd}"  # an anonymous memfd
     finally:
         os.close(fd)
-    before = {f for f in os.listdir("/dev/shm") if f.startswith("spinelab-decode-")}
+    before = shm_decode_files()
     assert _quiet(tmp_path, workers=2).shape == (20, 16, 16)
-    assert {f for f in os.listdir("/dev/shm") if f.startswith("spinelab-decode-")} == before
+    assert leaked_shm_files(before) == set()

@@ -24,6 +24,7 @@ import pytest
 
 from spinelab.io.dicom_write import write_malformed, write_series
 from spinelab.io.volume import Volume
+from tests.io._helpers import leaked_shm_files, shm_decode_files
 
 REPO = Path(__file__).resolve().parents[2]
 REAL = {"j2k": "totalsegmentator/example_ct_dicom_j2k", "jll": "totalsegmentator/example_ct_dicom_jpegls1_derived"}
@@ -203,7 +204,7 @@ def test_killed_cache_build_leaves_no_worker_and_no_shm(realdata, tmp_path):
     for i in range(8):
         _link_slices(realdata / REAL["j2k"], dataset / f"s{i}", 20)
     out = tmp_path / "cache"
-    shm_before = {f for f in os.listdir("/dev/shm") if f.startswith("spinelab-decode-")}
+    shm_before = shm_decode_files()
     proc = subprocess.Popen([sys.executable, "-m", "spinelab", "cache", "build", str(dataset), "--out", str(out),
                              "--workers", "2"], env=_env(), cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -226,5 +227,5 @@ def test_killed_cache_build_leaves_no_worker_and_no_shm(realdata, tmp_path):
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         proc.wait()
-    assert {f for f in os.listdir("/dev/shm") if f.startswith("spinelab-decode-")} == shm_before
+    assert leaked_shm_files(shm_before) == set()
     shutil.rmtree(out, ignore_errors=True)
