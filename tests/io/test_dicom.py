@@ -428,3 +428,19 @@ def test_decode_buffer_never_named_in_dev_shm(tmp_path, rng, oblique_affine):
     before = shm_decode_files()
     assert _quiet(tmp_path, workers=2).shape == (20, 16, 16)
     assert leaked_shm_files(before) == set()
+
+
+@pytest.mark.realdata
+def test_dicomsdl_corruption_message_drops_the_slice(realdata, tmp_path):
+    src = sorted((realdata / "totalsegmentator" / "example_ct_dicom_jpegls1_derived").iterdir())[2:5]
+    for f in src:
+        (tmp_path / f.name).symlink_to(f)
+    data = bytearray(src[1].read_bytes())
+    rng = np.random.default_rng(0)
+    for i in rng.integers(20000, len(data) - 100, 30):  # damage the entropy-coded data, keep the end marker
+        data[i] = rng.integers(0, 256)
+    (tmp_path / src[1].name).unlink()
+    (tmp_path / src[1].name).write_bytes(bytes(data))
+    with pytest.warns(DicomWarning, match=f"skipped {src[1].name}: .*decoder warning: .*Corrupt JPEG data"):
+        out = read_series(tmp_path, backend="dicomsdl")
+    assert out.shape == (2, 512, 512)

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -133,27 +134,19 @@ def _decode(path: str | Path, backend: str, frame: int | None) -> np.ndarray:
     if backend == "dicomsdl":
         import dicomsdl
 
-        dset = dicomsdl.open(str(path))
-        if str(dset.getDataElement("PixelData").vr()).endswith("NONE"):
-            # dicomsdl quit parsing before the pixels; copyFrameData would dereference nothing
-            raise ValueError("dicomsdl found no PixelData")
-        info = dset.getPixelDataInfo()
-        n_frames = int(info.get("NumberOfFrames") or 1)
-        shape = (int(info["Rows"]), int(info["Cols"]))
-        dtype = np.dtype(info["dtype"])
-        if n_frames == 1 or frame is not None:
-            out = np.empty(shape, dtype=dtype)
-            dset.copyFrameData(frame or 0, out)
-            return out
-        out = np.empty((n_frames, *shape), dtype=dtype)
+        # dicomsdl reports corrupt streams ("Corrupt JPEG data: premature end of data segment") through its own
+        # logger, not Python warnings: collect them for this decode (the default logger must be restored, a
+        # Python callback left installed hangs interpreter exit).
+        messages: list[str] = []
+        dicomsdl.set_logger_function(lambda level, msg: messages.append(msg) if _corruption(level, msg) else None)
         try:
-            for i in range(n_frames):
-                dset.copyFrameData(i, out[i])
-            return out
-        except Exception:  # noqa: BLE001
-            # dicomsdl 0.109 cannot index frames > 0 of encapsulated multi-frame data without a basic offset
-            # table (e.g. pydicom's emri_small_jpeg_*); pydicom can, so fall back to it for the whole file.
-            pass
+            arr = _decode_dicomsdl(dicomsdl, path, frame)
+        finally:
+            dicomsdl.set_default_logger_function()
+        if arr is not None:  # None: dicomsdl gave up on a multi-frame file and said so; pydicom decodes it
+            if messages:
+                raise CorruptPixelDataError(f"decoder warning: {messages[0]}")
+            return arr
     import pydicom
 
     ds = pydicom.dcmread(str(path), force=True)
@@ -161,6 +154,42 @@ def _decode(path: str | Path, backend: str, frame: int | None) -> np.ndarray:
     if frame is not None and arr.ndim == 3:
         arr = arr[frame]
     return arr
+
+
+#: Words of libjpeg / openjpeg / charls messages that mean the coded data itself is damaged (libjpeg also warns
+#: about format quirks that decode fine, e.g. "Invalid SOS parameters for sequential JPEG" in pydicom's
+#: JPEG-lossy.dcm, which are not a reason to drop a slice).
+_CORRUPTION_WORDS = ("corrupt", "premature", "truncat", "bad huffman", "failed", "invalid data", "overflow")
+
+
+def _corruption(level: Any, msg: str) -> bool:
+    """Whether a dicomsdl log message reports damaged data (any error, or a warning naming corruption)."""
+    return int(level) >= 30 or (int(level) >= 20 and any(w in msg.lower() for w in _CORRUPTION_WORDS))
+
+
+def _decode_dicomsdl(dicomsdl: Any, path: str | Path, frame: int | None) -> np.ndarray | None:
+    """dicomsdl's decode; ``None`` when pydicom must decode the file instead."""
+    dset = dicomsdl.open(str(path))
+    if str(dset.getDataElement("PixelData").vr()).endswith("NONE"):
+        # dicomsdl quit parsing before the pixels; copyFrameData would dereference nothing
+        raise ValueError("dicomsdl found no PixelData")
+    info = dset.getPixelDataInfo()
+    n_frames = int(info.get("NumberOfFrames") or 1)
+    shape = (int(info["Rows"]), int(info["Cols"]))
+    dtype = np.dtype(info["dtype"])
+    if n_frames == 1 or frame is not None:
+        out = np.empty(shape, dtype=dtype)
+        dset.copyFrameData(frame or 0, out)
+        return out
+    out = np.empty((n_frames, *shape), dtype=dtype)
+    try:
+        for i in range(n_frames):
+            dset.copyFrameData(i, out[i])
+        return out
+    except Exception:  # noqa: BLE001
+        # dicomsdl 0.109 cannot index frames > 0 of encapsulated multi-frame data without a basic offset
+        # table (e.g. pydicom's emri_small_jpeg_*); pydicom can, so fall back to it for the whole file.
+        return None
 
 
 #: Syntaxes pydicom's plugins cannot decode (12-bit JPEG Extended), the only case where a file pydicom fails on
