@@ -30,7 +30,8 @@ Rules (each is a warning -- in ``meta["warnings"]`` and through ``warnings.warn(
 | FIFO, socket, device, broken symlink or symlink loop in the folder | warning, never opened (named) |
 | a sub-folder inside a series folder | warning naming it; its files are not part of the series |
 | the path itself is a device, FIFO or socket (e.g. ``/dev/zero``) | error |
-| pixels fail with the chosen decoder | the other library (pydicom <-> dicomsdl) is tried before giving up |
+| pixels fail with dicomsdl | pydicom is tried; a pydicom failure goes on to dicomsdl only for 12-bit JPEG 4.51 |
+| a decoder crashes its worker (segfault, abort) | that slice alone dropped (named); the read goes on |
 | file whose pixels fail to decode among good slices | warning, slice dropped (named), geometry recomputed |
 | hidden files (name starts with ``.``) | ignored silently |
 | several series; ``series`` missing or matching several | ``SeriesSelectionError`` listing uid, description, n files |
