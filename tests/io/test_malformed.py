@@ -96,8 +96,28 @@ def corpus(tmp_path_factory, realdata) -> dict[str, object]:
     write_series(syn, study / "second_series")
     expected["study_with_subfolder"] = 4
     expected["study_with_subfolder/second_series"] = 4
+    _bad_niftis(root.parent / "nifti")
     yield {"root": root, "expected": expected}
     sock.close()
+
+
+def _bad_niftis(folder: Path) -> None:
+    """``nan_affine.nii`` (NaN in the sform) and ``cut.nii.gz`` (half of a gzip stream)."""
+    import gzip
+    import struct
+
+    import nibabel as nib
+
+    folder.mkdir()
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.int16), np.eye(4)), folder / "good.nii")
+    raw = bytearray((folder / "good.nii").read_bytes())
+    struct.pack_into("<f", raw, 280, float("nan"))  # srow_x[0]
+    struct.pack_into("<h", raw, 254, 1)  # sform_code: the sform is the affine
+    (folder / "nan_affine.nii").write_bytes(bytes(raw))
+    big = np.random.default_rng(0).integers(0, 3000, (40, 40, 40)).astype(np.int16)
+    nib.save(nib.Nifti1Image(big, np.eye(4)), folder / "big.nii")
+    packed = gzip.compress((folder / "big.nii").read_bytes())
+    (folder / "cut.nii.gz").write_bytes(packed[: len(packed) // 2])  # header intact, data cut
 
 
 _READ_ALL = """
@@ -166,7 +186,8 @@ def test_info_on_the_worst_cases(corpus):
     images = corpus["root"] / "train_images"
     for path, code in ((images / "only_bad", 2), (images / "odd_entries", 0), (images / "j2k_wrong_bits", 0),
                        (images / "jll_stream_cut", 0), (Path("/dev/zero"), 2), (images / "odd_entries" / "pipe", 2),
-                       (images / "syn_truncated" / "2.dcm", 2)):
+                       (images / "syn_truncated" / "2.dcm", 2), (images.parent.parent / "nifti" / "nan_affine.nii", 2),
+                       (images.parent.parent / "nifti" / "cut.nii.gz", 2)):
         proc = _run(["-m", "spinelab", "info", str(path)], timeout=60)
         _assert_clean(proc, f"info {path}", ok_codes=(code,))
         if code == 2:
