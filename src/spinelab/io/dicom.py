@@ -235,6 +235,8 @@ def _read_header_dicomsdl(path: Path, pixel_offset: int) -> dict[str, Any] | Non
 
 def _read_checked(path: Path, fast: bool) -> dict[str, Any] | str:
     """Header of one file after the pixel-data checks, or why the file is skipped."""
+    if not os.access(path, os.R_OK):
+        return "cannot be read (permission denied)"
     if not is_dicom_file(path):
         return "not a DICOM file"
     try:
