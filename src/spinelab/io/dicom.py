@@ -62,7 +62,7 @@ import numpy as np
 from spinelab.errors import InputError, SeriesSelectionError
 from spinelab.io import _decode_pool
 from spinelab.io.files import is_dicom_file, list_folder, require_regular_or_dir
-from spinelab.io.pixel_checks import CorruptPixelDataError, check_pixel_data
+from spinelab.io.pixel_checks import CorruptPixelDataError, check_layout, check_pixel_data
 from spinelab.io.series_checks import SliceHeader, check_sizes, find_duplicates, slice_normal, sort_and_measure
 from spinelab.io.volume import Volume
 
@@ -249,12 +249,20 @@ def _read_checked(path: Path, fast: bool) -> dict[str, Any] | str:
         return f"cannot be read ({err.strerror or err})"
     # dicomsdl parses natively, so it only sees files whose structure the walk above accepted, and only
     # decodes them if it found the pixel data where the walk did.
-    fast_h = _read_header_dicomsdl(path, summary.pixel_offset) if fast and summary.native_safe else None
-    h = fast_h or _read_header(path)
+    try:
+        fast_h = _read_header_dicomsdl(path, summary.pixel_offset) if fast and summary.native_safe else None
+        h = fast_h or _read_header(path)
+    except (TypeError, ValueError, OverflowError, IndexError, KeyError) as err:
+        # a value of the wrong multiplicity or type (e.g. a Columns holding two numbers)
+        return f"corrupt header ({type(err).__name__}: {err})"
     if isinstance(h, str):
         return h
     if summary.checked and (h["rows"], h["cols"]) != (summary.rows, summary.cols):
         return f"inconsistent header (Rows/Columns read as {h['rows']}x{h['cols']} and {summary.rows}x{summary.cols})"
+    try:  # the same limits on the values the reader will use (the walk cannot reach into deflated files)
+        check_layout(h["rows"], h["cols"], h["samples"], h["bits_allocated"], h["bits_stored"], h["frames"])
+    except CorruptPixelDataError as err:
+        return f"corrupt header or pixel data ({err})"
     h["pixel_checked"] = summary.checked
     h["dicomsdl_ok"] = fast_h is not None or (not fast and summary.native_safe)
     return h

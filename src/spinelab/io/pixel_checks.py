@@ -24,8 +24,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CorruptPixelDataError", "PixelSummary", "check_pixel_data", "looks_like_element", "MAX_DIM",
-           "MAX_PIXEL_BYTES"]
+__all__ = ["CorruptPixelDataError", "PixelSummary", "check_pixel_data", "check_layout", "looks_like_element",
+           "MAX_DIM", "MAX_PIXEL_BYTES"]
 
 #: Largest accepted Rows / Columns (whole-slide images are not a slice series).
 MAX_DIM = 16384
@@ -171,6 +171,12 @@ class _Walker:
 
 def _expected_bytes(s: PixelSummary) -> int:
     return s.rows * s.cols * s.samples * (s.bits_allocated // 8) * s.frames
+
+
+def check_layout(rows: int, cols: int, samples: int, bits_allocated: int, bits_stored: int, frames: int) -> None:
+    """The size limits of ``check_pixel_data`` on header values read elsewhere (e.g. by pydicom for a deflated
+    file, whose pixels the walk cannot reach); raises ``CorruptPixelDataError``."""
+    _check_layout(PixelSummary("", rows, cols, samples, bits_allocated, bits_stored, frames, False, False))
 
 
 def _check_layout(s: PixelSummary) -> None:
