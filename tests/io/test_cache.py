@@ -26,7 +26,9 @@ def dataset(tmp_path, rng, oblique_affine):
     bad = root / "train_images" / "9.9.9"
     bad.mkdir(parents=True)
     for i in range(3):
-        (bad / f"{i}.dcm").write_bytes(b"\x00" * 200)  # DICOM-named files that are not DICOM
+        (bad / f"{i}.dcm").write_bytes(b"\x00" * 128 + b"DICM" + b"\x00" * 68)  # DICOM magic, nothing readable
+    (root / "train_images" / "notes").mkdir()
+    (root / "train_images" / "notes" / "a.dcm").write_bytes(b"\x00" * 200)  # a .dcm name is not DICOM content
     (root / "train.csv").write_text("StudyInstanceUID\n")
     return root
 
@@ -108,3 +110,28 @@ def test_load_series_and_errors(dataset, tmp_path):
         build_cache(tmp_path / "cache", tmp_path / "c2", progress=False)
     with pytest.raises(InputError, match="dataset folder does not exist"):
         build_cache(tmp_path / "missing", tmp_path / "c3", progress=False)
+
+
+def test_a_crashing_series_fails_alone(dataset, tmp_path, monkeypatch):
+    import faulthandler
+    import os
+    import signal
+
+    from spinelab.io import _decode_pool
+
+    real = _decode_pool._decode
+
+    def crash_in_1232(path, backend, frame):
+        if "1.2.3.2" in str(path):
+            faulthandler.disable()
+            os.kill(os.getpid(), signal.SIGSEGV)  # a native decoder dying inside a cache worker
+        return real(path, backend, frame)
+
+    monkeypatch.setattr(_decode_pool, "_decode", crash_in_1232)  # the forked cache workers inherit it
+    out = tmp_path / "cache"
+    summary = build_cache(dataset, out, workers=2, progress=False)
+    report = json.loads((out / "cache_report.json").read_text())
+    errors = {f["series"]: f["error"] for f in report["failed"]}
+    assert set(errors) == {"train_images/1.2.3.2", "train_images/9.9.9"}
+    assert errors["train_images/1.2.3.2"].startswith("worker failed: decoder crashed (worker process died")
+    assert summary["done"] == 3 and cached_series(out) == [s for s in SERIES if s != "train_images/1.2.3.2"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -61,6 +62,13 @@ def test_nifti_and_bad_paths(tmp_path):
     empty.mkdir()
     with pytest.raises(InputError, match="not a folder of DICOM files"):
         describe(empty)
+    with pytest.raises(InputError, match="is a device file, not a regular file or folder"):
+        describe("/dev/zero")  # never opened: reading it would never end
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(InputError, match=r"is a named pipe \(FIFO\)"):
+        describe(tmp_path / "pipe")
+    with pytest.raises(InputError, match="does not exist"):
+        describe(tmp_path / "missing")
 
 
 def test_cli_info(tmp_path, rng, oblique_affine):

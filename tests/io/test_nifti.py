@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -80,3 +82,60 @@ def test_smallest_int_dtype():
     assert smallest_int_dtype(np.array([0.0, 255.0])) == np.uint8
     assert smallest_int_dtype(np.array([-1.0, 5.0])) == np.int8
     assert smallest_int_dtype(np.array([0.0, 70000.0])) == np.uint32
+
+
+# --- bad headers and data: one InputError each, checked before the data is read --------------------------
+def _patched(tmp_path, name: str, **fields: float) -> Path:
+    """A small .nii whose raw header fields are overwritten after nibabel wrote it (nibabel refuses NaNs)."""
+    import struct
+
+    path = tmp_path / name
+    nib.save(nib.Nifti1Image(np.zeros((4, 5, 6), np.int16), np.diag([1.0, 1.0, 2.0, 1.0])), path)
+    raw = bytearray(path.read_bytes())
+    offsets = {"srow_x0": (280, "<f"), "srow_y0": (296, "<f"), "srow_y1": (300, "<f"), "pixdim2": (84, "<f"),
+               "qform_code": (252, "<h"), "sform_code": (254, "<h")}
+    for key, value in fields.items():
+        off, fmt = offsets[key]
+        struct.pack_into(fmt, raw, off, value)
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def test_nan_or_singular_affine_refused(tmp_path):
+    with pytest.raises(InputError, match="affine .* NaN or infinite"):
+        read_nifti(_patched(tmp_path, "nan.nii", srow_x0=float("nan"), sform_code=1))
+    # the y axis of the sform made equal to the x axis: no volume
+    with pytest.raises(InputError, match="affine is singular"):
+        read_nifti(_patched(tmp_path, "sing.nii", srow_y0=1.0, srow_y1=0.0, sform_code=1))
+
+
+@pytest.mark.parametrize("pixdim", [0.0, -1.0, float("nan")])
+def test_bad_pixdim_refused(tmp_path, pixdim):
+    with pytest.raises(InputError, match=r"voxel sizes \(pixdim\) must be finite and positive"):
+        read_nifti(_patched(tmp_path, "p.nii", pixdim2=pixdim))
+
+
+def test_truncated_and_oversized_files_refused(tmp_path, rng):
+    img = nib.Nifti1Image(rng.integers(0, 3000, (40, 40, 40)).astype(np.int16), np.eye(4))
+    nib.save(img, tmp_path / "full.nii.gz")
+    data = (tmp_path / "full.nii.gz").read_bytes()
+    (tmp_path / "cut.nii.gz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="NIfTI data could not be read"):
+        read_nifti(tmp_path / "cut.nii.gz")
+    nib.save(img, tmp_path / "full.nii")
+    raw = (tmp_path / "full.nii").read_bytes()
+    (tmp_path / "cut.nii").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(InputError, match="NIfTI file too small for its header"):
+        read_nifti(tmp_path / "cut.nii")
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape((16000, 16000, 16000))  # 8 TB claimed by a few hundred bytes
+    hdr.set_data_dtype(np.int16)
+    (tmp_path / "huge.nii").write_bytes(hdr.binaryblock + b"\x00" * 4 + bytes(64))
+    with pytest.raises(InputError, match="claims .* bytes of data"):
+        read_nifti(tmp_path / "huge.nii")
+
+
+def test_real_niftis_still_read(realdata):
+    for name in ("example_ct_sm.nii.gz", "example_mr_sm.nii.gz"):
+        vol = read_nifti(realdata / "totalsegmentator" / name)
+        assert vol.array.ndim == 3 and np.isfinite(vol.affine).all()

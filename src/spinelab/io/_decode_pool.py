@@ -3,11 +3,19 @@
 Why processes and shared memory: every DICOM decoder (gdcm, libjpeg, openjpeg, dicomsdl) holds the GIL, so
 threads do not scale, and pickling decoded slices back to the parent costs more than the decode for
 uncompressed data (performance-anchors.md, 1.2). Instead the parent creates the output volume in a
-memory-mapped file under ``/dev/shm``, workers map the same file and write each decoded, rescaled slice
-straight into its sorted slot, and return only ``(slot, error)`` pairs.
+shared-memory file that never has a name (``memfd_create``; elsewhere a ``/dev/shm`` file unlinked once the
+decode ends), workers open the same file through ``/proc/<parent>/fd/<n>`` and write each decoded, rescaled
+slice straight into its sorted slot, and return only ``(slot, error)`` pairs. Nothing is left in ``/dev/shm``
+even when the parent is SIGKILLed.
+
+Before any decoder touches a file, ``pixel_checks.check_pixel_data`` has compared its header with its pixel
+data (``read_series`` does it in the header pass; ``decode_stored`` does it otherwise), and any warning a
+decoder emits while decoding makes the slice fail: a warning there means a corrupt stream.
 
 The pool is persistent (created on first use, reused by later reads) because starting workers costs more than
-decoding a small series. It is shut down at interpreter exit and by :func:`shutdown_pool`, so no process leaks.
+decoding a small series. It is shut down at interpreter exit and by :func:`shutdown_pool`; its workers die with
+their parent (``PR_SET_PDEATHSIG``), and a worker that dies mid-decode costs only its own slice
+(``_workers.run_isolated``); a crashing file is never re-decoded in the parent.
 """
 
 from __future__ import annotations
@@ -20,13 +28,17 @@ import multiprocessing as mp
 import os
 import tempfile
 import threading
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from spinelab.io._workers import new_pool, run_isolated
+from spinelab.io.pixel_checks import CorruptPixelDataError, check_pixel_data
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +49,6 @@ __all__ = [
     "decode_stored",
     "shutdown_pool",
     "pool_pids",
-    "check_native_extent",
     "decode_with_fallback",
 ]
 
@@ -52,7 +63,8 @@ DICOMSDL_VERIFIED_SYNTAXES: frozenset[str] = frozenset(
         "1.2.840.10008.1.2.4.70",  # JPEG lossless SV1 (RSNA 2022)
         "1.2.840.10008.1.2.4.80",  # JPEG-LS lossless
         "1.2.840.10008.1.2.4.90",  # JPEG 2000 lossless
-        "1.2.840.10008.1.2.5",  # RLE lossless
+        # RLE lossless (1.2.840.10008.1.2.5) decodes identically but dicomsdl 0.109's RLE decoder overruns its
+        # buffer on a corrupt stream (found by tests/io/test_fuzz.py), so RLE goes to pydicom.
     }
 )
 
@@ -67,6 +79,9 @@ class SliceTask:
         backend: ``"dicomsdl"`` or ``"pydicom"``.
         slope, intercept: rescale applied to stored values (1, 0 to keep stored values).
         invert_max: for MONOCHROME1, ``stored = invert_max - stored`` before the rescale; ``None`` otherwise.
+        checked: the caller already ran ``check_pixel_data`` on this file (it is not repeated).
+        transfer_syntax: the file's transfer syntax (decides whether a failed decode may try dicomsdl).
+        allow_dicomsdl: dicomsdl may open the file (``PixelSummary.native_safe`` and the same pixel offset).
     """
 
     slot: int
@@ -75,41 +90,63 @@ class SliceTask:
     slope: float = 1.0
     intercept: float = 0.0
     invert_max: int | None = None
+    checked: bool = False
+    transfer_syntax: str | None = None
+    allow_dicomsdl: bool = True
 
 
-def decode_stored(path: str | Path, *, backend: str = "pydicom", frame: int | None = None) -> np.ndarray:
+def decode_stored(path: str | Path, *, backend: str = "pydicom", frame: int | None = None,
+                  checked: bool = False) -> np.ndarray:
     """Decode the stored pixel values of one DICOM file (no rescale, no inversion).
 
     Args:
         path: DICOM file.
         backend: ``"dicomsdl"`` or ``"pydicom"``.
         frame: for a multi-frame file, one frame; ``None`` returns every frame.
+        checked: skip ``check_pixel_data`` (the caller ran it).
 
     Returns:
         ``(H, W)`` for single-frame files, ``(F, H, W)`` for multi-frame files (``frame=None``).
+
+    Raises:
+        CorruptPixelDataError: the header and pixel data disagree, or a decoder warned while decoding.
     """
+    if not checked and not check_pixel_data(path).native_safe:
+        backend = "pydicom"  # deflated or out of tag order: dicomsdl would misparse it
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            arr = _decode(path, backend, frame)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as err:
+            if isinstance(err, Exception):
+                raise
+            # pyo3 decoders (pylibjpeg-rle, ...) raise PanicException, a BaseException, on corrupt streams
+            raise CorruptPixelDataError(f"decoder panicked: {err}") from None
+    problems = [w for w in caught if not issubclass(w.category, DeprecationWarning | PendingDeprecationWarning)]
+    if problems:
+        raise CorruptPixelDataError(f"decoder warning: {problems[0].message}")
+    return arr
+
+
+def _decode(path: str | Path, backend: str, frame: int | None) -> np.ndarray:
     if backend == "dicomsdl":
         import dicomsdl
 
-        check_native_extent(path)
-        dset = dicomsdl.open(str(path))
-        info = dset.getPixelDataInfo()
-        n_frames = int(info.get("NumberOfFrames") or 1)
-        shape = (int(info["Rows"]), int(info["Cols"]))
-        dtype = np.dtype(info["dtype"])
-        if n_frames == 1 or frame is not None:
-            out = np.empty(shape, dtype=dtype)
-            dset.copyFrameData(frame or 0, out)
-            return out
-        out = np.empty((n_frames, *shape), dtype=dtype)
+        # dicomsdl reports corrupt streams ("Corrupt JPEG data: premature end of data segment") through its own
+        # logger, not Python warnings: collect them for this decode (the default logger must be restored, a
+        # Python callback left installed hangs interpreter exit).
+        messages: list[str] = []
+        dicomsdl.set_logger_function(lambda level, msg: messages.append(msg) if _corruption(level, msg) else None)
         try:
-            for i in range(n_frames):
-                dset.copyFrameData(i, out[i])
-            return out
-        except Exception:  # noqa: BLE001
-            # dicomsdl 0.109 cannot index frames > 0 of encapsulated multi-frame data without a basic offset
-            # table (e.g. pydicom's emri_small_jpeg_*); pydicom can, so fall back to it for the whole file.
-            pass
+            arr = _decode_dicomsdl(dicomsdl, path, frame)
+        finally:
+            dicomsdl.set_default_logger_function()
+        if arr is not None:  # None: dicomsdl gave up on a multi-frame file and said so; pydicom decodes it
+            if messages:
+                raise CorruptPixelDataError(f"decoder warning: {messages[0]}")
+            return arr
     import pydicom
 
     ds = pydicom.dcmread(str(path), force=True)
@@ -119,46 +156,79 @@ def decode_stored(path: str | Path, *, backend: str = "pydicom", frame: int | No
     return arr
 
 
-_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
+#: Words of libjpeg / openjpeg / charls messages that mean the coded data itself is damaged (libjpeg also warns
+#: about format quirks that decode fine, e.g. "Invalid SOS parameters for sequential JPEG" in pydicom's
+#: JPEG-lossy.dcm, which are not a reason to drop a slice).
+_CORRUPTION_WORDS = ("corrupt", "premature", "truncat", "bad huffman", "failed", "invalid data", "overflow")
 
 
-def check_native_extent(path: str | Path, *, head_bytes: int = 65536) -> None:
-    """Raise ``ValueError`` if uncompressed pixel data runs past the end of the file.
-
-    dicomsdl 0.109 trusts the element length of native pixel data and crashes the process (SIGSEGV) on a
-    truncated file; this check turns that into an ordinary, per-file error. Encapsulated (compressed) data has
-    an undefined length and dicomsdl raises a Python error on truncation, so it is not checked. Only the
-    first ``head_bytes`` are read unless the PixelData tag lies further in.
-    """
-    size = os.path.getsize(path)
-    with open(path, "rb") as fh:
-        data = fh.read(head_bytes)
-        if _PIXEL_DATA_TAG not in data and size > head_bytes:
-            data += fh.read()
-    pos = data.find(_PIXEL_DATA_TAG)
-    if pos < 0:
-        raise ValueError("no PixelData element found")
-    if data[pos + 4:pos + 6] in (b"OW", b"OB", b"OD", b"OF", b"OL", b"UN"):  # explicit VR: 2 reserved bytes
-        header, length = 12, int.from_bytes(data[pos + 8:pos + 12], "little")
-    else:  # implicit VR
-        header, length = 8, int.from_bytes(data[pos + 4:pos + 8], "little")
-    if length != 0xFFFFFFFF and pos + header + length > size:
-        raise ValueError(f"pixel data truncated: {size - pos - header} of {length} bytes present")
+def _corruption(level: Any, msg: str) -> bool:
+    """Whether a dicomsdl log message reports damaged data (any error, or a warning naming corruption)."""
+    return int(level) >= 30 or (int(level) >= 20 and any(w in msg.lower() for w in _CORRUPTION_WORDS))
 
 
-def decode_with_fallback(path: str | Path, *, backend: str) -> np.ndarray:
-    """``decode_stored`` with ``backend``, then with the other backend if that fails.
-
-    Each library has gaps (pydicom's plugins cannot decode 12-bit JPEG Extended 4.51; dicomsdl cannot index
-    frames of some encapsulated multi-frame files), so a file fails only when both fail; the first error is
-    raised.
-    """
+def _decode_dicomsdl(dicomsdl: Any, path: str | Path, frame: int | None) -> np.ndarray | None:
+    """dicomsdl's decode; ``None`` when pydicom must decode the file instead."""
+    dset = dicomsdl.open(str(path))
+    if str(dset.getDataElement("PixelData").vr()).endswith("NONE"):
+        # dicomsdl quit parsing before the pixels; copyFrameData would dereference nothing
+        raise ValueError("dicomsdl found no PixelData")
+    info = dset.getPixelDataInfo()
+    n_frames = int(info.get("NumberOfFrames") or 1)
+    shape = (int(info["Rows"]), int(info["Cols"]))
+    dtype = np.dtype(info["dtype"])
+    if n_frames == 1 or frame is not None:
+        out = np.empty(shape, dtype=dtype)
+        dset.copyFrameData(frame or 0, out)
+        return out
+    out = np.empty((n_frames, *shape), dtype=dtype)
     try:
-        return decode_stored(path, backend=backend)
+        for i in range(n_frames):
+            dset.copyFrameData(i, out[i])
+        return out
+    except Exception:  # noqa: BLE001
+        # dicomsdl 0.109 cannot index frames > 0 of encapsulated multi-frame data without a basic offset
+        # table (e.g. pydicom's emri_small_jpeg_*); pydicom can, so fall back to it for the whole file.
+        return None
+
+
+#: Syntaxes pydicom's plugins cannot decode (12-bit JPEG Extended), the only case where a file pydicom fails on
+#: goes on to dicomsdl: on any other syntax a pydicom failure means a bad stream, and dicomsdl's native
+#: decoders are not safe on bad streams (its RLE decoder corrupts the heap).
+PYDICOM_GAPS: frozenset[str] = frozenset({"1.2.840.10008.1.2.4.51"})
+
+
+def decode_with_fallback(path: str | Path, *, backend: str, checked: bool = False,
+                         transfer_syntax: str | None = None, allow_dicomsdl: bool = True) -> np.ndarray:
+    """``decode_stored`` with ``backend``; if that fails, the other backend where it can help.
+
+    dicomsdl failing falls back to pydicom (dicomsdl cannot index frames of some encapsulated multi-frame
+    files); pydicom failing falls back to dicomsdl only for ``PYDICOM_GAPS``. The first error is raised. A file
+    whose header and pixel data disagree (``CorruptPixelDataError``) is not retried: the file is bad.
+
+    Args:
+        path: the DICOM file.
+        backend: ``"dicomsdl"`` or ``"pydicom"``.
+        checked: the caller ran ``check_pixel_data`` already.
+        transfer_syntax: the file's syntax, when the caller knows it (read from the file otherwise).
+        allow_dicomsdl: ``False`` keeps dicomsdl away from the file entirely.
+    """
+    if not checked:
+        summary = check_pixel_data(path)
+        transfer_syntax = summary.transfer_syntax
+        allow_dicomsdl = allow_dicomsdl and summary.native_safe
+    if not allow_dicomsdl:
+        backend = "pydicom"
+    try:
+        return decode_stored(path, backend=backend, checked=True)
+    except CorruptPixelDataError:
+        raise
     except Exception as first:  # noqa: BLE001
+        if backend == "pydicom" and (transfer_syntax not in PYDICOM_GAPS or not allow_dicomsdl):
+            raise
         other = "pydicom" if backend == "dicomsdl" else "dicomsdl"
         try:
-            return decode_stored(path, backend=other)
+            return decode_stored(path, backend=other, checked=True)
         except Exception:  # noqa: BLE001
             raise first from None
 
@@ -192,7 +262,8 @@ def decode_into(out: np.ndarray, tasks: Sequence[SliceTask]) -> list[tuple[int, 
     results: list[tuple[int, str | None]] = []
     for task in tasks:
         try:
-            stored = decode_with_fallback(task.path, backend=task.backend)
+            stored = decode_with_fallback(task.path, backend=task.backend, checked=task.checked,
+                                          transfer_syntax=task.transfer_syntax, allow_dicomsdl=task.allow_dicomsdl)
             if stored.ndim != 2:
                 raise ValueError(f"expected one frame, got pixel array of shape {stored.shape}")
             _apply(stored, out[task.slot], task)
@@ -225,32 +296,9 @@ def _get_pool(workers: int) -> ProcessPoolExecutor:
         # An existing pool is reused even when ``workers`` differs: replacing it could cancel decodes that
         # another thread has in flight. Call ``shutdown_pool()`` first to change the size.
         if _POOL is None:
-            # fork (Linux): workers start in milliseconds and never re-import the caller's ``__main__`` (spawn
-            # and forkserver do, which breaks scripts without a main guard). Workers only decode, so threads
-            # the parent may hold (torch, OpenMP) are never touched in them.
-            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-            # PDEATHSIG fires when the *thread* that forked the worker ends, so it is only safe to ask for it
-            # when the pool is created from the main thread.
-            in_main = threading.current_thread() is threading.main_thread()
-            _POOL = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_exit_with_parent,
-                                        initargs=(in_main,))
+            _POOL = new_pool(workers)
             _POOL_WORKERS = workers
         return _POOL
-
-
-def _exit_with_parent(enabled: bool) -> None:
-    """Ask Linux to SIGTERM this worker when its parent dies, so a killed reader leaves no orphans."""
-    if not enabled:
-        return
-    try:
-        import ctypes
-        import signal
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
-    except (OSError, AttributeError):  # pragma: no cover - not Linux/glibc: rely on atexit only
-        pass
 
 
 def shutdown_pool() -> None:
@@ -278,8 +326,24 @@ def _shm_dir() -> str:
     return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
 
 
+def _shared_buffer(nbytes: int) -> tuple[int, str, str | None]:
+    """``(fd, path workers open, name to unlink or None)`` of a new shared-memory file of ``nbytes``.
+
+    Linux: an anonymous ``memfd`` (it never appears in ``/dev/shm``, so a SIGKILL leaves nothing behind) that
+    workers open through ``/proc/<pid>/fd/<fd>``. Elsewhere: a ``/dev/shm`` (or temp) file, unlinked after use.
+    """
+    if hasattr(os, "memfd_create") and os.path.isdir(f"/proc/{os.getpid()}/fd"):
+        fd = os.memfd_create("spinelab-decode", os.MFD_CLOEXEC)
+        os.ftruncate(fd, nbytes)
+        return fd, f"/proc/{os.getpid()}/fd/{fd}", None
+    fd, buf_path = tempfile.mkstemp(prefix="spinelab-decode-", suffix=".raw", dir=_shm_dir())
+    os.ftruncate(fd, nbytes)
+    return fd, buf_path, buf_path
+
+
 def decode_slices(
-    tasks: Sequence[SliceTask], shape: tuple[int, int, int], dtype: np.dtype, *, workers: int
+    tasks: Sequence[SliceTask], shape: tuple[int, int, int], dtype: np.dtype, *, workers: int,
+    isolate: bool = False,
 ) -> tuple[np.ndarray, list[tuple[int, str]]]:
     """Decode every task into a new ``(D, H, W)`` array of ``dtype``.
 
@@ -287,41 +351,58 @@ def decode_slices(
         tasks: one per slot ``0..D-1``.
         shape: output shape ``(D, H, W)``.
         dtype: ``int16`` or ``float32``.
-        workers: processes to use; ``<= 1`` decodes in this process.
+        workers: processes to use; ``<= 1`` decodes in this process unless ``isolate``.
+        isolate: decode in worker processes even with one worker (a crashing decoder then costs its slice,
+            not this process). Inside a daemon process (a pool worker) decoding is always in-process.
 
     Returns:
-        The volume and a list of ``(slot, error)`` for files that failed to decode (their slot holds zeros).
+        The volume and a list of ``(slot, error)`` for files that failed to decode or whose decoder crashed
+        its worker (their slot holds zeros).
     """
     dtype = np.dtype(dtype)
-    in_process = workers <= 1 or mp.current_process().daemon
-    if in_process:
+    if (workers <= 1 and not isolate) or mp.current_process().daemon:
         out = np.zeros(shape, dtype=dtype)
-        results = decode_into(out, tasks)
-        return out, [(s, e) for s, e in results if e is not None]
-    nbytes = int(np.prod(shape)) * dtype.itemsize
-    fd, buf_path = tempfile.mkstemp(prefix="spinelab-decode-", suffix=".raw", dir=_shm_dir())
+        return out, [(s, e) for s, e in decode_into(out, tasks) if e is not None]
+    workers = max(workers, 1)
+    nbytes = max(int(np.prod(shape)) * dtype.itemsize, 1)
+    fd, worker_path, named = _shared_buffer(nbytes)
     try:
-        os.ftruncate(fd, max(nbytes, 1))
-        mapping = mmap.mmap(fd, max(nbytes, 1))
+        mapping = mmap.mmap(fd, nbytes)
         out = np.frombuffer(mapping, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
         # Contiguous chunks: each worker touches neighbouring slots, and a few big messages beat many small.
         n_chunks = min(len(tasks), workers * 4)
         step = -(-len(tasks) // n_chunks)
         chunks = [list(tasks[i:i + step]) for i in range(0, len(tasks), step)]
-        errors: list[tuple[int, str]] = []
         try:
-            pool = _get_pool(workers)
-            futures = [pool.submit(_worker_decode, buf_path, shape, dtype.str, c) for c in chunks]
-            for fut in futures:
-                errors.extend((s, e) for s, e in fut.result() if e is not None)
-        except (BrokenProcessPool, OSError, RuntimeError) as err:
-            # A worker died (out of memory, killed) or processes cannot start here: decode in-process instead.
-            log.warning("decode pool failed (%s); decoding in-process", err)
+            errors, crashed = _run_chunks(workers, worker_path, shape, dtype, chunks)
+        except OSError as err:
+            # Processes cannot start here at all (no crash involved), so decoding in this process is safe.
+            log.warning("decode pool could not start (%s); decoding in-process", err)
             shutdown_pool()
-            errors = [(s, e) for s, e in decode_into(out, tasks) if e is not None]
+            return out, [(s, e) for s, e in decode_into(out, tasks) if e is not None]
+        if crashed:
+            # Which slice of a crashed chunk killed its worker: each of its slices alone in a fresh worker.
+            more, _ = _run_chunks(workers, worker_path, shape, dtype, [[t] for c in crashed for t in c])
+            errors += more
     finally:
         os.close(fd)
-        # The mapping keeps the pages alive after the name is gone; the memory is freed with the array.
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(buf_path)
+        if named:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(named)
     return out, errors
+
+
+def _run_chunks(workers: int, worker_path: str, shape: tuple[int, int, int], dtype: np.dtype,
+                chunks: list[list[SliceTask]]) -> tuple[list[tuple[int, str]], list[list[SliceTask]]]:
+    """Decode ``chunks`` in the pool: ``(slot errors, chunks whose worker crashed)``."""
+    errors: list[tuple[int, str]] = []
+    crashed: list[list[SliceTask]] = []
+    args = [(worker_path, shape, dtype.str, c) for c in chunks]
+    for i, result, err in run_isolated(lambda: _get_pool(workers), shutdown_pool, _worker_decode, args):
+        if err is None:
+            errors.extend((s, e) for s, e in result if e is not None)
+        elif len(chunks[i]) == 1:
+            errors.append((chunks[i][0].slot, err))
+        else:
+            crashed.append(chunks[i])
+    return errors, crashed

@@ -17,19 +17,23 @@ dropped with a warning, recorded in the JSON's ``meta.warnings``, instead of fai
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import errno
 import json
-import multiprocessing as mp
 import os
+import shutil
 import warnings
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from spinelab.errors import InputError, SpinelabError
+from spinelab.io._workers import new_pool, run_isolated
 from spinelab.io.atomic import atomic_save_npy, atomic_write_json
+from spinelab.io.files import is_dicom_file
 from spinelab.io.volume import Volume
 
 __all__ = ["build_cache", "open_cached", "cached_series", "load_series", "find_series_folders", "REPORT_NAME"]
@@ -38,29 +42,21 @@ REPORT_NAME = "cache_report.json"
 CACHE_FORMAT = 1
 
 
-def _looks_dicom(path: Path) -> bool:
-    if path.suffix.lower() == ".dcm":
-        return True
-    try:
-        with path.open("rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return head[128:132] == b"DICM"
-
-
 def find_series_folders(dataset_dir: str | Path) -> list[str]:
-    """Relative paths (POSIX) of every leaf folder holding DICOM files under ``dataset_dir``, sorted."""
+    """Relative paths (POSIX) of every folder holding DICOM files directly under ``dataset_dir``, sorted.
+
+    A folder is a series folder when any file directly in it is DICOM (``is_dicom_file``, by content), whether
+    or not it also holds sub-folders: a study folder with loose slices *and* series sub-folders yields all of
+    them. Symlinked folders are not followed (no loops); FIFOs and devices are never opened.
+    """
     root = Path(dataset_dir)
     if not root.is_dir():
         raise InputError(root, "dataset folder does not exist")
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        if dirnames:
-            continue
         files = sorted(f for f in filenames if not f.startswith("."))
-        if any(_looks_dicom(Path(dirpath) / f) for f in files[:3]):
+        if any(is_dicom_file(Path(dirpath) / f) for f in files):
             found.append(Path(dirpath).relative_to(root).as_posix())
     return sorted(found)
 
@@ -81,9 +77,28 @@ def _jsonable_meta(meta: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: Write errors that no other series can escape either: the build stops with one error instead.
+_FATAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
 def _store(volume: Volume, out_dir: Path, rel: str) -> None:
     npy, js = _paths(out_dir, rel)
-    atomic_save_npy(npy, np.ascontiguousarray(volume.array))
+    array = np.ascontiguousarray(volume.array)
+    try:
+        atomic_save_npy(npy, array)
+    except OSError as err:
+        # numpy reports a short write as a bare OSError ("N requested and M written"): name the full disk.
+        if err.errno is None and shutil.disk_usage(npy.parent).free < array.nbytes + (1 << 20):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(npy)) from err
+        raise
+    try:
+        _write_sidecar(volume, js, rel)
+    except BaseException:
+        npy.unlink(missing_ok=True)  # an .npy without its JSON is a half-written entry
+        raise
+
+
+def _write_sidecar(volume: Volume, js: Path, rel: str) -> None:
     atomic_write_json(js, {
         "format": CACHE_FORMAT,
         "series": rel,
@@ -96,8 +111,11 @@ def _store(volume: Volume, out_dir: Path, rel: str) -> None:
     })
 
 
-def _cache_one(dataset_dir: str, out_dir: str, rel: str) -> tuple[str, str | None]:
-    """Decode and store one series; return ``(rel, error or None)``. Runs in a worker process."""
+def _cache_one(dataset_dir: str, out_dir: str, rel: str) -> tuple[str, str | None, bool]:
+    """Decode and store one series; return ``(rel, error or None, whether the error stops the build)``.
+
+    Runs in a worker process.
+    """
     from spinelab.io.dicom import read_series
 
     try:
@@ -107,69 +125,113 @@ def _cache_one(dataset_dir: str, out_dir: str, rel: str) -> tuple[str, str | Non
         vol.meta["source"] = rel
         _store(vol, Path(out_dir), rel)
     except SpinelabError as err:
-        return rel, str(err)
+        return rel, str(err), False
+    except OSError as err:
+        if err.errno in _FATAL_ERRNOS:
+            where = Path(err.filename).name if err.filename else rel
+            return rel, f"cannot write {where} ({err.strerror})", True
+        return rel, f"{type(err).__name__}: {err}", False
     except Exception as err:  # noqa: BLE001 - one bad study must not stop the build
-        return rel, f"{type(err).__name__}: {err}"
-    return rel, None
+        return rel, f"{type(err).__name__}: {err}", False
+    return rel, None, False
 
 
 def build_cache(dataset_dir: str | Path, out_dir: str | Path, *, workers: int = 2,
                 progress: bool = True) -> dict[str, Any]:
     """Decode every series folder of ``dataset_dir`` into ``out_dir`` (resumable).
 
+    Worker processes die with the build (a killed build leaves none running), and a worker that crashes on
+    a series fails that series only (``_workers.run_isolated``).
+
     Args:
         dataset_dir: Kaggle-layout dataset or any tree of DICOM series folders.
         out_dir: cache folder.
         workers: parallel processes (``<= 1``: in this process).
-        progress: show a rich progress bar.
+        progress: show a rich progress bar (stderr).
 
     Returns:
         ``done`` (series ready in the cache now, including those already there), ``skipped`` (of which were
         already cached), ``failed`` (count) and ``report`` (path of ``cache_report.json``).
 
     Raises:
-        InputError: ``dataset_dir`` missing or holding no DICOM series.
+        InputError: ``dataset_dir`` missing or holding no DICOM series; ``out_dir`` not writable or full
+            (the build stops; entries already complete stay, nothing half-written is left).
     """
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
     series = find_series_folders(dataset_dir)
     if not series:
         raise InputError(dataset_dir, "no folder with DICOM files found")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(out_dir, f"cannot create the cache folder ({err.strerror})") from err
     skipped = [r for r in series if _paths(out_dir, r)[1].is_file()]
     todo = [r for r in series if r not in set(skipped)]
     built: list[str] = []
     failed: list[dict[str, str]] = []
+    fatal: list[str] = []
     columns = (TextColumn("caching"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, disable=not progress, transient=False) as bar:
+    with Progress(*columns, disable=not progress, transient=False, console=Console(stderr=True)) as bar:
         task = bar.add_task("cache", total=len(todo))
 
-        def record(rel: str, err: str | None) -> None:
+        def record(rel: str, err: str | None, stop: bool = False) -> None:
             (failed.append({"series": rel, "error": err}) if err else built.append(rel))
+            if stop and err:
+                fatal.append(err)
             bar.advance(task)
 
         if workers <= 1 or len(todo) <= 1:
             for rel in todo:
                 record(*_cache_one(str(dataset_dir), str(out_dir), rel))
+                if fatal:
+                    break
         else:
-            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-                futures = {pool.submit(_cache_one, str(dataset_dir), str(out_dir), r): r for r in todo}
-                for fut in as_completed(futures):
-                    try:
-                        record(*fut.result())
-                    except Exception as err:  # noqa: BLE001 - a worker that died fails only its series
-                        record(futures[fut], f"worker failed: {type(err).__name__}: {err}")
-    report = atomic_write_json(out_dir / REPORT_NAME, {
+            _build_parallel(workers, [(str(dataset_dir), str(out_dir), r) for r in todo], record, fatal)
+    report_data = {
         "dataset_dir": str(dataset_dir),
         "finished": _dt.datetime.now().isoformat(timespec="seconds"),
         "n_series": len(series),
         "built": sorted(built),
         "skipped": sorted(skipped),
         "failed": sorted(failed, key=lambda f: f["series"]),
-    })
+    }
+    if fatal:
+        with contextlib.suppress(OSError):  # the disk may be full: the report is best effort then
+            atomic_write_json(out_dir / REPORT_NAME, report_data)
+        raise InputError(out_dir, f"cache build stopped: {fatal[0]}")
+    try:
+        report = atomic_write_json(out_dir / REPORT_NAME, report_data)
+    except OSError as err:
+        raise InputError(out_dir / REPORT_NAME, f"cannot write the cache report ({err.strerror})") from err
     return {"done": len(built) + len(skipped), "skipped": len(skipped), "failed": len(failed), "report": report}
+
+
+def _build_parallel(workers: int, args: list[tuple[str, str, str]], record: Any, fatal: list[str]) -> None:
+    """Run ``_cache_one`` over ``args`` in a pool whose workers die with this process; stop on a fatal error."""
+    pool: list[ProcessPoolExecutor] = []
+
+    def get_pool() -> ProcessPoolExecutor:
+        if not pool:
+            pool.append(new_pool(workers))
+        return pool[0]
+
+    def drop_pool() -> None:
+        if pool:
+            pool.pop().shutdown(wait=True, cancel_futures=True)
+
+    try:
+        for i, result, err in run_isolated(get_pool, drop_pool, _cache_one, args):
+            if err is not None:  # the worker died on this series (or could not run it)
+                record(args[i][2], f"worker failed: {err}")
+            else:
+                record(*result)
+            if fatal:
+                break
+    finally:
+        drop_pool()
 
 
 def open_cached(cache_dir: str | Path, rel_path: str) -> Volume:

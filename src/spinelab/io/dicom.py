@@ -23,10 +23,17 @@ Rules (each is a warning -- in ``meta["warnings"]`` and through ``warnings.warn(
 |---|---|
 | path missing, or an empty folder | error |
 | no readable DICOM image among the files | error listing what was found |
-| non-DICOM file, corrupt header, or a DICOM without pixels among good slices | warning, file skipped (named) |
-| pixels fail with the chosen decoder | the other library (pydicom <-> dicomsdl) is tried before giving up |
+| non-DICOM file (by content), corrupt header, or a DICOM without pixels among good slices | warning, skipped (named) |
+| header and pixel data disagree (see ``pixel_checks``: limits, length, fragments, end marker) | warning, skipped |
+| a decoder warning (pydicom / pylibjpeg / dicomsdl) while decoding a slice | corrupt: warning, slice dropped |
+| rescale not finite, ``abs(slope)`` outside [1e-4, 1e4] or ``abs(intercept)`` > 1e5 (not MR) | warning, dropped |
+| FIFO, socket, device, broken symlink or symlink loop in the folder | warning, never opened (named) |
+| a sub-folder inside a series folder | warning naming it; its files are not part of the series |
+| the path itself is a device, FIFO or socket (e.g. ``/dev/zero``) | error |
+| pixels fail with dicomsdl | pydicom is tried; a pydicom failure goes on to dicomsdl only for 12-bit JPEG 4.51 |
+| a decoder crashes its worker (segfault, abort) | that slice alone dropped (named); the read goes on |
 | file whose pixels fail to decode among good slices | warning, slice dropped (named), geometry recomputed |
-| hidden files (name starts with ``.``) and sub-folders | ignored silently |
+| hidden files (name starts with ``.``) | ignored silently |
 | several series; ``series`` missing or matching several | ``SeriesSelectionError`` listing uid, description, n files |
 | empty Series/Study/SOP Instance UID | warning; files with an empty series UID form one series |
 | mixed image sizes or orientations | error listing sizes; ``mixed_sizes="majority"`` keeps the most common, warns |
@@ -54,15 +61,19 @@ import numpy as np
 
 from spinelab.errors import InputError, SeriesSelectionError
 from spinelab.io import _decode_pool
+from spinelab.io.files import is_dicom_file, list_folder, require_regular_or_dir
+from spinelab.io.pixel_checks import CorruptPixelDataError, check_layout, check_pixel_data
 from spinelab.io.series_checks import SliceHeader, check_sizes, find_duplicates, slice_normal, sort_and_measure
 from spinelab.io.volume import Volume
 
-__all__ = ["read_series", "list_series", "read_dicom_pixels", "DicomWarning", "IN_PROCESS_MAX_SLICES"]
+__all__ = ["read_series", "list_series", "read_dicom_pixels", "is_dicom_file", "DicomWarning", "MAX_ABS_SLOPE",
+           "MAX_ABS_INTERCEPT"]
 
 log = logging.getLogger(__name__)
 
-#: Series with fewer slices than this are decoded in-process: starting/feeding a pool costs more.
-IN_PROCESS_MAX_SLICES = 16
+#: Rescale values accepted for CT (and any rescaled modality): finite, 1/MAX <= |slope| <= MAX, |intercept| <= MAX.
+MAX_ABS_SLOPE = 1e4
+MAX_ABS_INTERCEPT = 1e5
 _DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 _HEADER_TAGS = [
     "SeriesInstanceUID", "StudyInstanceUID", "SOPInstanceUID", "SeriesDescription", "SeriesNumber", "Modality",
@@ -87,6 +98,14 @@ def _float_list(value: Any, n: int) -> np.ndarray | None:
     except (TypeError, ValueError):
         return None
     return arr if arr.shape == (n,) and np.all(np.isfinite(arr)) else None
+
+
+def _int_or_none(value: Any) -> int | None:
+    """An IS value as int; ``None`` when missing or garbage (a corrupt number never stops a read)."""
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 def _read_header(path: Path) -> dict[str, Any] | str:
@@ -115,19 +134,16 @@ def _read_header(path: Path) -> dict[str, Any] | str:
         try:
             return float(value) if value not in (None, "") else default
         except (TypeError, ValueError):
-            return default
+            return float("nan") if key.startswith("Rescale") else default
 
-    try:
-        instance = int(ds.get("InstanceNumber")) if ds.get("InstanceNumber") not in (None, "") else None
-    except (TypeError, ValueError):
-        instance = None
+    instance = _int_or_none(ds.get("InstanceNumber"))
     return {
         "path": path,
         "series_uid": str(ds.get("SeriesInstanceUID", "") or ""),
         "study_uid": str(ds.get("StudyInstanceUID", "") or ""),
         "sop_uid": str(ds.get("SOPInstanceUID", "") or ""),
         "description": str(ds.get("SeriesDescription", "") or ""),
-        "series_number": int(ds.SeriesNumber) if ds.get("SeriesNumber") not in (None, "") else None,
+        "series_number": _int_or_none(ds.get("SeriesNumber")),
         "modality": str(ds.get("Modality", "") or ""),
         "patient_id": str(ds.get("PatientID", "") or ""),
         "transfer_syntax": ts,
@@ -149,11 +165,11 @@ def _read_header(path: Path) -> dict[str, Any] | str:
     }
 
 
-def _read_header_dicomsdl(path: Path) -> dict[str, Any] | None:
+def _read_header_dicomsdl(path: Path, pixel_offset: int) -> dict[str, Any] | None:
     """Fast header read with dicomsdl (about 6x pydicom's); ``None`` when pydicom should read the file instead.
 
-    Only Part-10 files (``DICM`` after the preamble) are tried, after the pixel-extent check that keeps
-    dicomsdl away from truncated uncompressed data (it would crash the process).
+    Only Part-10 files (``DICM`` after the preamble) are tried, and only after ``check_pixel_data`` accepted
+    the file's structure (dicomsdl trusts lengths and can crash the process on a corrupt file).
     """
     try:
         import dicomsdl
@@ -163,8 +179,9 @@ def _read_header_dicomsdl(path: Path) -> dict[str, Any] | None:
         with path.open("rb") as fh:
             if fh.read(132)[128:132] != b"DICM":
                 return None
-        _decode_pool.check_native_extent(path)
         d = dicomsdl.open(str(path))
+        if d.getDataElement("PixelData").offset() != pixel_offset:
+            return None  # dicomsdl parsed the file differently: pydicom reads (and decodes) it instead
         get = d.getValue if hasattr(d, "getValue") else lambda k: getattr(d, k)
         values = {k: get(k) for k in _HEADER_TAGS}
         ts = str(d.TransferSyntaxUID or "")
@@ -181,7 +198,7 @@ def _read_header_dicomsdl(path: Path) -> dict[str, Any] | None:
         try:
             return float(v) if v not in (None, "") else default
         except (TypeError, ValueError):
-            return default
+            return float("nan") if key.startswith("Rescale") else default
 
     ipp = _float_list(values["ImagePositionPatient"], 3) if values["ImagePositionPatient"] is not None else None
     iop = _float_list(values["ImageOrientationPatient"], 6) if values["ImageOrientationPatient"] is not None \
@@ -194,7 +211,7 @@ def _read_header_dicomsdl(path: Path) -> dict[str, Any] | None:
         "study_uid": str(values["StudyInstanceUID"] or ""),
         "sop_uid": str(values["SOPInstanceUID"] or ""),
         "description": str(values["SeriesDescription"] or ""),
-        "series_number": values["SeriesNumber"],
+        "series_number": _int_or_none(values["SeriesNumber"]),
         "modality": str(values["Modality"] or ""),
         "patient_id": str(values["PatientID"] or ""),
         "transfer_syntax": ts,
@@ -216,19 +233,52 @@ def _read_header_dicomsdl(path: Path) -> dict[str, Any] | None:
     }
 
 
+def _read_checked(path: Path, fast: bool) -> dict[str, Any] | str:
+    """Header of one file after the pixel-data checks, or why the file is skipped."""
+    if not os.access(path, os.R_OK):
+        return "cannot be read (permission denied)"
+    if not is_dicom_file(path):
+        return "not a DICOM file"
+    try:
+        summary = check_pixel_data(path)
+    except CorruptPixelDataError as err:
+        if str(err) == "no PixelData element":
+            return "DICOM file without an image (no pixel data)"
+        return f"corrupt header or pixel data ({err})"
+    except OSError as err:
+        return f"cannot be read ({err.strerror or err})"
+    # dicomsdl parses natively, so it only sees files whose structure the walk above accepted, and only
+    # decodes them if it found the pixel data where the walk did.
+    try:
+        fast_h = _read_header_dicomsdl(path, summary.pixel_offset) if fast and summary.native_safe else None
+        h = fast_h or _read_header(path)
+    except (TypeError, ValueError, OverflowError, IndexError, KeyError) as err:
+        # a value of the wrong multiplicity or type (e.g. a Columns holding two numbers)
+        return f"corrupt header ({type(err).__name__}: {err})"
+    if isinstance(h, str):
+        return h
+    if summary.checked and (h["rows"], h["cols"]) != (summary.rows, summary.cols):
+        return f"inconsistent header (Rows/Columns read as {h['rows']}x{h['cols']} and {summary.rows}x{summary.cols})"
+    try:  # the same limits on the values the reader will use (the walk cannot reach into deflated files)
+        check_layout(h["rows"], h["cols"], h["samples"], h["bits_allocated"], h["bits_stored"], h["frames"])
+    except CorruptPixelDataError as err:
+        return f"corrupt header or pixel data ({err})"
+    h["pixel_checked"] = summary.checked
+    h["dicomsdl_ok"] = fast_h is not None or (not fast and summary.native_safe)
+    return h
+
+
 def _scan(path: Path, *, fast: bool = True) -> tuple[list[dict[str, Any]], list[tuple[Path, str]]]:
-    """Read every header under ``path`` (a folder or one file). Returns image headers and skipped files."""
-    if not path.exists():
-        raise InputError(path, "does not exist")
-    if path.is_file():
-        files = [path]
+    """Read every header under ``path`` (a folder or one file). Returns image headers and skipped entries."""
+    if require_regular_or_dir(path) == "file":
+        files, skipped = [path], []
     else:
-        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-        if not files:
+        files, skipped = list_folder(path)
+        if not files and not skipped:
             raise InputError(path, "folder is empty (no files to read as DICOM)")
-    headers, skipped = [], []
+    headers = []
     for f in files:
-        h = (_read_header_dicomsdl(f) if fast else None) or _read_header(f)
+        h = _read_checked(f, fast)
         if isinstance(h, str):
             skipped.append((f, h))
         else:
@@ -325,8 +375,9 @@ def read_series(
     Args:
         path: folder of DICOM files (any names, with or without ``.dcm`` or a preamble), or one file.
         series: SeriesInstanceUID or SeriesDescription to pick when the folder holds several series.
-        workers: decode processes; default ``min(4, available cores)``; series under
-            ``IN_PROCESS_MAX_SLICES`` slices are always decoded in-process.
+        workers: decode processes; default ``min(4, available cores)``, used for every series so that a
+            decoder that crashes (segfault, abort) costs only its slice; ``1`` decodes in this process
+            (no process start, but a crashing decoder then takes this process down).
         backend: ``"auto"`` (dicomsdl for the verified lossless syntaxes, pydicom otherwise), ``"pydicom"`` or
             ``"dicomsdl"``.
         mixed_sizes: ``"error"`` or ``"majority"`` (keep the most common image size, with a warning).
@@ -350,6 +401,9 @@ def read_series(
     uid = _select(path, groups, series)
     hs = sorted(groups[uid], key=lambda h: h["path"].name)
     warns = [f"skipped {p.name}: {why}" for p, why in skipped]
+    rescale = Counter(h["modality"] for h in hs).most_common(1)[0][0].upper() != "MR"
+    if rescale:
+        hs = _drop_bad_rescale(path, hs, warns)
 
     multi = [h for h in hs if h["frames"] > 1 or h["samples"] != 1]
     if multi:
@@ -377,20 +431,20 @@ def read_series(
             geom = sort_and_measure(slices, path)
 
     modality = Counter(h["modality"] for h in hs).most_common(1)[0][0]
-    rescale = modality.upper() != "MR"
     dtype, try_int16 = _output_dtype(hs, rescale)
     tasks = []
     for slot, i in enumerate(geom.order):
         h = hs[i]
         tasks.append(_decode_pool.SliceTask(
-            slot=slot, path=str(h["path"]), backend=_choose_backend(backend, h["transfer_syntax"]),
+            slot=slot, path=str(h["path"]),
+            backend=_choose_backend(backend, h["transfer_syntax"]) if h["dicomsdl_ok"] else "pydicom",
             slope=h["slope"] if rescale else 1.0, intercept=h["intercept"] if rescale else 0.0,
-            invert_max=((1 << h["bits_stored"]) - 1) if h["photometric"] == "MONOCHROME1" else None))
+            invert_max=((1 << h["bits_stored"]) - 1) if h["photometric"] == "MONOCHROME1" else None,
+            checked=h["pixel_checked"], transfer_syntax=h["transfer_syntax"], allow_dicomsdl=h["dicomsdl_ok"]))
+    # Default: worker processes, even for one slice, so a crashing native decoder costs only its slice.
     n_workers = _default_workers() if workers is None else int(workers)
-    if len(tasks) < IN_PROCESS_MAX_SLICES:
-        n_workers = 1
     shape = (len(tasks), hs[0]["rows"], hs[0]["cols"])
-    array, errors = _decode_pool.decode_slices(tasks, shape, dtype, workers=n_workers)
+    array, errors = _decode_pool.decode_slices(tasks, shape, dtype, workers=n_workers, isolate=workers is None)
     if errors:
         if len(errors) == len(tasks):
             raise InputError(path, f"no slice could be decoded (first: {Path(tasks[errors[0][0]].path).name}: "
@@ -431,6 +485,32 @@ def read_series(
         warnings.warn(f"{path}: {w}", DicomWarning, stacklevel=2)
         log.info("%s: %s", path, w)
     return vol
+
+
+def _rescale_problem(h: dict[str, Any]) -> str | None:
+    slope, inter = h["slope"], h["intercept"]
+    if not (np.isfinite(slope) and np.isfinite(inter)):
+        return f"RescaleSlope/RescaleIntercept not finite ({slope}, {inter})"
+    if not 1 / MAX_ABS_SLOPE <= abs(slope) <= MAX_ABS_SLOPE:
+        return f"RescaleSlope {slope:g} outside +-[{1 / MAX_ABS_SLOPE:g}, {MAX_ABS_SLOPE:g}]"
+    if abs(inter) > MAX_ABS_INTERCEPT:
+        return f"RescaleIntercept {inter:g} beyond +-{MAX_ABS_INTERCEPT:g}"
+    return None
+
+
+def _drop_bad_rescale(path: Path, hs: list[dict[str, Any]], warns: list[str]) -> list[dict[str, Any]]:
+    """Slices whose rescale would give a blank, absurd or NaN image are dropped (named); none left: error."""
+    keep = []
+    for h in hs:
+        why = _rescale_problem(h)
+        if why:
+            warns.append(f"skipped {h['path'].name}: {why}")
+        else:
+            keep.append(h)
+    if not keep:
+        raise InputError(path, f"no slice with a usable rescale (first: {hs[0]['path'].name}: "
+                               f"{_rescale_problem(hs[0])})")
+    return keep
 
 
 def _resolve_duplicates(path: Path, slices: list[SliceHeader], dups: list[list[int]], warns: list[str]) -> set[int]:

@@ -28,7 +28,7 @@ from pydicom.uid import (
 from spinelab.io.atomic import atomic_path
 from spinelab.io.volume import Volume
 
-__all__ = ["write_series", "TRANSFER_SYNTAXES", "dicom_geometry"]
+__all__ = ["write_series", "TRANSFER_SYNTAXES", "dicom_geometry", "write_malformed", "MALFORMED_KINDS"]
 
 #: Names accepted for ``transfer_syntax`` and the UID each one writes.
 TRANSFER_SYNTAXES: dict[str, str] = {
@@ -185,6 +185,65 @@ def _gdcm_transcode_jpeg_lossless(path: Path) -> None:
     writer.SetImage(change.GetOutput())
     if not writer.Write():
         raise OSError(f"gdcm could not write {path}")
+
+
+#: What ``write_malformed`` can do to a good file, and what each case stands for.
+MALFORMED_KINDS: dict[str, str] = {
+    "truncated": "the file cut at 60 % of its length (inside the pixel data)",
+    "short_pixels": "a consistent file whose PixelData holds half the bytes Rows x Columns needs",
+    "oversized_header": "Rows = Columns = 65535 with 8 kB of pixel data (dicomsdl used to segfault)",
+    "wrong_bits": "BitsAllocated 8 over 16-bit pixel data",
+    "zero_rows": "Rows 0",
+    "stream_cut": "compressed only: the stream cut in half with consistent item lengths (no end marker)",
+    "empty_fragment": "compressed only: an empty pixel data fragment",
+    "slope_zero": "RescaleSlope 0 (a blank slice)",
+    "slope_huge": "RescaleSlope 1e9 (1e12 HU)",
+    "slope_nan": "RescaleSlope NaN",
+}
+
+
+def write_malformed(src: str | Path, dst: str | Path, kind: str) -> Path:
+    """Write a copy of the good DICOM file ``src`` to ``dst``, broken as ``MALFORMED_KINDS[kind]`` says.
+
+    Used by the malformed-input corpus (``tests/io/test_malformed.py``) and the fuzzer's seeds.
+    """
+    from pydicom.encaps import encapsulate, generate_fragments
+
+    src, dst = Path(src), Path(dst)
+    if kind not in MALFORMED_KINDS:
+        raise ValueError(f"unknown kind {kind!r}; choose from {sorted(MALFORMED_KINDS)}")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "truncated":
+        data = src.read_bytes()
+        dst.write_bytes(data[: int(len(data) * 0.6)])
+        return dst
+    ds = pydicom.dcmread(src)
+    compressed = ds.file_meta.TransferSyntaxUID.is_compressed
+    if kind in ("stream_cut", "empty_fragment") and not compressed:
+        raise ValueError(f"{kind} needs a compressed file, {src} is uncompressed")
+    if kind == "short_pixels":
+        if compressed:
+            raise ValueError("short_pixels needs an uncompressed file")
+        ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
+    elif kind == "oversized_header":
+        ds.Rows = ds.Columns = 65535
+        ds.PixelData = bytes(8192) if not compressed else encapsulate([b"\xff\xd8" + bytes(8188) + b"\xff\xd9"])
+    elif kind == "wrong_bits":
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    elif kind == "zero_rows":
+        ds.Rows = 0
+    elif kind == "stream_cut":
+        frag = b"".join(list(generate_fragments(ds.PixelData))[1:])  # item 0 is the offset table
+        ds.PixelData = encapsulate([frag[: len(frag) // 2 & ~1]])
+    elif kind == "empty_fragment":
+        frags = list(generate_fragments(ds.PixelData))[1:]
+        # an empty item in the middle: written by hand, pydicom's encapsulate refuses it
+        items = b"".join(b"\xfe\xff\x00\xe0" + len(f).to_bytes(4, "little") + f for f in [frags[0], b"", *frags[1:]])
+        ds.PixelData = b"\xfe\xff\x00\xe0\x00\x00\x00\x00" + items + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+    else:
+        ds.RescaleSlope = {"slope_zero": 0.0, "slope_huge": 1e9, "slope_nan": "NaN"}[kind]
+    ds.save_as(dst, enforce_file_format=False)
+    return dst
 
 
 # pydicom is imported for its side effect of registering the pixel-data handlers used by ``compress``.

@@ -55,12 +55,11 @@ def describe(path: str | Path, *, series: str | None = None) -> dict[str, Any]:
         InputError: neither a DICOM folder nor a NIfTI file.
     """
     from spinelab.io.dicom import list_series, read_series
+    from spinelab.io.files import require_regular_or_dir
     from spinelab.io.nifti import is_nifti_file, read_nifti
 
     path = Path(path)
-    if not path.exists():
-        raise InputError(path, "does not exist")
-    if path.is_file():
+    if require_regular_or_dir(path) == "file":  # a device or FIFO is refused here, never opened
         if not is_nifti_file(path):
             raise InputError(path, "not a NIfTI file (no NIfTI header) and not a folder of DICOM files")
         vol = read_nifti(path)

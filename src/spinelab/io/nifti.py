@@ -13,6 +13,7 @@ their values; integer label maps keep their dtype.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,6 +24,9 @@ from spinelab.io.volume import LPS_TO_RAS, Volume
 __all__ = ["read_nifti", "write_nifti", "is_nifti_file", "smallest_int_dtype"]
 
 _MAX_AUTO_LABELS = 256
+#: Largest accepted size per spatial axis and in total (bytes) of a NIfTI image.
+MAX_NIFTI_DIM = 16384
+MAX_NIFTI_BYTES = 1 << 33
 
 
 def is_nifti_file(path: str | Path) -> bool:
@@ -80,7 +84,9 @@ def read_nifti(path: str | Path, *, is_label: bool | None = None) -> Volume:
         ``meta`` (``source``, ``format``, ``dtype_on_disk``, ``warnings``).
 
     Raises:
-        InputError: missing file, not NIfTI, or not a 3-D image.
+        InputError: missing file, not NIfTI, not a 3-D image, a header claiming an absurd size (see
+            ``MAX_NIFTI_*``) or more data than the file holds, non-positive or NaN pixdims, a NaN/infinite or
+            singular affine, truncated data.
     """
     import nibabel as nib
 
@@ -89,11 +95,17 @@ def read_nifti(path: str | Path, *, is_label: bool | None = None) -> Volume:
         raise InputError(path, "does not exist or is not a file")
     try:
         img = nib.load(str(path))
-        data = np.asanyarray(img.dataobj)
     except Exception as err:  # noqa: BLE001 - nibabel raises many types on bad files
         raise InputError(path, f"not a readable NIfTI file ({type(err).__name__}: {err})") from err
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise InputError(path, f"not a NIfTI image (nibabel read it as {type(img).__name__})")
+    _check_header(path, img)  # before the data is read: a header can claim terabytes
+    try:
+        data = np.asanyarray(img.dataobj)
+    except Exception as err:  # noqa: BLE001 - truncated / corrupt data: one typed error
+        raise InputError(path, f"NIfTI data could not be read ({type(err).__name__}: {err})") from err
+    if data.dtype.kind not in "biuf":
+        raise InputError(path, f"unsupported NIfTI data type {data.dtype} (expected integer or float voxels)")
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim != 3:
@@ -112,6 +124,38 @@ def read_nifti(path: str | Path, *, is_label: bool | None = None) -> Volume:
     array = np.ascontiguousarray(data.transpose(2, 1, 0))
     meta = {"source": str(path), "format": "nifti", "dtype_on_disk": disk_dtype, "warnings": []}
     return Volume(array=array, affine=affine, meta=meta, is_label=label)
+
+
+def _check_header(path: Path, img: Any) -> None:
+    """Refuse headers that would give a huge allocation, a meaningless grid or a NaN affine."""
+    hdr = img.header
+    shape = tuple(int(n) for n in hdr.get_data_shape())
+    if any(n < 1 for n in shape):
+        raise InputError(path, f"NIfTI header has an empty dimension (shape {shape})")
+    if any(n > MAX_NIFTI_DIM for n in shape[:3]):
+        raise InputError(path, f"NIfTI header claims shape {shape} (limit {MAX_NIFTI_DIM} per axis)")
+    nbytes = int(np.prod(shape, dtype=np.float64) * hdr.get_data_dtype().itemsize)
+    if nbytes > MAX_NIFTI_BYTES:
+        raise InputError(path, f"NIfTI header claims {nbytes} bytes of data (limit {MAX_NIFTI_BYTES})")
+    size = path.stat().st_size
+    offset = int(hdr.get_data_offset())
+    compressed = path.name.endswith(".gz")
+    # deflate expands at most ~1032:1, so a gzip file this small cannot hold what the header claims.
+    if (offset + nbytes > size) if not compressed else (nbytes > 1032 * size + (1 << 20)):
+        raise InputError(path, f"NIfTI file too small for its header ({size} bytes on disk, shape {shape})")
+    from nibabel.openers import ImageOpener
+
+    with ImageOpener(str(path)) as fobj:  # nibabel's loaded header has pixdims already "fixed" (abs, 1)
+        raw = type(hdr).from_fileobj(fobj, check=False)
+    zooms = np.asarray(raw["pixdim"][1:1 + min(3, len(shape))], dtype=np.float64)
+    if not np.all(np.isfinite(zooms)) or np.any(zooms <= 0):
+        raise InputError(path, f"NIfTI voxel sizes (pixdim) must be finite and positive, got {zooms.tolist()}")
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if not np.all(np.isfinite(affine)):
+        raise InputError(path, "NIfTI affine (sform/qform) holds NaN or infinite values")
+    scale = float(np.prod(np.linalg.norm(affine[:3, :3], axis=0)))
+    if scale == 0 or abs(float(np.linalg.det(affine[:3, :3]))) < 1e-6 * scale:
+        raise InputError(path, "NIfTI affine is singular (a zero or repeated axis direction)")
 
 
 def write_nifti(volume: Volume, path: str | Path) -> Path:
