@@ -80,3 +80,24 @@ def test_read_study_volume_reads_nifti_as_an_image_and_names_the_series_option(t
     with pytest.raises(SeriesSelectionError, match="pass --series"):
         read_study_volume(tmp_path / "two")
     assert read_study_volume(tmp_path / "two", series="B").meta["series_description"] == "B"
+
+
+def test_series_without_suffix_or_preamble_is_found_like_the_reader_finds_it(tmp_path: Path) -> None:
+    """One decision for "is this DICOM" (io.files.is_dicom_file): discovery, cache and reader agree."""
+    import pydicom
+
+    from spinelab.io.cache import find_series_folders
+    from spinelab.io.dicom import read_series
+
+    study = tmp_path / "test_images" / "s1"
+    for path in write_series(Volume(np.zeros((3, 8, 8), np.int16), np.eye(4)), study):
+        ds = pydicom.dcmread(path)
+        path.unlink()
+        ds.preamble = None  # no 128-byte preamble and no "DICM": the file starts with the group 0002 meta
+        ds.save_as(study / path.stem, enforce_file_format=False)
+    names = sorted(p.name for p in study.iterdir())
+    assert names and all("." not in n for n in names)
+    assert all(p.read_bytes()[128:132] != b"DICM" for p in study.iterdir())
+    assert read_series(study).shape == (3, 8, 8)
+    assert find_input_studies(tmp_path) == ("test", [("s1", study)])
+    assert find_series_folders(tmp_path) == ["test_images/s1"]

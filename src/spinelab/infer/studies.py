@@ -6,23 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from spinelab.errors import InputError, SeriesSelectionError
+from spinelab.io.files import is_dicom_file
 from spinelab.io.volume import Volume
 
-__all__ = ["find_input_studies", "has_dicom_files", "is_dicom_file", "label_file", "read_study_volume",
+__all__ = ["find_input_studies", "has_dicom_files", "label_file", "read_study_volume",
            "study_id_of_file"]
-
-
-def is_dicom_file(path: Path) -> bool:
-    """True for a file with the DICOM preamble (``DICM`` at byte 128) or a ``.dcm`` suffix."""
-    if not path.is_file():
-        return False
-    if path.suffix.lower() == ".dcm":
-        return True
-    try:
-        with path.open("rb") as fh:
-            return fh.read(132)[128:132] == b"DICM"
-    except OSError:
-        return False
 
 
 def study_id_of_file(path: Path) -> str:
@@ -61,8 +49,9 @@ def read_study_volume(path: str | Path, *, series: str | None = None) -> Volume:
 
 
 def has_dicom_files(folder: Path) -> bool:
-    """True when ``folder`` directly holds at least one DICOM file (by content, not by suffix)."""
-    return any(is_dicom_file(f) for f in sorted(folder.iterdir())[:5])
+    """True when ``folder`` directly holds at least one DICOM file (by content, as the reader and the cache
+    decide: ``io.files.is_dicom_file``)."""
+    return any(is_dicom_file(f) for f in sorted(folder.iterdir()))
 
 
 def find_input_studies(path: str | Path, *, nested: bool = False) -> tuple[str, list[tuple[str, Path]]]:
