@@ -89,7 +89,7 @@ def test_series_without_suffix_or_preamble_is_found_like_the_reader_finds_it(tmp
     from spinelab.io.cache import find_series_folders
     from spinelab.io.dicom import read_series
 
-    study = tmp_path / "test_images" / "s1"
+    study = tmp_path / "s1"
     for path in write_series(Volume(np.zeros((3, 8, 8), np.int16), np.eye(4)), study):
         ds = pydicom.dcmread(path)
         path.unlink()
@@ -99,5 +99,6 @@ def test_series_without_suffix_or_preamble_is_found_like_the_reader_finds_it(tmp
     assert names and all("." not in n for n in names)
     assert all(p.read_bytes()[128:132] != b"DICM" for p in study.iterdir())
     assert read_series(study).shape == (3, 8, 8)
-    assert find_input_studies(tmp_path) == ("test", [("s1", study)])
-    assert find_series_folders(tmp_path) == ["test_images/s1"]
+    assert find_input_studies(study) == ("study", [("s1", study)])
+    assert find_input_studies(tmp_path) == ("folder", [("s1", study)])
+    assert find_series_folders(tmp_path) == ["s1"]
