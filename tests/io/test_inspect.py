@@ -60,7 +60,7 @@ def test_nifti_and_bad_paths(tmp_path):
         describe(tmp_path / "fake.nii.gz")
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(InputError, match="not a folder of DICOM files"):
+    with pytest.raises(InputError, match="not a DICOM file or folder of DICOM files"):
         describe(empty)
     with pytest.raises(InputError, match="is a device file, not a regular file or folder"):
         describe("/dev/zero")  # never opened: reading it would never end
@@ -107,3 +107,10 @@ def test_info_explains_the_axis_order_and_shows_nibabels_beside_it(realdata):
     render_description(desc, console)
     text = console.export_text()
     assert "(slice, row, column) = nibabel (k, j, i)" in text and "PIR" in text and "nibabel_shape" in text
+
+
+def test_single_dicom_file_is_described_like_its_folder(realdata):
+    one = realdata / "pydicom_data" / "MR2_J2KR.dcm"
+    desc = describe(one)
+    assert desc["kind"] == "dicom" and desc["selected"]["modality"] == "MR"
+    assert desc["selected"]["shape"][0] == 1  # one slice

@@ -55,13 +55,14 @@ def describe(path: str | Path, *, series: str | None = None) -> dict[str, Any]:
         InputError: neither a DICOM folder nor a NIfTI file.
     """
     from spinelab.io.dicom import list_series, read_series
-    from spinelab.io.files import require_regular_or_dir
+    from spinelab.io.files import is_dicom_file, require_regular_or_dir
     from spinelab.io.nifti import is_nifti_file, read_nifti
 
     path = Path(path)
-    if require_regular_or_dir(path) == "file":  # a device or FIFO is refused here, never opened
+    # A device or FIFO is refused here, never opened; a DICOM file goes the DICOM way, as read_series takes it.
+    if require_regular_or_dir(path) == "file" and not is_dicom_file(path):
         if not is_nifti_file(path):
-            raise InputError(path, "not a NIfTI file (no NIfTI header) and not a folder of DICOM files")
+            raise InputError(path, "not a NIfTI file, not a DICOM file and not a folder of DICOM files")
         vol = read_nifti(path)
         summary = _volume_summary(vol)
         # spinelab's (slice, row, column) is the file's (k, j, i): show nibabel's order beside it
@@ -72,7 +73,7 @@ def describe(path: str | Path, *, series: str | None = None) -> dict[str, Any]:
     try:
         found = list_series(path)
     except InputError as err:
-        raise InputError(path, f"not a folder of DICOM files ({err.problem})") from err
+        raise InputError(path, f"not a DICOM file or folder of DICOM files ({err.problem})") from err
     desc: dict[str, Any] = {
         "path": str(path),
         "kind": "dicom",
