@@ -144,3 +144,35 @@ def test_a_reused_output_folder_reports_only_the_last_call(tiny_cervical_run: Pa
     api.predict("cervical", model=tiny_cervical_run, input=mr, out=tmp_path, device="cpu", progress=False)
     assert len(list((tmp_path / "studies").glob("*.json"))) == 3  # the old files stay on disk ...
     assert [r["study"] for r in read_study_results(tmp_path)] == ["example_mr_sm"]  # ... but are not read
+
+
+def test_a_malformed_study_among_good_ones_costs_only_itself(tiny_cervical_run: Path, tiny_cervical_dataset: Path,
+                                                             tmp_path: Path) -> None:
+    """The issue's worst case: a header claiming 65535 x 65535 pixels once crashed `predict` (SIGSEGV, no
+    submission). Run as a subprocess, so that a signal would show as one."""
+    import os
+    import subprocess
+    import sys
+
+    from spinelab.io.dicom_write import write_malformed
+
+    studies = tmp_path / "studies"
+    good = sorted((tiny_cervical_dataset / "test_images").iterdir())
+    for d in good:
+        shutil.copytree(d, studies / d.name)
+    bad = studies / "bad_header"
+    for f in sorted(good[0].iterdir()):
+        write_malformed(f, bad / f.name, "oversized_header")
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "spinelab", "predict", "cervical", "--model", str(tiny_cervical_run),
+                           "-i", str(studies), "-o", str(out), "--device", "cpu"], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert f"{len(good) + 1} studies: " in proc.stderr and "1 failed" in proc.stderr
+    sub = pd.read_csv(out / "submission.csv")
+    assert len(sub) == 8 * (len(good) + 1) and sub.fractured.between(0, 1).all()
+    assert _study(out, "bad_header")["status"] == "failed"
+    assert "65535" in _study(out, "bad_header")["error"]
+    assert all(_study(out, d.name)["status"] in ("ok", "warning") for d in good)
