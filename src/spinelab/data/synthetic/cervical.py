@@ -28,11 +28,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from spinelab.data.synthetic.cervical_anatomy import (
-    PhantomSpec,
-    render_phantom,
-    sample_phantom,
-)
+from spinelab.data.synthetic.cervical_anatomy import PhantomSpec, sample_phantom
+from spinelab.data.synthetic.cervical_render import render_phantom
 from spinelab.errors import ConfigError
 from spinelab.io.atomic import atomic_path, atomic_write_csv, atomic_write_json
 from spinelab.io.dicom_write import write_series

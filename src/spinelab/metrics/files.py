@@ -1,0 +1,54 @@
+"""Scoring a submission CSV against a solution CSV (``spinelab score``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from spinelab.errors import InputError
+from spinelab.metrics.cervical import cervical_score
+from spinelab.metrics.lumbar import lumbar_score
+
+__all__ = ["score_files"]
+
+
+def _read_csv(path: Path, what: str) -> pd.DataFrame:
+    if not path.is_file():
+        raise InputError(path, f"{what} file not found")
+    try:
+        # Ids stay strings: a lumbar study_id must not become an int and a UID must not lose digits.
+        return pd.read_csv(
+            path, dtype={"row_id": str, "study_id": str, "StudyInstanceUID": str}, keep_default_na=True
+        )
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise InputError(path, f"cannot parse {what} CSV: {err}") from err
+
+
+def score_files(solution_path: str | Path, submission_path: str | Path, *, task: str) -> float:
+    """Score a submission CSV against a solution CSV (``spinelab score``).
+
+    Args:
+        solution_path: labels (train.csv format or melted Kaggle format).
+        submission_path: Kaggle-format submission.
+        task: ``"cervical"`` or ``"lumbar"``.
+
+    Returns:
+        The competition loss.
+
+    Raises:
+        InputError: a file is missing, unreadable or malformed.
+        ValueError: unknown task.
+    """
+    solution_path, submission_path = Path(solution_path), Path(submission_path)
+    solution = _read_csv(solution_path, "solution")
+    submission = _read_csv(submission_path, "submission")
+    if task == "cervical":
+        return cervical_score(
+            solution, submission, submission_name=submission_path, solution_name=solution_path
+        )
+    if task == "lumbar":
+        return lumbar_score(
+            solution, submission, submission_name=submission_path, solution_name=solution_path
+        )
+    raise ValueError(f"task must be 'cervical' or 'lumbar', got {task!r}")
