@@ -73,3 +73,13 @@ def test_sequence_augment_random_params_shared_across_sequence() -> None:
 @pytest.mark.parametrize("size", [16, 48])
 def test_resize_many_channels(size: int) -> None:
     assert resize_stack(np.ones((300, 32, 32), np.float32), size).shape == (300, size, size)
+
+
+def test_sequence_augment_draws_from_the_given_generator() -> None:
+    images = np.random.default_rng(0).random((2, 3, 16, 16)).astype(np.float32)
+    aug = SequenceAugment(hflip=0.5, affine=1.0, intensity=1.0)
+    first = aug(images, rng=np.random.default_rng(4))[0]
+    again = SequenceAugment(hflip=0.5, affine=1.0, intensity=1.0)(images, rng=np.random.default_rng(4))[0]
+    other = aug(images, rng=np.random.default_rng(5))[0]
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)

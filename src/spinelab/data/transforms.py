@@ -117,17 +117,22 @@ class SequenceAugment:
         )
 
     def __call__(self, images: np.ndarray, boxes: np.ndarray | None = None,
-                 box_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+                 box_mask: np.ndarray | None = None, *, rng: np.random.Generator | None = None
+                 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """Augment a sequence.
 
         Args:
             images: ``(T, C, H, W)`` float32 in [0, 1].
             boxes: ``(T, 4)`` normalised ``(x0, y0, x1, y1)``; rows with ``box_mask`` False are ignored.
             box_mask: ``(T,)`` which boxes are valid.
+            rng: when given, the parameters are drawn from a seed taken from it (reproducible training; the
+                pipeline's own generator would give every DataLoader worker the same stream).
 
         Returns:
             Augmented images, boxes and mask (a box pushed out of the image becomes invalid).
         """
+        if rng is not None:
+            self.transform.set_random_seed(int(rng.integers(2**31)))
         t, c, h, w = images.shape
         hwc = images.reshape(t * c, h, w).transpose(1, 2, 0)
         bxs, ids = [], []
