@@ -31,7 +31,6 @@ from spinelab.tasks.lumbar.studies import (
     orient,
     read_descriptions,
     series_kind,
-    study_series,
 )
 
 CONFIG = Path(__file__).resolve().parents[2] / "src/spinelab/configs" / "lumbar" / "tiny.yaml"
@@ -83,8 +82,8 @@ def test_orient_axial_runs_head_to_feet() -> None:
 def test_study_series_from_csv_and_dicom_agree(dataset: Path) -> None:
     desc = read_descriptions(dataset, "train")
     study_dir = sorted((dataset / "train_images").iterdir())[0]
-    from_csv = study_series(study_dir, desc)
-    from_dicom = study_series(study_dir, None)
+    from_csv = classify_series(study_dir, desc)[0]
+    from_dicom = classify_series(study_dir, None)[0]
     assert {k: sorted(v) for k, v in from_csv.items()} == {k: sorted(v) for k, v in from_dicom.items()}
     assert from_csv["sag_t1"] and from_csv["sag_t2"] and from_csv["axial"]
 
@@ -122,7 +121,7 @@ def test_series_without_descriptions_get_their_kind_from_the_header(dataset: Pat
     study = tmp_path / source.name
     shutil.copytree(source, study)
     timing = {"sag_t1": (600.0, 10.0, None), "sag_t2": (3800.0, 100.0, None), "axial": (4200.0, 90.0, None)}
-    expected = study_series(source, desc)
+    expected = classify_series(source, desc)[0]
     for kind, names in expected.items():
         for name in names:
             for f in (study / name).iterdir():
@@ -261,7 +260,7 @@ def test_series_policy_first_or_all(dataset: Path, tmp_path: Path) -> None:
     source = sorted((dataset / "train_images").iterdir())[0]
     study_dir = tmp_path / source.name
     shutil.copytree(source, study_dir)
-    t2 = study_series(study_dir)["sag_t2"][0]
+    t2 = classify_series(study_dir)[0]["sag_t2"][0]
     shutil.copytree(study_dir / t2, study_dir / "999")  # a second Sagittal T2/STIR series
     desc = None  # DICOM SeriesDescription fallback
     first = load_study(study_dir, descriptions=desc, policy="first")

@@ -16,7 +16,6 @@ import torch
 
 __all__ = [
     "window_stack",
-    "normalize_stack",
     "resize_stack",
     "crop_resize_stack",
     "adjacent_indices",
@@ -42,13 +41,6 @@ def window_stack(slices: np.ndarray, windows: Sequence[tuple[float, float]]) -> 
         chans.append(np.clip((x - lo) / width, 0.0, 1.0))
     out = np.stack(chans, axis=1)  # (N, n_windows, H, W)
     return out.reshape(-1, *x.shape[1:])
-
-
-def normalize_stack(slices: np.ndarray, *, lower: float = 0.5, upper: float = 99.5) -> np.ndarray:
-    """MR intensity normalisation: clip to the given percentiles of the stack and scale to [0, 1]."""
-    x = np.asarray(slices, dtype=np.float32)
-    lo, hi = np.percentile(x, [lower, upper])
-    return np.clip((x - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0)
 
 
 def resize_stack(stack: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
