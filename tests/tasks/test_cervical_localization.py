@@ -204,3 +204,24 @@ def test_training_items_repeat_with_the_seed_and_differ_without(tiny_cervical_ru
     first, again, other = items(7), items(7), items(8)
     assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
     assert not all(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
+
+
+def test_stage1_retrained_with_the_same_seed_has_the_same_weights(tiny_cervical_dataset: Path,
+                                                                  tmp_path: Path) -> None:
+    """Augmentation on (jitter, flips, affine), one epoch: a rerun draws the same batches, hence equal weights;
+    another seed draws others."""
+    from spinelab import api
+    from spinelab.config.load import load_config
+
+    repo = Path(__file__).resolve().parents[2]
+
+    def weights(name: str, seed: int) -> dict[str, torch.Tensor]:
+        cfg = load_config("cervical", [repo / "src/spinelab/configs/cervical/tiny.yaml"],
+                          [f"data.dataset_dir={tiny_cervical_dataset}", "stage1.train.epochs=1",
+                           f"stage1.train.seed={seed}", "trainer.accelerator=cpu"])
+        run = api.train(cfg, run_dir=tmp_path / name, fold="0", stage="stage1", progress=False)
+        return torch.load(run / "stage1" / "fold_0" / "model.pt", weights_only=True)
+
+    first, again, other = weights("a", 1), weights("b", 1), weights("c", 2)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
