@@ -10,7 +10,6 @@ from spinelab.data.transforms import (
     adjacent_indices,
     crop_resize_stack,
     evenly_spaced,
-    normalize_stack,
     resize_stack,
     window_stack,
 )
@@ -22,12 +21,6 @@ def test_window_stack_maps_hu_to_unit_range_per_window() -> None:
     assert out.shape == (2, 1, 5) and out.dtype == np.float32
     np.testing.assert_allclose(out[0, 0], [0, 0, 0.5, 1, 1])  # bone window: -500..1300
     np.testing.assert_allclose(out[1, 0], [0, 0, 1, 1, 1])  # soft tissue: -160..240
-
-
-def test_normalize_stack_percentiles() -> None:
-    x = np.arange(1000, dtype=np.float32).reshape(10, 10, 10)
-    out = normalize_stack(x, lower=0, upper=100)
-    assert out.min() == 0 and out.max() == 1
 
 
 def test_resize_and_crop_keep_values_and_shapes() -> None:
@@ -73,3 +66,13 @@ def test_sequence_augment_random_params_shared_across_sequence() -> None:
 @pytest.mark.parametrize("size", [16, 48])
 def test_resize_many_channels(size: int) -> None:
     assert resize_stack(np.ones((300, 32, 32), np.float32), size).shape == (300, size, size)
+
+
+def test_sequence_augment_draws_from_the_given_generator() -> None:
+    images = np.random.default_rng(0).random((2, 3, 16, 16)).astype(np.float32)
+    aug = SequenceAugment(hflip=0.5, affine=1.0, intensity=1.0)
+    first = aug(images, rng=np.random.default_rng(4))[0]
+    again = SequenceAugment(hflip=0.5, affine=1.0, intensity=1.0)(images, rng=np.random.default_rng(4))[0]
+    other = aug(images, rng=np.random.default_rng(5))[0]
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)

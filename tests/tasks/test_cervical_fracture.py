@@ -247,3 +247,40 @@ def test_fracture_slices_follow_a_series_stored_feet_first() -> None:
     item = FractureDataset(_Studies(), ["s"], cfg, {"s": summary}, train=False)[0]
     assert item["step_target"][1].tolist() == [1.0, 0.0]
     assert item["image"][1, 0].max() == 1.0 and item["image"][1, 1].max() < 0.7  # the step that shows it
+
+
+def test_training_and_inference_build_the_same_stage2_input(tiny_cervical_run: Path) -> None:
+    """The training item (augmentation off) is ``fracture_inputs`` of the same study read as a user's input."""
+    from spinelab.config.load import read_run_config
+    from spinelab.infer.studies import read_study_volume
+    from spinelab.tasks.cervical.fracture import FractureDataset, fracture_inputs, read_localization
+    from spinelab.tasks.cervical.studies import CervicalStudies, prepare_cervical_volume
+
+    cfg = read_run_config(tiny_cervical_run)
+    loc = read_localization(tiny_cervical_run)
+    studies = CervicalStudies(cfg)
+    uid = sorted(loc)[0]
+    item = FractureDataset(studies, [uid], cfg, loc, train=True, augment=False)[0]
+    volume = prepare_cervical_volume(read_study_volume(Path(cfg.data.dataset_dir) / "train_images" / uid))
+    images, found, _ = fracture_inputs(volume, loc[uid], cfg)
+    np.testing.assert_array_equal(item["image"].numpy(), images)
+    np.testing.assert_array_equal(item["mask"].numpy(), found)
+    assert not item["fake"].any()
+
+
+def test_stage2_training_items_repeat_with_the_seed() -> None:
+    from spinelab.tasks.cervical.fracture import FractureDataset
+
+    cfg = load_config("cervical", overrides=["stage2.fake_fracture_prob=0.5", "stage2.n_slices=6",
+                                             "stage2.image_size=32", "stage2.range_jitter=0.2"])
+    summary = {"ranges": {f"C{i}": [10 * (i - 1), 10 * (i - 1) + 8] for i in range(1, 8)},
+               "box": [0.0, 0.0, 64.0, 64.0], "missing": []}
+
+    def items(seed: int) -> list[np.ndarray]:
+        ds = FractureDataset(_StubStudies(), ["s", "s"], cfg, {"s": summary}, train=True, seed=seed)
+        return [ds[i]["image"].numpy() for i in range(len(ds))]
+
+    first, again, other = items(3), items(3), items(4)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not np.array_equal(first[0], first[1])  # the generator moves on from item to item
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other, strict=True))

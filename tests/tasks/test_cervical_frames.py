@@ -83,3 +83,37 @@ def test_metrics_score_steps_and_vertebrae_by_their_highest_step(tmp_path) -> No
     assert scores["auc_step"] == pytest.approx(1.0)  # the unknown steps (-1) are left out
     assert scores["auc_vertebra_max_step"] == pytest.approx(1.0)  # maxima 0.2, 0.3 vs 0.9, 0.4
 
+
+
+def test_frame_items_are_stage2_step_images(tiny_cervical_run) -> None:
+    """A held-out frame item is the step image that ``fracture_inputs`` builds for the same study."""
+    from pathlib import Path
+
+    from spinelab.config.load import read_run_config
+    from spinelab.infer.studies import read_study_volume
+    from spinelab.tasks.cervical.fracture import fracture_inputs, read_localization
+    from spinelab.tasks.cervical.studies import CervicalStudies, prepare_cervical_volume
+
+    cfg = read_run_config(tiny_cervical_run)
+    loc = read_localization(tiny_cervical_run)
+    uid = sorted(loc)[0]
+    ds = FrameDataset(CervicalStudies(cfg), [uid], cfg, loc, train=False)
+    volume = prepare_cervical_volume(read_study_volume(Path(cfg.data.dataset_dir) / "train_images" / uid))
+    images = fracture_inputs(volume, loc[uid], cfg).images
+    for k in (0, len(ds) - 1):
+        item = ds[k]
+        # One step resized alone vs all steps in one torch call: the same function, float32 rounding apart.
+        np.testing.assert_allclose(item["image"].numpy(), images[item["vertebra"], item["step"]], rtol=0, atol=1e-6)
+
+
+def test_frame_training_items_repeat_with_the_seed() -> None:
+    cfg = load_config("cervical", overrides=["stage2.n_slices=6", "stage2.image_size=32", "stage2.range_jitter=0.2",
+                                             "frames.frames_per_epoch=6"])
+
+    def items(seed: int) -> list[np.ndarray]:
+        ds = FrameDataset(_Studies(), ["a", "b"], cfg, {"a": SUMMARY, "b": SUMMARY}, train=True, seed=seed)
+        return [ds[i]["image"].numpy() for i in range(len(ds))]
+
+    first, again, other = items(1), items(1), items(2)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other, strict=True))

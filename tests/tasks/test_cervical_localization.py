@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 
 from spinelab.config.load import load_config
 from spinelab.io.volume import Volume
@@ -147,3 +150,78 @@ def test_stage1_warns_when_given_a_volume_that_skipped_the_canonical_orientation
     with caplog.at_level(logging.WARNING, logger="spinelab"):
         localize(stored, [_Flat()], cfg, tta=False)
     assert any("prepare_cervical_volume" in r.getMessage() for r in caplog.records)
+
+
+class _Recorder(torch.nn.Module):
+    """A stage-1 model that keeps what it was given and predicts nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.seen.append((x.numpy().copy(), pos.numpy().copy()))
+        b, t = x.shape[:2]
+        return {"ratio": torch.zeros(b, t, 7), "box": torch.full((b, t, 4), 0.5), "has_box": torch.zeros(b, t)}
+
+
+def test_training_and_inference_build_the_same_stage1_input(tiny_cervical_run: Path) -> None:
+    """The training item (augmentation off, volume from the training table) is what ``localize`` gives the
+    model for the same study read as a user's input."""
+    from spinelab.config.load import read_run_config
+    from spinelab.infer.studies import read_study_volume
+    from spinelab.tasks.cervical.localization import LocalizerDataset, localize
+    from spinelab.tasks.cervical.studies import CervicalStudies, prepare_cervical_volume
+
+    cfg = read_run_config(tiny_cervical_run)
+    studies = CervicalStudies(cfg)
+    uid = studies.segmented_ids()[0]
+    item = LocalizerDataset(studies, [uid], cfg, train=True, augment=False)[0]
+    volume = prepare_cervical_volume(read_study_volume(Path(cfg.data.dataset_dir) / "train_images" / uid))
+    recorder = _Recorder()
+    localize(volume, [recorder], cfg, tta=False)
+    assert len(recorder.seen) == max(1, cfg.stage1.infer_offsets)
+    images, pos = recorder.seen[0]  # offset 0 is the training grid
+    np.testing.assert_array_equal(images[0], item["image"].numpy())
+    np.testing.assert_array_equal(pos[0], item["pos"].numpy())
+    assert not np.array_equal(recorder.seen[1][0], images)  # the other offsets sample other slices
+
+
+def test_training_items_repeat_with_the_seed_and_differ_without(tiny_cervical_run: Path) -> None:
+    from spinelab.config.load import read_run_config
+    from spinelab.tasks.cervical.localization import LocalizerDataset
+    from spinelab.tasks.cervical.studies import CervicalStudies
+
+    cfg = read_run_config(tiny_cervical_run)
+    studies = CervicalStudies(cfg)
+    ids = studies.segmented_ids()[:2]
+
+    def items(seed: int) -> list[np.ndarray]:
+        ds = LocalizerDataset(studies, ids, cfg, train=True, seed=seed)
+        return [np.concatenate([ds[i]["image"].numpy().ravel(), ds[i]["index"].numpy().ravel()])
+                for i in range(len(ds))]
+
+    first, again, other = items(7), items(7), items(8)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
+
+
+def test_stage1_retrained_with_the_same_seed_has_the_same_weights(tiny_cervical_dataset: Path,
+                                                                  tmp_path: Path) -> None:
+    """Augmentation on (jitter, flips, affine), one epoch: a rerun draws the same batches, hence equal weights;
+    another seed draws others."""
+    from spinelab import api
+    from spinelab.config.load import load_config
+
+    repo = Path(__file__).resolve().parents[2]
+
+    def weights(name: str, seed: int) -> dict[str, torch.Tensor]:
+        cfg = load_config("cervical", [repo / "src/spinelab/configs/cervical/tiny.yaml"],
+                          [f"data.dataset_dir={tiny_cervical_dataset}", "stage1.train.epochs=1",
+                           f"stage1.train.seed={seed}", "trainer.accelerator=cpu"])
+        run = api.train(cfg, run_dir=tmp_path / name, fold="0", stage="stage1", progress=False)
+        return torch.load(run / "stage1" / "fold_0" / "model.pt", weights_only=True)
+
+    first, again, other = weights("a", 1), weights("b", 1), weights("c", 2)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)

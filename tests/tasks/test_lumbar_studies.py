@@ -31,7 +31,6 @@ from spinelab.tasks.lumbar.studies import (
     orient,
     read_descriptions,
     series_kind,
-    study_series,
 )
 
 CONFIG = Path(__file__).resolve().parents[2] / "src/spinelab/configs" / "lumbar" / "tiny.yaml"
@@ -83,8 +82,8 @@ def test_orient_axial_runs_head_to_feet() -> None:
 def test_study_series_from_csv_and_dicom_agree(dataset: Path) -> None:
     desc = read_descriptions(dataset, "train")
     study_dir = sorted((dataset / "train_images").iterdir())[0]
-    from_csv = study_series(study_dir, desc)
-    from_dicom = study_series(study_dir, None)
+    from_csv = classify_series(study_dir, desc)[0]
+    from_dicom = classify_series(study_dir, None)[0]
     assert {k: sorted(v) for k, v in from_csv.items()} == {k: sorted(v) for k, v in from_dicom.items()}
     assert from_csv["sag_t1"] and from_csv["sag_t2"] and from_csv["axial"]
 
@@ -122,7 +121,7 @@ def test_series_without_descriptions_get_their_kind_from_the_header(dataset: Pat
     study = tmp_path / source.name
     shutil.copytree(source, study)
     timing = {"sag_t1": (600.0, 10.0, None), "sag_t2": (3800.0, 100.0, None), "axial": (4200.0, 90.0, None)}
-    expected = study_series(source, desc)
+    expected = classify_series(source, desc)[0]
     for kind, names in expected.items():
         for name in names:
             for f in (study / name).iterdir():
@@ -261,7 +260,7 @@ def test_series_policy_first_or_all(dataset: Path, tmp_path: Path) -> None:
     source = sorted((dataset / "train_images").iterdir())[0]
     study_dir = tmp_path / source.name
     shutil.copytree(source, study_dir)
-    t2 = study_series(study_dir)["sag_t2"][0]
+    t2 = classify_series(study_dir)[0]["sag_t2"][0]
     shutil.copytree(study_dir / t2, study_dir / "999")  # a second Sagittal T2/STIR series
     desc = None  # DICOM SeriesDescription fallback
     first = load_study(study_dir, descriptions=desc, policy="first")
@@ -271,3 +270,78 @@ def test_series_policy_first_or_all(dataset: Path, tmp_path: Path) -> None:
     views = sagittal_variants(both)
     assert [v.series_ids["sag_t2"] for v in views] == [[s] for s in both.series_ids["sag_t2"]]
     assert views[0].series["sag_t1"] == both.series["sag_t1"]
+
+
+class _PointRecorder(torch.nn.Module):
+    """A stage-1 heatmap model that keeps its inputs and predicts a flat map."""
+
+    def __init__(self, points: int) -> None:
+        super().__init__()
+        self.points, self.seen = points, []
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.seen.append(x.numpy().copy())
+        return {"heatmap": torch.zeros(x.shape[0], self.points, x.shape[-2] // 4, x.shape[-1] // 4)}
+
+
+def _user_study(dataset: Path, sid: str):
+    """The study as a user's input is read: ``load_study`` on its folder, no cache."""
+    return load_study(dataset / "train_images" / sid, descriptions=read_descriptions(dataset, "train"))
+
+
+def test_training_and_inference_build_the_same_stage1_inputs(dataset: Path) -> None:
+    from spinelab.infer.runtime import Runtime
+    from spinelab.tasks.lumbar.localize import localize_study
+    from spinelab.tasks.lumbar.points import PointDataset, SagT1PointStage, SagT2PointStage
+
+    cfg = load_config("lumbar", [CONFIG], [f"data.dataset_dir={dataset}"])
+    studies = LumbarStudies(cfg)
+    sid = studies.labels.index[0]
+    geometry = {"t1_offsets_mm": {"left": 12.0, "right": -12.0}}
+    models = {"stage1_sag_t2": [_PointRecorder(5)], "stage1_sag_t1": [_PointRecorder(5)],
+              "stage1_axial": [_PointRecorder(2)]}
+    localize_study(_user_study(dataset, sid), models, cfg, geometry, runtime=Runtime(), tta=False)
+    t2 = SagT2PointStage(cfg, dataset, studies)
+    item = PointDataset(studies, t2.samples([sid], train=False), cfg, train=True, augment=False)[0]
+    np.testing.assert_array_equal(item["image"].numpy(), models["stage1_sag_t2"][0].seen[0][0])
+    t1 = SagT1PointStage(cfg, dataset, studies)
+    t1.offsets = geometry["t1_offsets_mm"]
+    items = PointDataset(studies, t1.samples([sid], train=False), cfg, train=False)
+    seen = models["stage1_sag_t1"][0].seen[0]
+    assert len(items) == len(seen) == 2  # left, right
+    for k in range(2):
+        np.testing.assert_array_equal(items[k]["image"].numpy(), seen[k])
+
+
+def test_training_and_inference_build_the_same_stage2_inputs(dataset: Path) -> None:
+    from spinelab.tasks.lumbar.grading import GradingDataset
+
+    cfg = load_config("lumbar", [CONFIG], [f"data.dataset_dir={dataset}"])
+    studies = LumbarStudies(cfg)
+    sid = studies.labels.index[0]
+    item = GradingDataset(studies, [sid], cfg, train=True, augment=False)[0]
+    anchors = complete_anchors({c: studies.level_points(sid, c) for c in LUMBAR_CONDITIONS})
+    inputs = grading_inputs(_user_study(dataset, sid), anchors, cfg)  # what the predictor grades
+    assert set(inputs) | {"target", "study"} == set(item)
+    for key, value in inputs.items():
+        np.testing.assert_array_equal(item[key].numpy(), value)
+
+
+def test_lumbar_training_items_repeat_with_the_seed(dataset: Path) -> None:
+    from spinelab.tasks.lumbar.grading import GradingDataset
+    from spinelab.tasks.lumbar.points import AxialPointStage, PointDataset
+
+    cfg = load_config("lumbar", [CONFIG], [f"data.dataset_dir={dataset}", "stage1.slice_jitter=1"])
+    studies = LumbarStudies(cfg)
+    ids = list(studies.labels.index[:2])
+    samples = AxialPointStage(cfg, dataset, studies).samples(ids, train=True)[:4]
+
+    def items(seed: int) -> list[np.ndarray]:
+        points = PointDataset(studies, samples, cfg, train=True, flip_pairs=[(0, 1)], seed=seed)
+        grading = GradingDataset(studies, ids, cfg, train=True, seed=seed)
+        return ([points[i]["image"].numpy() for i in range(len(points))]
+                + [grading[i]["sag"].numpy() for i in range(len(grading))])
+
+    first, again, other = items(0), items(0), items(1)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other, strict=True))

@@ -16,7 +16,6 @@ import torch
 
 __all__ = [
     "window_stack",
-    "normalize_stack",
     "resize_stack",
     "crop_resize_stack",
     "adjacent_indices",
@@ -42,13 +41,6 @@ def window_stack(slices: np.ndarray, windows: Sequence[tuple[float, float]]) -> 
         chans.append(np.clip((x - lo) / width, 0.0, 1.0))
     out = np.stack(chans, axis=1)  # (N, n_windows, H, W)
     return out.reshape(-1, *x.shape[1:])
-
-
-def normalize_stack(slices: np.ndarray, *, lower: float = 0.5, upper: float = 99.5) -> np.ndarray:
-    """MR intensity normalisation: clip to the given percentiles of the stack and scale to [0, 1]."""
-    x = np.asarray(slices, dtype=np.float32)
-    lo, hi = np.percentile(x, [lower, upper])
-    return np.clip((x - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0)
 
 
 def resize_stack(stack: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
@@ -117,17 +109,22 @@ class SequenceAugment:
         )
 
     def __call__(self, images: np.ndarray, boxes: np.ndarray | None = None,
-                 box_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+                 box_mask: np.ndarray | None = None, *, rng: np.random.Generator | None = None
+                 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """Augment a sequence.
 
         Args:
             images: ``(T, C, H, W)`` float32 in [0, 1].
             boxes: ``(T, 4)`` normalised ``(x0, y0, x1, y1)``; rows with ``box_mask`` False are ignored.
             box_mask: ``(T,)`` which boxes are valid.
+            rng: when given, the parameters are drawn from a seed taken from it (reproducible training; the
+                pipeline's own generator would give every DataLoader worker the same stream).
 
         Returns:
             Augmented images, boxes and mask (a box pushed out of the image becomes invalid).
         """
+        if rng is not None:
+            self.transform.set_random_seed(int(rng.integers(2**31)))
         t, c, h, w = images.shape
         hwc = images.reshape(t * c, h, w).transpose(1, 2, 0)
         bxs, ids = [], []

@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 
 from spinelab.config.schema import CervicalConfig
 from spinelab.data.fake_fracture import paint_cleft
+from spinelab.data.seeding import SeededDataset, stage_seed
 from spinelab.data.transforms import SequenceAugment, evenly_spaced
 from spinelab.errors import InputError
 from spinelab.io.volume import Volume
@@ -179,14 +180,21 @@ def load_trained_backbone(backbone: torch.nn.Module, run_dir: str | Path, stage:
     return None
 
 
-class FractureDataset(Dataset):
-    """One item = one study: seven vertebra sequences and the eight study labels."""
+class FractureDataset(SeededDataset, Dataset):
+    """One item = one study: seven vertebra sequences and the eight study labels.
+
+    Training items jitter the ranges, paint fake fractures and augment, with random numbers from the generator
+    seeded by ``seed``; ``augment=False`` turns all three off (the item is then ``fracture_inputs``' input).
+    """
 
     def __init__(self, studies: CervicalStudies, ids: list[str], cfg: CervicalConfig,
-                 localization: dict[str, dict[str, Any]], *, train: bool) -> None:
+                 localization: dict[str, dict[str, Any]], *, train: bool, seed: int = 0,
+                 augment: bool | None = None) -> None:
         self.studies, self.ids, self.cfg, self.loc, self.train = studies, list(ids), cfg, localization, train
-        self.augment = SequenceAugment(affine=0.3) if train else None
-        self.fake_prob = cfg.stage2.fake_fracture_prob if train else 0.0
+        self.seed = seed
+        on = train if augment is None else augment
+        self.augment = SequenceAugment(affine=0.3) if on else None
+        self.fake_prob = cfg.stage2.fake_fracture_prob if on else 0.0
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -194,7 +202,7 @@ class FractureDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         uid = self.ids[i]
         vol = self.studies.volume(uid)
-        rng = np.random.default_rng() if self.train else None
+        rng = self.rng() if self.augment is not None else None
         images, found, slices = fracture_inputs(vol, self.loc[uid], self.cfg, rng=rng)
         target = self.studies.targets(uid)
         steps = step_targets(slices, target, canonical_fracture_slices(self.studies.fracture_slices.get(uid), vol))
@@ -207,7 +215,7 @@ class FractureDataset(Dataset):
                     fake[i] = len(painted) > 0
         if self.augment is not None:
             v, t = images.shape[:2]
-            flat, _, _ = self.augment(images.reshape(v * t, *images.shape[2:]))
+            flat, _, _ = self.augment(images.reshape(v * t, *images.shape[2:]), rng=rng)
             images = flat.reshape(images.shape)
         return {"image": torch.from_numpy(images), "mask": torch.from_numpy(found),
                 "target": torch.from_numpy(target), "step_target": torch.from_numpy(steps),
@@ -270,7 +278,8 @@ class FractureStage(Stage):
         loc = read_localization(self.run_dir)
         ids = [uid for uid in self.studies.labels.index if uid in loc]
         train_ids, val_ids = self.studies.split(ids, fold)
-        train = FractureDataset(self.studies, train_ids, self.cfg, loc, train=True)
+        train = FractureDataset(self.studies, train_ids, self.cfg, loc, train=True,
+                                seed=stage_seed(self.train_config.seed, fold))
         val = FractureDataset(self.studies, val_ids, self.cfg, loc, train=False) if val_ids else None
         return train, val
 

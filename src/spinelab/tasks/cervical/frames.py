@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 
 from spinelab.config.schema import CervicalConfig, ModelConfig
 from spinelab.data.fake_fracture import paint_cleft
+from spinelab.data.seeding import SeededDataset, stage_seed
 from spinelab.data.transforms import SequenceAugment
 from spinelab.io.volume import Volume
 from spinelab.registry import VERTEBRAE
@@ -35,17 +36,19 @@ from spinelab.train.stage import Stage
 __all__ = ["FrameDataset", "FrameStage"]
 
 
-class FrameDataset(Dataset):
+class FrameDataset(SeededDataset, Dataset):
     """One item = one stage-2 step image and whether it shows a fracture.
 
     Training items are drawn at random, ``frames_per_epoch`` per epoch: with probability ``positive_share``
     a step that a fracture box marks, ``fake_share`` an intact step with a painted cleft, otherwise an
-    intact step. Validation items are every step of the held-out studies whose target is known.
+    intact step. Validation items are every step of the held-out studies whose target is known. Training draws
+    its random numbers from the generator seeded by ``seed``.
     """
 
     def __init__(self, studies: CervicalStudies, ids: list[str], cfg: CervicalConfig,
-                 localization: dict[str, dict[str, Any]], *, train: bool) -> None:
+                 localization: dict[str, dict[str, Any]], *, train: bool, seed: int = 0) -> None:
         self.studies, self.cfg, self.loc, self.train = studies, cfg, localization, train
+        self.seed = seed
         self.boxes = studies.fracture_slices
         self.targets = {uid: studies.targets(uid) for uid in ids}  # one pandas lookup per study, not per item
         found = [(uid, i) for uid in ids for i, v in enumerate(VERTEBRAE)
@@ -76,7 +79,7 @@ class FrameDataset(Dataset):
             image = step_images(vol, slices[s], self.loc[uid], self.cfg)
             return {"image": torch.from_numpy(image), "target": torch.tensor(float(targets[s])),
                     "uid": uid, "vertebra": v, "step": s, "fractured": torch.tensor(float(self.targets[uid][v]))}
-        rng = np.random.default_rng()
+        rng = self.rng()
         fc = self.cfg.frames
         draw = rng.random()
         if draw < fc.positive_share and self.positive:
@@ -96,7 +99,7 @@ class FrameDataset(Dataset):
                 painted = paint_cleft(image[None], self.cfg.stage2.windows, rng, max_steps=1)
                 target = float(len(painted) > 0)
         if self.augment is not None:
-            image = self.augment(image[None])[0][0]
+            image = self.augment(image[None], rng=rng)[0][0]
         return {"image": torch.from_numpy(np.ascontiguousarray(image)), "target": torch.tensor(target)}
 
 
@@ -130,7 +133,8 @@ class FrameStage(Stage):
         loc = read_localization(self.run_dir)
         ids = [uid for uid in self.studies.labels.index if uid in loc]
         train_ids, val_ids = self.studies.split(ids, fold)
-        train = FrameDataset(self.studies, train_ids, self.cfg, loc, train=True)
+        train = FrameDataset(self.studies, train_ids, self.cfg, loc, train=True,
+                             seed=stage_seed(self.train_config.seed, fold))
         if not train.intact:
             from spinelab.errors import InputError
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from spinelab.config.schema import CervicalConfig
+from spinelab.data.seeding import SeededDataset, stage_seed
 from spinelab.data.transforms import SequenceAugment, evenly_spaced
 from spinelab.io.volume import Volume
 from spinelab.registry import VERTEBRAE
@@ -23,23 +24,27 @@ from spinelab.train.stage import Stage
 
 log = logging.getLogger("spinelab")
 
-__all__ = ["LocalizerDataset", "LocalizerStage", "localize", "summarize_localization"]
+__all__ = ["LocalizerDataset", "LocalizerStage", "localizer_centres", "localizer_inputs", "localize",
+           "summarize_localization"]
 
 BOX_COLUMNS = ["nx0", "ny0", "nx1", "ny1"]
 
 
-class LocalizerDataset(Dataset):
+class LocalizerDataset(SeededDataset, Dataset):
     """One item = one study: ``seq_len`` evenly spaced 2.5D slices and their per-slice targets.
 
-    Training items jitter the slice positions and augment the whole sequence consistently; with
-    ``samples_per_study`` > 1 each study is drawn that many times per epoch (small datasets).
+    Training items jitter the slice positions and augment the whole sequence consistently (random numbers from
+    the generator seeded by ``seed``); with ``samples_per_study`` > 1 each study is drawn that many times per
+    epoch (small datasets). ``augment=False`` turns both off.
     """
 
-    def __init__(self, studies: CervicalStudies, ids: list[str], cfg: CervicalConfig, *, train: bool) -> None:
-        self.studies, self.ids, self.s1, self.train = studies, list(ids), cfg.stage1, train
+    def __init__(self, studies: CervicalStudies, ids: list[str], cfg: CervicalConfig, *, train: bool,
+                 seed: int = 0, augment: bool | None = None) -> None:
+        self.studies, self.ids, self.cfg, self.s1, self.train = studies, list(ids), cfg, cfg.stage1, train
+        self.seed = seed
         labels = studies.slice_labels
         self.per_study = {uid: g.sort_values("index") for uid, g in labels.groupby("StudyInstanceUID")}
-        self.augment = SequenceAugment() if train else None
+        self.augment = SequenceAugment() if (train if augment is None else augment) else None
 
     def __len__(self) -> int:
         return len(self.ids) * (self.s1.samples_per_study if self.train else 1)
@@ -47,27 +52,56 @@ class LocalizerDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         uid = self.ids[i % len(self.ids)]
         vol = self.studies.volume(uid)
-        depth = vol.shape[0]
-        rng = np.random.default_rng() if self.train else None
-        n = min(self.s1.seq_len, depth)
-        centres = np.sort(evenly_spaced(0, depth - 1, n, jitter=0.5 if self.train else 0, rng=rng))
-        images = stack_images(vol, centres, windows=self.s1.windows, size=self.s1.image_size)
+        rng = self.rng() if self.augment is not None else None
+        centres = localizer_centres(vol.shape[0], self.cfg, rng=rng)
+        images, pos = localizer_inputs(vol, centres, self.cfg)
         table = canonical_slice_table(self.per_study[uid], vol)
         ratio = table[list(VERTEBRAE)].fillna(0).to_numpy(np.float32)[centres]
         boxes = table[BOX_COLUMNS].to_numpy(np.float32)[centres]
         box_mask = np.isfinite(boxes).all(axis=1) & (ratio.max(axis=1) > 0)
         boxes = np.nan_to_num(boxes)
         if self.augment is not None:
-            images, boxes, box_mask = self.augment(images, boxes, box_mask)
+            images, boxes, box_mask = self.augment(images, boxes, box_mask, rng=rng)
         return {
             "image": torch.from_numpy(images),
-            "pos": torch.from_numpy(_positions(vol, centres)),
+            "pos": torch.from_numpy(pos),
             "ratio": torch.from_numpy(ratio),
             "box": torch.from_numpy(boxes.astype(np.float32)),
             "box_mask": torch.from_numpy(box_mask),
             "index": torch.from_numpy(centres.astype(np.int64)),
             "uid": uid,
         }
+
+
+def localizer_centres(depth: int, cfg: CervicalConfig, *, offset: int = 0,
+                      rng: np.random.Generator | None = None) -> np.ndarray:
+    """Centre slices of one stage-1 sequence: ``min(seq_len, depth)`` evenly spaced array indices, head to feet.
+
+    Args:
+        depth: slices in the (canonical) volume.
+        cfg: config (stage1: seq_len, infer_offsets).
+        offset: inference offset ``k`` of ``infer_offsets``: the grid shifted by ``k / infer_offsets`` steps.
+        rng: when given (training), the grid is shifted at random by up to half a step instead.
+    """
+    s1 = cfg.stage1
+    n = min(s1.seq_len, depth)
+    if rng is not None:
+        return np.sort(evenly_spaced(0, depth - 1, n, jitter=0.5, rng=rng))
+    step = (depth - 1) / max(n - 1, 1)
+    shift = offset * step / max(1, s1.infer_offsets)
+    return np.clip(np.rint(np.linspace(0, depth - 1, n) + shift), 0, depth - 1).astype(np.int64)
+
+
+def localizer_inputs(volume: Volume, centres: np.ndarray, cfg: CervicalConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Stage-1 input of one sequence, for training and inference alike.
+
+    Returns:
+        ``(T, 3 * n_windows, S, S)`` float32 2.5D images around ``centres`` and their ``(T,)`` positions in
+        [0, 1] from head to feet.
+    """
+    s1 = cfg.stage1
+    images = stack_images(volume, centres, windows=s1.windows, size=s1.image_size)
+    return images, _positions(volume, centres)
 
 
 def _positions(volume: Volume, centres: np.ndarray) -> np.ndarray:
@@ -89,7 +123,8 @@ class LocalizerStage(Stage):
 
     def datasets(self, fold: int | None) -> tuple[Dataset, Dataset | None]:
         train_ids, val_ids = self.studies.split(self.studies.segmented_ids(), fold)
-        train = LocalizerDataset(self.studies, train_ids, self.cfg, train=True)
+        seed = stage_seed(self.train_config.seed, fold)
+        train = LocalizerDataset(self.studies, train_ids, self.cfg, train=True, seed=seed)
         val = LocalizerDataset(self.studies, val_ids, self.cfg, train=False) if val_ids else None
         return train, val
 
@@ -176,15 +211,12 @@ def localize(volume: Volume, models: list[torch.nn.Module], cfg: CervicalConfig,
     runtime = runtime or Runtime()
     s1 = cfg.stage1
     depth = volume.shape[0]
-    n = min(s1.seq_len, depth)
-    step = (depth - 1) / max(n - 1, 1)
     acc = np.zeros((depth, 12), np.float64)
     count = np.zeros(depth)
     for k in range(max(1, s1.infer_offsets)):
-        shift = k * step / max(1, s1.infer_offsets)
-        centres = np.clip(np.rint(np.linspace(0, depth - 1, n) + shift), 0, depth - 1).astype(np.int64)
-        images = torch.from_numpy(stack_images(volume, centres, windows=s1.windows, size=s1.image_size))[None]
-        pos = torch.from_numpy(_positions(volume, centres))[None]
+        centres = localizer_centres(depth, cfg, offset=k)
+        images_np, pos_np = localizer_inputs(volume, centres, cfg)
+        images, pos = torch.from_numpy(images_np)[None], torch.from_numpy(pos_np)[None]
         outs = []
         for model in models:
             outs.append(_predict_one(model, images, pos, runtime, flip=False))

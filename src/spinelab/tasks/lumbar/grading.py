@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from spinelab.config.schema import LumbarConfig, ModelConfig, TrainConfig
+from spinelab.data.seeding import SeededDataset, stage_seed
 from spinelab.registry import LUMBAR_CONDITIONS, LUMBAR_GRADES, LUMBAR_LEVELS, lumbar_columns
 from spinelab.tasks.lumbar.images import crop_at_world
 from spinelab.tasks.lumbar.points import axial_slice_for
@@ -106,11 +107,18 @@ def flip_items(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-class GradingDataset(Dataset):
-    """One item = one study: the 25 crops pairs, masks, embeddings ids and grades (-1 unlabelled)."""
+class GradingDataset(SeededDataset, Dataset):
+    """One item = one study: the 25 crops pairs, masks, embeddings ids and grades (-1 unlabelled).
 
-    def __init__(self, studies: LumbarStudies, ids: list[str], cfg: LumbarConfig, *, train: bool) -> None:
+    Training items jitter the points, flip and scale the intensity, with random numbers from the generator
+    seeded by ``seed``; ``augment=False`` turns this off (the item is then ``grading_inputs``' input).
+    """
+
+    def __init__(self, studies: LumbarStudies, ids: list[str], cfg: LumbarConfig, *, train: bool,
+                 seed: int = 0, augment: bool | None = None) -> None:
         self.studies, self.ids, self.cfg, self.train = studies, list(ids), cfg, train
+        self.seed = seed
+        self.augment = train if augment is None else augment
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -118,7 +126,7 @@ class GradingDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         sid = self.ids[i]
         study = self.studies.study(sid)
-        rng = np.random.default_rng() if self.train else None
+        rng = self.rng() if self.augment else None
         anchors = {c: self.studies.level_points(sid, c) for c in LUMBAR_CONDITIONS}
         if rng is not None and self.cfg.stage2.point_jitter_mm:
             sd = self.cfg.stage2.point_jitter_mm
@@ -188,7 +196,8 @@ class GradingStage(Stage):
 
     def datasets(self, fold: int | None) -> tuple[Dataset, Dataset | None]:
         train_ids, val_ids = self.studies.split(list(self.studies.labels.index), fold)
-        train = GradingDataset(self.studies, train_ids, self.cfg, train=True)
+        train = GradingDataset(self.studies, train_ids, self.cfg, train=True,
+                               seed=stage_seed(self.train_config.seed, fold))
         val = GradingDataset(self.studies, val_ids, self.cfg, train=False) if val_ids else None
         return train, val
 

@@ -18,12 +18,12 @@ from spinelab.infer.runtime import Runtime
 from spinelab.io.volume import Volume
 from spinelab.registry import LUMBAR_LEVELS
 from spinelab.tasks.lumbar.grading import complete_anchors
-from spinelab.tasks.lumbar.images import slice_stack
 from spinelab.tasks.lumbar.points import (
     SIDES,
     axial_slice_for,
     decode_heatmaps,
     image_points_to_world,
+    point_inputs,
     side_centre,
 )
 from spinelab.tasks.lumbar.studies import LumbarStudy
@@ -86,7 +86,7 @@ def localize_study(study: LumbarStudy, models: dict[str, list[torch.nn.Module]],
         InputError: the study has no sagittal series, so no level can be found.
     """
     s1 = cfg.stage1
-    size, span, stride = s1.image_size, s1.in_slices, s1.heatmap_stride
+    size, stride = s1.image_size, s1.heatmap_stride
     nan = np.full((len(LUMBAR_LEVELS), 3), np.nan)
     anchors: dict[str, np.ndarray] = {}
     conf: dict[str, np.ndarray] = {}
@@ -96,13 +96,13 @@ def localize_study(study: LumbarStudy, models: dict[str, list[torch.nn.Module]],
         raise InputError(study.study_id, "no sagittal series (T1 or T2/STIR): the levels cannot be located")
     if t2 is not None:
         centre = t2.shape[0] // 2
-        img = slice_stack(t2, centre, span=span, size=size, window=study.window(t2))[None]
+        img = point_inputs(study, t2, [centre], cfg)
         xy, mass = decode_heatmaps(heatmap_probs(models["stage1_sag_t2"], img, runtime), stride)
         anchors["spinal_canal_stenosis"] = image_points_to_world(t2, centre, xy[0], size)
         conf["spinal_canal_stenosis"] = mass[0]
     if t1 is not None:
         centres = [side_centre(t1, geometry["t1_offsets_mm"][side]) for side in SIDES]
-        imgs = np.stack([slice_stack(t1, c, span=span, size=size, window=study.window(t1)) for c in centres])
+        imgs = point_inputs(study, t1, centres, cfg)
         xy, mass = decode_heatmaps(heatmap_probs(models["stage1_sag_t1"], imgs, runtime), stride)
         for i, side in enumerate(SIDES):
             anchors[f"{side}_neural_foraminal_narrowing"] = image_points_to_world(t1, centres[i], xy[i], size)
@@ -118,8 +118,7 @@ def localize_study(study: LumbarStudy, models: dict[str, list[torch.nn.Module]],
             if f is None:
                 warnings.append(f"level {LUMBAR_LEVELS[li]} is not covered by any axial series")
         if todo:
-            imgs = np.stack([slice_stack(study.series["axial"][f[0]], f[1], span=span, size=size,
-                                         window=study.window(study.series["axial"][f[0]])) for _, f in todo])
+            imgs = np.concatenate([point_inputs(study, study.series["axial"][f[0]], [f[1]], cfg) for _, f in todo])
             probs = heatmap_probs(models["stage1_axial"], imgs, runtime, flip_pairs=[(0, 1)] if tta else None)
             xy, mass = decode_heatmaps(probs, stride)
             for k, (li, (si, d)) in enumerate(todo):

@@ -13,6 +13,7 @@ expectation. Left-right flips (axial) swap the left and right channels.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from spinelab.config.schema import LumbarConfig, ModelConfig, TrainConfig
+from spinelab.data.seeding import SeededDataset, stage_seed
 from spinelab.errors import InputError
 from spinelab.io.volume import Volume
 from spinelab.registry import LUMBAR_LEVELS
@@ -33,6 +35,7 @@ from spinelab.train.stage import Stage
 __all__ = [
     "PointSample",
     "PointDataset",
+    "point_inputs",
     "PointStage",
     "SagT2PointStage",
     "SagT1PointStage",
@@ -52,17 +55,20 @@ class PointSample(dict):
     world (NaN unknown), ``levels`` ``(K,)`` level index of each point."""
 
 
-class PointDataset(Dataset):
+class PointDataset(SeededDataset, Dataset):
     """Images and target pixels of a list of ``PointSample``.
 
-    Training items move the centre slice by up to ``slice_jitter`` and (when ``flip_pairs`` is set)
-    mirror left-right with the paired channels swapped.
+    Training items move the centre slice by up to ``slice_jitter``, scale the intensity and (when ``flip_pairs``
+    is set) mirror left-right with the paired channels swapped, with random numbers from the generator seeded
+    by ``seed``; ``augment=False`` turns this off (the image is then ``point_inputs``' input).
     """
 
     def __init__(self, studies: LumbarStudies, samples: list[PointSample], cfg: LumbarConfig, *, train: bool,
-                 flip_pairs: list[tuple[int, int]] | None = None) -> None:
-        self.studies, self.samples, self.s1, self.train = studies, samples, cfg.stage1, train
-        self.flip_pairs = flip_pairs
+                 flip_pairs: list[tuple[int, int]] | None = None, seed: int = 0,
+                 augment: bool | None = None) -> None:
+        self.studies, self.samples, self.cfg, self.s1, self.train = studies, samples, cfg, cfg.stage1, train
+        self.flip_pairs, self.seed = flip_pairs, seed
+        self.augment = train if augment is None else augment
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -71,13 +77,12 @@ class PointDataset(Dataset):
         s = self.samples[i]
         study = self.studies.study(s["study"])
         vol = study.series[s["kind"]][s["series"]]
-        rng = np.random.default_rng() if self.train else None
+        rng = self.rng() if self.augment else None
         centre = int(s["centre"])
         if rng is not None and self.s1.slice_jitter:
             centre = int(np.clip(centre + rng.integers(-self.s1.slice_jitter, self.s1.slice_jitter + 1), 0,
                                  vol.shape[0] - 1))
-        image = slice_stack(vol, centre, span=self.s1.in_slices, size=self.s1.image_size,
-                            window=study.window(vol))
+        image = point_inputs(study, vol, [centre], self.cfg)[0]
         xy, valid = target_pixels(vol, s["points"], self.s1.image_size)
         if rng is not None:
             image = image * rng.uniform(0.85, 1.15) + rng.uniform(-0.05, 0.05)
@@ -87,6 +92,15 @@ class PointDataset(Dataset):
                 "xy": torch.from_numpy(xy.astype(np.float32)), "valid": torch.from_numpy(valid),
                 "mm_per_px": torch.from_numpy(mm_per_pixel(vol, self.s1.image_size)),
                 "levels": torch.as_tensor(s["levels"], dtype=torch.int64), "study": s["study"], "index": i}
+
+
+def point_inputs(study: LumbarStudy, volume: Volume, centres: Sequence[int], cfg: LumbarConfig) -> np.ndarray:
+    """Stage-1 input, for training and inference alike: one ``in_slices`` 2.5D stack per centre slice of
+    ``volume`` (one of ``study``'s series, scaled by its series window): ``(N, in_slices, S, S)`` float32."""
+    s1 = cfg.stage1
+    window = study.window(volume)
+    return np.stack([slice_stack(volume, int(c), span=s1.in_slices, size=s1.image_size, window=window)
+                     for c in centres])
 
 
 def mm_per_pixel(volume: Volume, size: int) -> np.ndarray:
@@ -191,7 +205,7 @@ class PointStage(Stage):
         ids = [s for s in self.studies.labels.index if self.studies.world_points(s)]
         train_ids, val_ids = self.studies.split(ids, fold)
         train = PointDataset(self.studies, self.samples(train_ids, train=True), self.cfg, train=True,
-                             flip_pairs=self.flip_pairs)
+                             flip_pairs=self.flip_pairs, seed=stage_seed(self.train_config.seed, fold))
         val_samples = self.samples(val_ids, train=False)
         val = PointDataset(self.studies, val_samples, self.cfg, train=False) if val_samples else None
         return train, val

@@ -19,15 +19,16 @@ import numpy as np
 import pandas as pd
 
 from spinelab.config.schema import LumbarConfig
+from spinelab.data.lumbar_layout import (
+    CONDITION_BY_TITLE,
+    LEVEL_BY_TITLE,
+    read_descriptions,
+    read_lumbar_coordinates,
+    read_lumbar_labels,
+)
 from spinelab.errors import InputError
 from spinelab.io.volume import Volume
-from spinelab.registry import (
-    LUMBAR_CONDITION_TITLES,
-    LUMBAR_CONDITIONS,
-    LUMBAR_LEVEL_TITLES,
-    LUMBAR_LEVELS,
-    lumbar_columns,
-)
+from spinelab.registry import LUMBAR_CONDITIONS, LUMBAR_LEVELS, lumbar_columns
 
 __all__ = [
     "SERIES_KINDS",
@@ -35,7 +36,6 @@ __all__ = [
     "kind_from_header",
     "classify_series",
     "read_descriptions",
-    "study_series",
     "orient",
     "instance_index",
     "volume_window",
@@ -46,8 +46,8 @@ __all__ = [
 
 #: Internal series kinds, in the order of ``registry.LUMBAR_SERIES_TYPES``.
 SERIES_KINDS: tuple[str, ...] = ("sag_t1", "sag_t2", "axial")
-_CONDITION_BY_TITLE = {v.lower(): k for k, v in LUMBAR_CONDITION_TITLES.items()}
-_LEVEL_BY_TITLE = {v.lower(): k for k, v in LUMBAR_LEVEL_TITLES.items()}
+# Kept under these names for the readers that re-key titles themselves.
+_CONDITION_BY_TITLE, _LEVEL_BY_TITLE = CONDITION_BY_TITLE, LEVEL_BY_TITLE
 
 
 def series_kind(description: str) -> str | None:
@@ -60,22 +60,6 @@ def series_kind(description: str) -> str | None:
     if ("ax" in d or "tra" in d) and "t2" in d:
         return "axial"
     return None
-
-
-def read_descriptions(dataset_dir: str | Path, split: str) -> pd.DataFrame | None:
-    """``{split}_series_descriptions.csv`` as strings, or ``None`` when the file is absent.
-
-    Raises:
-        InputError: the file exists but lacks the Kaggle columns.
-    """
-    path = Path(dataset_dir) / f"{split}_series_descriptions.csv"
-    if not path.is_file():
-        return None
-    df = pd.read_csv(path, dtype=str)
-    missing = {"study_id", "series_id", "series_description"} - set(df.columns)
-    if missing:
-        raise InputError(path, f"missing columns {sorted(missing)}")
-    return df
 
 
 #: The header tags ``kind_from_header`` reads (one file per series).
@@ -173,11 +157,6 @@ def classify_series(study_dir: str | Path, descriptions: pd.DataFrame | None = N
         if kind is not None:
             out[kind].append(series)
     return out, inferred
-
-
-def study_series(study_dir: str | Path, descriptions: pd.DataFrame | None = None) -> dict[str, list[str]]:
-    """Series folder names of a study by kind (``classify_series`` without the inference notes)."""
-    return classify_series(study_dir, descriptions)[0]
 
 
 def orient(volume: Volume, kind: str) -> Volume:
@@ -306,18 +285,17 @@ class LumbarStudies:
         return Path(self.cfg.data.dataset_dir)
 
     @cached_property
+    def train_table(self) -> pd.DataFrame:
+        """train.csv as read (``data.lumbar_layout.read_lumbar_labels``), without ``data.drop_studies``."""
+        return read_lumbar_labels(self.dataset_dir / "train.csv", drop=self.cfg.data.drop_studies)
+
+    @cached_property
     def labels(self) -> pd.DataFrame:
         """Grades ``(n, 25)`` int (-1 missing) in ``registry.lumbar_columns()`` order, indexed by study_id."""
         from spinelab.metrics import lumbar_grade_matrix
 
-        path = self.dataset_dir / "train.csv"
-        if not path.is_file():
-            raise InputError(path, "train.csv not found: is this an RSNA 2024 dataset folder?")
-        df = pd.read_csv(path, dtype={"study_id": str})
-        if "study_id" not in df.columns:
-            raise InputError(path, "missing column study_id")
-        df = df[~df.study_id.isin(self.cfg.data.drop_studies)]
-        grades = lumbar_grade_matrix(df, source=path)
+        df = self.train_table
+        grades = lumbar_grade_matrix(df, source=self.dataset_dir / "train.csv")
         present = {d.name for d in (self.dataset_dir / "train_images").iterdir() if d.is_dir()} \
             if (self.dataset_dir / "train_images").is_dir() else set()
         out = pd.DataFrame(grades, index=df.study_id.to_numpy(), columns=lumbar_columns())
@@ -326,7 +304,7 @@ class LumbarStudies:
     @cached_property
     def raw_labels(self) -> pd.DataFrame:
         """train.csv as read (for the metric), restricted to ``labels``' studies."""
-        df = pd.read_csv(self.dataset_dir / "train.csv", dtype={"study_id": str})
+        df = self.train_table
         return df[df.study_id.isin(self.labels.index)].reset_index(drop=True)
 
     @cached_property
@@ -343,14 +321,7 @@ class LumbarStudies:
     @cached_property
     def coordinates(self) -> pd.DataFrame:
         """train_label_coordinates.csv with registry condition / level names (empty when absent)."""
-        path = self.dataset_dir / "train_label_coordinates.csv"
-        if not path.is_file():
-            cols = ["study_id", "series_id", "instance_number", "condition", "level", "x", "y"]
-            return pd.DataFrame(columns=cols)
-        df = pd.read_csv(path, dtype={"study_id": str, "series_id": str})
-        df["condition"] = df.condition.str.lower().map(_CONDITION_BY_TITLE)
-        df["level"] = df.level.str.lower().map(_LEVEL_BY_TITLE)
-        return df.dropna(subset=["condition", "level"])
+        return read_lumbar_coordinates(self.dataset_dir / "train_label_coordinates.csv")
 
     def split(self, ids: list[str], fold: int | None) -> tuple[list[str], list[str]]:
         """Training and validation ids of ``fold`` (``None``: all for training)."""
