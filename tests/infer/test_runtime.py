@@ -114,6 +114,9 @@ def test_precision_spellings_and_fp16_only_on_a_gpu() -> None:
         out = Runtime(device="cuda", precision="fp16").run(create_model("test_cervical_slice_localizer"),
                                                           torch.rand(1, 6, 3, 48, 48), torch.linspace(0, 1, 6)[None])
         assert out["ratio"].dtype == torch.float32 and torch.isfinite(out["ratio"]).all()
+        seg = Runtime(device="cuda", precision="fp16").sliding_window(
+            create_model("test_vertebra_seg3d_unet"), torch.rand(1, 1, 12, 16, 8), 8, out_device="cpu")
+        assert seg["mask"].device.type == "cpu" and torch.isfinite(seg["mask"]).all()
 
 
 def test_channels_last_reaches_2d_layers_and_4d_inputs_only() -> None:
