@@ -104,7 +104,7 @@ class Stage(ABC):
 
     def model_args(self) -> dict[str, Any]:
         """The builder arguments ``build_model`` passes, checked against the builder's signature without
-        building anything (a wrong key is refused before any training work).
+        building anything, so a caller can refuse a wrong key before any training work.
 
         Raises:
             ConfigError: a key the builder does not take, or ``model.kwargs`` setting what the stage sets.
