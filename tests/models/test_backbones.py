@@ -1,10 +1,9 @@
 """Backbones: tagged timm names, local weights through timm's loader (.pth and .safetensors), checksums,
-and never a network connection."""
+and never a network connection (tests/models/conftest.py refuses every one)."""
 
 from __future__ import annotations
 
 import hashlib
-import socket
 from pathlib import Path
 
 import pytest
@@ -16,16 +15,6 @@ from spinelab.models import create_model
 from spinelab.models.backbones import create_backbone, file_sha256
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Any connection attempt fails the test: weights must come from the local file only."""
-    def refuse(*args, **kwargs):
-        raise AssertionError("a backbone tried to open a network connection")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""Every registered tiny model: forward, backward, and the forward_features/forward_head contract."""
+"""Every registered model, 2D and 3D, seed-sized and tiny: forward, backward, and the
+forward_features/forward_head contract (no network: tests/models/conftest.py)."""
 
 from __future__ import annotations
 
@@ -10,33 +11,59 @@ import torch
 from spinelab.errors import ConfigError, InputError
 from spinelab.models import create_model, list_models
 from spinelab.models.backbones import create_backbone
+from spinelab.models.registry import accepted_args
 
-# Input builders per model family: (args, kwargs) for forward.
+
+def _grader_inputs() -> tuple[tuple, dict]:
+    cond = torch.arange(5).repeat_interleave(5).expand(2, -1)
+    level = torch.arange(5).repeat(5).expand(2, -1)
+    mask = torch.ones(2, 25, 2, dtype=torch.bool)
+    mask[1, :, 1] = False  # the second study has no axial view
+    return (torch.rand(2, 25, 3, 32, 32), torch.rand(2, 25, 3, 32, 32), mask), {"condition": cond, "level": level}
+
+
+# Input builders per model family (the name without ``test_``): ``(args, kwargs)`` with
+# forward(*args, **kwargs) == forward_head(forward_features(*args), **kwargs).
 INPUTS = {
-    "test_cervical_slice_localizer": lambda: ((torch.rand(2, 5, 3, 32, 32), torch.rand(2, 5)), {}),
-    "test_cervical_fracture_classifier": lambda: ((torch.rand(2, 7, 2, 3, 32, 32),),
-                                                  {"mask": torch.ones(2, 7, dtype=torch.bool)}),
-    "test_cervical_frame_classifier": lambda: ((torch.rand(4, 3, 32, 32),), {}),
+    "cervical_slice_localizer": lambda: ((torch.rand(2, 5, 3, 32, 32), torch.rand(2, 5)), {}),
+    "cervical_fracture_classifier": lambda: ((torch.rand(2, 7, 2, 3, 32, 32),),
+                                             {"mask": torch.ones(2, 7, dtype=torch.bool)}),
+    "cervical_frame_classifier": lambda: ((torch.rand(4, 3, 32, 32),), {}),
+    "lumbar_point_heatmap": lambda: ((torch.rand(2, 3, 64, 64),), {}),
+    "lumbar_roi_grader": _grader_inputs,
+    "vertebra_seg3d_unet": lambda: ((torch.rand(2, 1, 8, 16, 12),), {}),
 }
+# Small settings for the seed-sized models (the ``test_*`` ones are small already); each model gets
+# the keys it takes.
+SMALL = {"backbone": "test_resnet", "hidden": 16, "channels": (4, 8, 16), "strides": (2, 2), "num_res_units": 1}
+
+
+def _family(name: str) -> str:
+    return name.removeprefix("test_")
 
 
 def test_registry_lists_seed_and_test_models() -> None:
     names = list_models()
-    assert {"cervical_slice_localizer", "cervical_fracture_classifier"} <= set(names)
+    assert {"cervical_slice_localizer", "cervical_fracture_classifier", "vertebra_seg3d_unet"} <= set(names)
     assert list_models("test_cervical") == ["test_cervical_fracture_classifier", "test_cervical_frame_classifier",
                                             "test_cervical_slice_localizer"]
+    # every seed-sized model has a tiny twin for CPU tests, and every family an input here
+    assert {n for n in names if not n.startswith("test_")} == {_family(n) for n in names if n.startswith("test_")}
+    assert {_family(n) for n in names} == set(INPUTS)
 
 
-@pytest.mark.parametrize("name", sorted(INPUTS))
+@pytest.mark.parametrize("name", list_models())
 def test_forward_backward_and_feature_head_split(name: str) -> None:
     torch.manual_seed(0)
-    model = create_model(name).eval()
-    args, kwargs = INPUTS[name]()
+    small = {} if name.startswith("test_") else accepted_args(name, SMALL)
+    model = create_model(name, **small).eval()
+    args, kwargs = INPUTS[_family(name)]()
     out = model(*args, **kwargs)
     assert out and all(torch.isfinite(v).all() for v in out.values())
     # forward == forward_head(forward_features) (timm's contract)
     feats = model.forward_features(*args)
     head = model.forward_head(feats, **kwargs)
+    assert head.keys() == out.keys()
     for key in out:
         torch.testing.assert_close(head[key], out[key])
     model.train()

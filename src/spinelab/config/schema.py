@@ -42,7 +42,9 @@ class ModelConfig(StrictModel):
 
     ``pretrained_path`` points at a local backbone checkpoint (timm state dict); nothing is downloaded.
     Fields left unset (``None``) fall back to the registered builder's defaults, so a ``test_*`` model
-    stays tiny unless a recipe says otherwise.
+    stays tiny unless a recipe says otherwise. ``kwargs`` carries any other builder argument (a 3D
+    network's ``spatial_dims``, ``channels``, ``strides``, ...); when the model is built every key is
+    checked against the builder's signature, and one it does not take is a ``ConfigError``.
     """
 
     name: str
@@ -52,6 +54,20 @@ class ModelConfig(StrictModel):
     pretrained_sha256: str | None = None
     hidden: int | None = None
     drop_rate: float | None = None
+    #: more builder arguments, e.g. ``{spatial_dims: 3, channels: [16, 32, 64], strides: [2, 2]}``
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _kwargs_do_not_repeat_fields(self) -> ModelConfig:
+        twice = sorted(set(self.kwargs) & (set(type(self).model_fields) - {"kwargs"}))
+        if twice:
+            raise ValueError(f"model {self.name!r}: set model.{twice[0]} itself, not model.kwargs.{twice[0]}")
+        return self
+
+    def builder_args(self) -> dict[str, Any]:
+        """Every builder argument this section sets (unset fields left out), ``kwargs`` included."""
+        named = {k: getattr(self, k) for k in type(self).model_fields if k not in ("name", "kwargs")}
+        return {**{k: v for k, v in named.items() if v is not None}, **self.kwargs}
 
 
 class OptimConfig(StrictModel):

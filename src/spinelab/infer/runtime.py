@@ -1,4 +1,8 @@
-"""How models run at inference: device, bf16 / fp16 autocast, channels_last and torch.compile.
+"""How models run at inference: device, bf16 / fp16 autocast, channels_last, torch.compile, sliding windows.
+
+``channels_last`` is a 2D layout: it reaches the 2D layers of a model and 4-D inputs only, so a volume
+model (``Conv3d``) runs with it on. Volume models larger than memory run through MONAI's
+``sliding_window_inference`` under the same device and precision (``Runtime.sliding_window``).
 
 fp16 autocast runs on GPUs only. On CPUs with AMX or AVX512-BF16 (bf16 matrix units) bf16 autocast is several
 times faster than fp32; on CPUs without them it is emulated and slower, so ``Runtime`` warns. It must be
@@ -13,11 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import nn
 
 from spinelab.errors import ConfigError
 from spinelab.precision import inference_precision
 
-__all__ = ["Runtime", "resolve_device", "cpu_has_bf16_units"]
+__all__ = ["Runtime", "resolve_device", "cpu_has_bf16_units", "to_channels_last"]
 
 log = logging.getLogger("spinelab")
 
@@ -38,6 +43,21 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def to_channels_last(model: nn.Module) -> nn.Module:
+    """Convert the layers of ``model`` whose tensors are all at most 4-D to channels_last, in place.
+
+    ``Module.to(memory_format=channels_last)`` refuses a model with any 5-D weight (``Conv3d``: "required
+    rank 4 tensor to use channels_last format"); converting layer by layer keeps the 2D layers of a mixed
+    model fast and leaves the 3D ones as they are.
+    """
+    for module in model.modules():
+        own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+        below = [*module.parameters(), *module.buffers()]  # Module.to converts the children too
+        if any(t.dim() == 4 for t in own) and all(t.dim() <= 4 for t in below):
+            module.to(memory_format=torch.channels_last)
+    return model
+
+
 @dataclass
 class Runtime:
     """Inference settings applied to every model call.
@@ -46,7 +66,8 @@ class Runtime:
         device: ``cpu``, ``cuda`` or ``auto``.
         precision: ``fp32``, ``bf16`` or ``fp16`` (autocast; fp16 on a GPU only); Lightning's spellings
             (``bf16-mixed``, ``16-mixed``, ``32-true``) are accepted too.
-        channels_last: convert 4-D inputs and models to channels_last (faster convolutions).
+        channels_last: convert 4-D inputs and the 2D layers of models to channels_last (faster 2D
+            convolutions; 3D layers and 5-D inputs stay as they are).
         compile: wrap models in ``torch.compile`` (first call is slow; worth it for many studies).
     """
 
@@ -71,7 +92,7 @@ class Runtime:
         if key not in self._prepared:
             model = model.eval().to(self.device)
             if self.channels_last:
-                model = model.to(memory_format=torch.channels_last)
+                model = to_channels_last(model)
             self._prepared[key] = torch.compile(model) if self.compile else model
         return self._prepared[key]
 
@@ -91,10 +112,61 @@ class Runtime:
             out = prepared(*inputs, **kwargs)
         return {k: v.float() for k, v in out.items()}
 
+    @torch.inference_mode()
+    def sliding_window(self, model: nn.Module, volume: torch.Tensor, roi_size: int | tuple[int, ...], *,
+                       sw_batch_size: int = 1, overlap: float = 0.25, mode: str = "constant",
+                       padding_mode: str = "constant", out_device: str | None = None) -> dict[str, torch.Tensor]:
+        """Run a volume model over ``roi_size`` windows of ``volume`` and blend the windows' outputs.
+
+        MONAI's ``sliding_window_inference`` with this runtime's device, precision, channels_last and
+        compile. Every output of ``model`` (a dict of maps at the input's resolution, as the segmentation
+        models return) is blended to the full volume.
+
+        Args:
+            model: takes ``(N, C, *roi_size)`` and returns a dict of ``(N, K, *roi_size)`` tensors.
+            volume: ``(B, C, *spatial)``, e.g. ``(1, 1, D, H, W)``.
+            roi_size: window size per spatial axis (an int: the same on every axis); a window larger than
+                the volume is cut to it and the volume padded as needed.
+            sw_batch_size: windows per model call.
+            overlap: fraction of a window shared with its neighbour along each axis, in [0, 1).
+            mode: blending of overlapping windows, ``constant`` (mean) or ``gaussian`` (centre-weighted).
+            padding_mode: how the volume is padded to whole windows (``constant``, ``reflect``, ...).
+            out_device: where the blended output is gathered (default: the runtime's device; ``cpu``
+                saves GPU memory for a large volume).
+
+        Returns:
+            The model's outputs for the whole volume, as float32.
+
+        Raises:
+            ValueError: ``volume``'s rank does not fit ``roi_size``, or ``overlap`` / ``mode`` are invalid.
+        """
+        from monai.inferers import sliding_window_inference
+
+        spatial = volume.dim() - 2
+        if spatial < 1 or (not isinstance(roi_size, int) and len(roi_size) != spatial):
+            raise ValueError(f"sliding_window: volume of shape {tuple(volume.shape)} is not (B, C, *spatial) for "
+                             f"roi_size {roi_size}")
+        if not 0.0 <= overlap < 1.0:
+            raise ValueError(f"sliding_window: overlap must be in [0, 1), got {overlap}")
+        if mode not in ("constant", "gaussian"):
+            raise ValueError(f"sliding_window: mode must be 'constant' or 'gaussian', got {mode!r}")
+        roi = (roi_size,) * spatial if isinstance(roi_size, int) else tuple(roi_size)
+        prepared = self.prepare(model)
+        with self.autocast():
+            out = sliding_window_inference(self._to_device(volume), roi, sw_batch_size, prepared, overlap=overlap,
+                                           mode=mode, padding_mode=padding_mode, sw_device=self.device,
+                                           device=out_device or self.device)
+        if isinstance(out, torch.Tensor):
+            return {"out": out.float()}
+        return {k: v.float() for k, v in dict(out).items()}
+
     def _to_device(self, x: Any) -> Any:
         if not isinstance(x, torch.Tensor):
             return x
-        return x.to(self.device, non_blocking=True)
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
 
 
 def run_inference_options(run_dir: Any, *, device: str | None = None, precision: str | None = None,

@@ -1,6 +1,7 @@
 """The two RSNA 2024 architectures: a 2D point-heatmap network and an ROI grader with view fusion.
 
-Both return dicts of logits so the losses and the predictor can name what they use.
+Both expose ``forward_features`` and ``forward_head`` (timm's contract) and return dicts of logits so the
+losses and the predictor can name what they use.
 """
 
 from __future__ import annotations
@@ -40,14 +41,21 @@ class PointHeatmapNet(nn.Module):
                                   nn.Conv2d(hidden, n_points, 1))
         self.stride = stride
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` -> the fused pyramid ``(B, hidden, H / stride, W / stride)``."""
         feats = self.encoder(x)
         top = None
         for lat, i in zip(reversed(self.lateral), reversed(self.keep), strict=True):
             f = lat(feats[i])
             top = f if top is None else f + F.interpolate(top, size=f.shape[-2:], mode="bilinear",
                                                           align_corners=False)
-        return {"heatmap": self.head(self.dropout(top))}
+        return top
+
+    def forward_head(self, feats: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"heatmap": self.head(self.dropout(feats))}
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.forward_head(self.forward_features(x))
 
 
 class RoiGrader(nn.Module):
@@ -77,14 +85,18 @@ class RoiGrader(nn.Module):
             nn.Sequential(nn.Linear(3 * hidden, hidden), nn.GELU(), nn.Dropout(drop_rate), nn.Linear(hidden, n_grades))
             for _ in range(max(groups) + 1))
 
-    def forward(self, sag: torch.Tensor, axial: torch.Tensor, mask: torch.Tensor, condition: torch.Tensor,
-                level: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward_features(self, sag: torch.Tensor, axial: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Both views' crops -> per-item fused view features ``(B, N, hidden)`` (absent views masked out)."""
         b, n = sag.shape[:2]
         crops = torch.cat([sag.flatten(0, 1), axial.flatten(0, 1)])
         feats = self.cnn(crops)
         views = [proj(part).view(b, n, -1) * mask[..., i:i + 1].to(part.dtype)
                  for i, (proj, part) in enumerate(zip(self.project, feats.chunk(2), strict=True))]
-        fused = views[0] + views[1]
+        return views[0] + views[1]
+
+    def forward_head(self, fused: torch.Tensor, condition: torch.Tensor, level: torch.Tensor
+                     ) -> dict[str, torch.Tensor]:
+        """Fused features + condition and level indices -> grade ``logits`` ``(B, N, 3)``."""
         cond = self.condition_embedding(condition) + self.level_embedding(level)
         x = torch.cat([fused, cond, fused * cond], dim=-1)
         if len(self.heads) == 1:
@@ -92,3 +104,7 @@ class RoiGrader(nn.Module):
         group = self.group_of_condition[condition]  # (B, N)
         logits = torch.stack([head(x) for head in self.heads], dim=-2)  # (B, N, G, 3)
         return {"logits": logits.gather(-2, group[..., None, None].expand(-1, -1, 1, logits.shape[-1]))[..., 0, :]}
+
+    def forward(self, sag: torch.Tensor, axial: torch.Tensor, mask: torch.Tensor, condition: torch.Tensor,
+                level: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.forward_head(self.forward_features(sag, axial, mask), condition, level)

@@ -1,8 +1,9 @@
 """Registered architectures: the seeds' designs and tiny ``test_*`` variants for CPU tests.
 
-This module is the explicit import list of the registry: every builder is defined or imported here. Every
-builder accepts ``pretrained_sha256`` (the config's ``model.pretrained_sha256``): the weights file is checked
-against it before the model is built.
+This module is the explicit import list of the registry: every builder is defined or imported here. Each
+builder names the class its ``**kwargs`` go to (``takes=``), so config keys are checked against that class's
+signature. Every backbone builder accepts ``pretrained_sha256`` (the config's ``model.pretrained_sha256``):
+the weights file is checked against it before the model is built.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from spinelab.models.backbones import verify_weights
 from spinelab.models.cervical import FractureClassifier, FrameClassifier, SliceLocalizer
 from spinelab.models.lumbar import PointHeatmapNet, RoiGrader
 from spinelab.models.registry import register_model
+from spinelab.models.segmentation import SegUNet
 
 __all__ = [
     "cervical_slice_localizer",
@@ -27,15 +29,15 @@ __all__ = [
     "lumbar_roi_grader",
     "test_lumbar_point_heatmap",
     "test_lumbar_roi_grader",
+    "vertebra_seg3d_unet",
+    "test_vertebra_seg3d_unet",
 ]
 
 
-def _checked(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """``kwargs`` without ``pretrained_sha256``, after checking ``pretrained_path`` against it."""
+def _checked(kwargs: dict[str, Any], sha: str | None) -> dict[str, Any]:
+    """``kwargs``, after checking ``pretrained_path`` against the expected SHA-256 ``sha``."""
     from spinelab.errors import ConfigError
 
-    kwargs = dict(kwargs)
-    sha = kwargs.pop("pretrained_sha256", None)
     if sha is not None:
         if kwargs.get("pretrained_path") is None:
             raise ConfigError("model.pretrained_sha256 is set but model.pretrained_path is not")
@@ -43,66 +45,79 @@ def _checked(kwargs: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
-@register_model
-def cervical_slice_localizer(**kwargs: Any) -> nn.Module:
+@register_model(takes=SliceLocalizer)
+def cervical_slice_localizer(pretrained_sha256: str | None = None, **kwargs: Any) -> nn.Module:
     """Stage 1 of the RSNA 2022 recipe (default backbone resnet18; seeds used convnext_tiny/resnest50d)."""
-    return SliceLocalizer(**_checked(kwargs))
+    return SliceLocalizer(**_checked(kwargs, pretrained_sha256))
 
 
-@register_model
-def cervical_fracture_classifier(**kwargs: Any) -> nn.Module:
+@register_model(takes=FractureClassifier)
+def cervical_fracture_classifier(pretrained_sha256: str | None = None, **kwargs: Any) -> nn.Module:
     """Stage 2 of the RSNA 2022 recipe (default backbone resnet18; seeds used convnext_tiny/effnetv2_s)."""
-    return FractureClassifier(**_checked(kwargs))
+    return FractureClassifier(**_checked(kwargs, pretrained_sha256))
 
 
-@register_model
-def test_cervical_slice_localizer(**kwargs: Any) -> nn.Module:
+@register_model(takes=SliceLocalizer)
+def test_cervical_slice_localizer(pretrained_sha256: str | None = None, **kwargs: Any) -> nn.Module:
     """Tiny stage-1 variant for CPU tests."""
     kwargs = {"backbone": "test_resnet", "hidden": 16, **kwargs}
-    return SliceLocalizer(**_checked(kwargs))
+    return SliceLocalizer(**_checked(kwargs, pretrained_sha256))
 
 
-@register_model
-def test_cervical_fracture_classifier(**kwargs: Any) -> nn.Module:
+@register_model(takes=FractureClassifier)
+def test_cervical_fracture_classifier(pretrained_sha256: str | None = None, **kwargs: Any) -> nn.Module:
     """Tiny stage-2 variant for CPU tests."""
     kwargs = {"backbone": "test_resnet", "hidden": 16, **kwargs}
-    return FractureClassifier(**_checked(kwargs))
+    return FractureClassifier(**_checked(kwargs, pretrained_sha256))
 
 
-@register_model
-def cervical_frame_classifier(**kwargs: Any) -> nn.Module:
+@register_model(takes=FrameClassifier)
+def cervical_frame_classifier(pretrained_sha256: str | None = None, **kwargs: Any) -> nn.Module:
     """Optional 2D pre-training of the stage-2 CNN on single step images (2nd place's first stage)."""
-    return FrameClassifier(**_checked(kwargs))
+    return FrameClassifier(**_checked(kwargs, pretrained_sha256))
 
 
-@register_model
-def test_cervical_frame_classifier(**kwargs: Any) -> nn.Module:
+@register_model(takes=FrameClassifier)
+def test_cervical_frame_classifier(pretrained_sha256: str | None = None, **kwargs: Any) -> nn.Module:
     """Tiny frame-classifier variant for CPU tests (the same backbone as the tiny stage 2)."""
     kwargs = {"backbone": "test_resnet", **kwargs}
-    return FrameClassifier(**_checked(kwargs))
+    return FrameClassifier(**_checked(kwargs, pretrained_sha256))
 
 
-@register_model
-def lumbar_point_heatmap(**kwargs: Any) -> nn.Module:
+@register_model(takes=PointHeatmapNet)
+def lumbar_point_heatmap(pretrained_sha256: str | None = None, **kwargs: Any) -> nn.Module:
     """Lumbar stage 1: level-point heatmaps on a 2.5D slice stack (default backbone resnet18)."""
-    return PointHeatmapNet(**_checked(kwargs))
+    return PointHeatmapNet(**_checked(kwargs, pretrained_sha256))
 
 
-@register_model
-def lumbar_roi_grader(**kwargs: Any) -> nn.Module:
+@register_model(takes=RoiGrader)
+def lumbar_roi_grader(pretrained_sha256: str | None = None, **kwargs: Any) -> nn.Module:
     """Lumbar stage 2: grades from sagittal + axial crops with condition/level embeddings."""
-    return RoiGrader(**_checked(kwargs))
+    return RoiGrader(**_checked(kwargs, pretrained_sha256))
 
 
-@register_model
-def test_lumbar_point_heatmap(**kwargs: Any) -> nn.Module:
+@register_model(takes=PointHeatmapNet)
+def test_lumbar_point_heatmap(pretrained_sha256: str | None = None, **kwargs: Any) -> nn.Module:
     """Tiny stage-1 variant for CPU tests."""
     kwargs = {"backbone": "test_resnet", "hidden": 16, **kwargs}
-    return PointHeatmapNet(**_checked(kwargs))
+    return PointHeatmapNet(**_checked(kwargs, pretrained_sha256))
 
 
-@register_model
-def test_lumbar_roi_grader(**kwargs: Any) -> nn.Module:
+@register_model(takes=RoiGrader)
+def test_lumbar_roi_grader(pretrained_sha256: str | None = None, **kwargs: Any) -> nn.Module:
     """Tiny stage-2 variant for CPU tests."""
     kwargs = {"backbone": "test_resnet", "hidden": 16, **kwargs}
-    return RoiGrader(**_checked(kwargs))
+    return RoiGrader(**_checked(kwargs, pretrained_sha256))
+
+
+@register_model(takes=SegUNet)
+def vertebra_seg3d_unet(**kwargs: Any) -> nn.Module:
+    """3D vertebra segmentation (background + C1-C7): a MONAI U-Net, 16-256 channels over 5 levels."""
+    return SegUNet(**kwargs)
+
+
+@register_model(takes=SegUNet)
+def test_vertebra_seg3d_unet(**kwargs: Any) -> nn.Module:
+    """Tiny 3D segmentation variant for CPU tests (2 levels, 4 and 8 channels)."""
+    kwargs = {"channels": (4, 8), "strides": (2,), "num_res_units": 0, **kwargs}
+    return SegUNet(**kwargs)

@@ -17,7 +17,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from spinelab.config.schema import ModelConfig, TrainConfig
+from spinelab.errors import ConfigError
 from spinelab.models import create_model
+from spinelab.models.registry import accepted_args, check_model_args
 
 __all__ = ["Stage"]
 
@@ -91,8 +93,28 @@ class Stage(ABC):
         return None
 
     def build_model(self) -> nn.Module:
-        """Create the stage's model from the registry."""
+        """Create the stage's model from the registry.
+
+        What the ``model`` section sets must be an argument of the builder (else a ``ConfigError`` naming the
+        model and the key); what ``model_kwargs`` offers (input channels, ...) reaches it only where the
+        builder takes it, so a 2D and a 3D builder both fit a stage.
+        """
         mc = self.model_config
-        return create_model(mc.name, backbone=mc.backbone, pretrained_path=mc.pretrained_path,
-                            pretrained_sha256=mc.pretrained_sha256,
-                            hidden=mc.hidden, drop_rate=mc.drop_rate, **self.model_kwargs())
+        return create_model(mc.name, **self.model_args())
+
+    def model_args(self) -> dict[str, Any]:
+        """The builder arguments ``build_model`` passes, checked against the builder's signature without
+        building anything, so a caller can refuse a wrong key before any training work.
+
+        Raises:
+            ConfigError: a key the builder does not take, or ``model.kwargs`` setting what the stage sets.
+        """
+        mc = self.model_config
+        configured = mc.builder_args()
+        check_model_args(mc.name, configured)
+        offered = self.model_kwargs()
+        clash = sorted(set(mc.kwargs) & set(offered))
+        if clash:
+            raise ConfigError(f"model {mc.name!r}: model.kwargs.{clash[0]} is set by the {self.name} stage "
+                              "from its other settings; remove it from model.kwargs")
+        return {**configured, **accepted_args(mc.name, offered)}
