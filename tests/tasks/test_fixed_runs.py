@@ -27,3 +27,23 @@ def test_fixed_run_predicts_the_saved_submission(task: str, tiny_cervical_datase
     diff = (got[value_columns] - expected[value_columns]).abs().to_numpy().max()
     assert diff <= 1e-6, f"{task}: largest change {diff:.2e}"
     assert expected[value_columns].to_numpy().std() > 0  # the fixture is not a constant: a change would show
+
+
+@pytest.mark.parametrize("task", ["cervical", "lumbar"])
+def test_building_a_predictor_imports_neither_lightning_nor_the_training_modules(task: str, tmp_path: Path
+                                                                                 ) -> None:
+    import subprocess
+    import sys
+
+    from tests.tasks.fixed_runs import REPO
+
+    code = ("import sys\nfrom pathlib import Path\nfrom tests.tasks.fixed_runs import materialize\n"
+            "from spinelab.tasks.catalog import get_route\nfrom spinelab.tasks.route import resolve\n"
+            f"run = materialize({task!r}, Path({str(tmp_path)!r}))\n"
+            f"resolve(get_route({task!r}).predictor)(run, tta=False)\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('lightning', 'pytorch_lightning', "
+            "'spinelab.train.run', 'spinelab.train.module', 'spinelab.tasks.cervical.pipeline', "
+            "'spinelab.tasks.lumbar.pipeline')) and m != 'spinelab.train.run_folder'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO,
+                         env={"PYTHONPATH": f"{REPO / 'src'}:{REPO}", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    assert out.stdout.strip().splitlines()[-1] == "[]"
