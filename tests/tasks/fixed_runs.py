@@ -2,8 +2,8 @@
 
 Weights are stored quantised (``weights.npz``: int8 values and a float32 scale per tensor) to keep the fixture
 under 3 MB; ``materialize`` rebuilds a run folder whose float32 weights are exactly the dequantised values, so
-its predictions are fixed. ``expected_submission.csv`` was predicted from that run folder before the route
-refactor (``python tests/tasks/fixed_runs.py`` rebuilds everything from scratch).
+its predictions are fixed. ``expected_submission.csv`` (and ``_tta.csv``, with flip TTA) were predicted from
+that run folder before the route refactor (``python tests/tasks/fixed_runs.py`` rebuilds everything from scratch).
 """
 
 from __future__ import annotations
@@ -93,9 +93,10 @@ def _build(tmp: Path) -> None:  # pragma: no cover - run by hand to regenerate t
              ["prior.json", "targets.json", "geometry.json"])
     for task, ds in (("cervical", c_ds), ("lumbar", l_ds)):
         run = materialize(task, tmp / "fixed" / task)
-        r = api.predict(task, model=run, input=ds / "test_images", out=tmp / "pred" / task, device="cpu",
-                        precision="fp32", compile=False, progress=False)
-        shutil.copy(r["submission"], FIXTURES / task / "expected_submission.csv")
+        for tta, name in ((False, "expected_submission.csv"), (True, "expected_submission_tta.csv")):
+            r = api.predict(task, model=run, input=ds / "test_images", out=tmp / "pred" / task / name, device="cpu",
+                            precision="fp32", compile=False, tta=tta, progress=False)
+            shutil.copy(r["submission"], FIXTURES / task / name)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,15 +13,16 @@ from tests.tasks.fixed_runs import FIXTURES, materialize
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.parametrize("tta", [False, True])
 @pytest.mark.parametrize("task", ["cervical", "lumbar"])
-def test_fixed_run_predicts_the_saved_submission(task: str, tiny_cervical_dataset: Path, tiny_lumbar_dataset: Path,
-                                                 tmp_path: Path) -> None:
+def test_fixed_run_predicts_the_saved_submission(task: str, tta: bool, tiny_cervical_dataset: Path,
+                                                 tiny_lumbar_dataset: Path, tmp_path: Path) -> None:
     dataset = {"cervical": tiny_cervical_dataset, "lumbar": tiny_lumbar_dataset}[task]
     run = materialize(task, tmp_path / "run")
     result = api.predict(task, model=run, input=dataset / "test_images", out=tmp_path / "out", device="cpu",
-                         precision="fp32", compile=False, progress=False)
+                         precision="fp32", compile=False, tta=tta, progress=False)
     got = pd.read_csv(result["submission"])
-    expected = pd.read_csv(FIXTURES / task / "expected_submission.csv")
+    expected = pd.read_csv(FIXTURES / task / ("expected_submission_tta.csv" if tta else "expected_submission.csv"))
     assert list(got.columns) == list(expected.columns) and list(got.row_id) == list(expected.row_id)
     value_columns = [c for c in expected.columns if c != "row_id"]
     diff = (got[value_columns] - expected[value_columns]).abs().to_numpy().max()
