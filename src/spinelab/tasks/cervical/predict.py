@@ -18,6 +18,7 @@ from spinelab.infer.batch import SCHEMA_VERSION, weights_sha256
 from spinelab.infer.checks import InputCheck, check_cervical_input, check_cervical_localization
 from spinelab.infer.runtime import Runtime, run_inference_options
 from spinelab.infer.studies import read_study_volume
+from spinelab.infer.tta import flip_outputs
 from spinelab.io.atomic import atomic_write_csv, atomic_write_json
 from spinelab.io.volume import Volume
 from spinelab.registry import CERVICAL_TARGETS, VERTEBRAE
@@ -85,11 +86,12 @@ class CervicalPredictor:
         """Stage 2: probabilities ``(8,)`` in ``CERVICAL_TARGETS`` order, averaged over folds and flips."""
         images, found, _ = fracture_inputs(volume, summary, self.cfg)
         x, mask = torch.from_numpy(images)[None], torch.from_numpy(found)[None]
-        outs = []
-        for model in self.stage2:
-            for flip in (False, True) if self.tta else (False,):
-                o = self.runtime.run(model, x.flip(-1) if flip else x, mask=mask)
-                outs.append(torch.sigmoid(torch.cat([o["vertebra"], o["overall"][:, None]], 1))[0].cpu().numpy())
+
+        def forward(model: torch.nn.Module, inp: torch.Tensor) -> np.ndarray:
+            o = self.runtime.run(model, inp, mask=mask)
+            return torch.sigmoid(torch.cat([o["vertebra"], o["overall"][:, None]], 1))[0].cpu().numpy()
+
+        outs = flip_outputs(self.stage2, x, forward, tta=self.tta)  # a mirror changes no fracture label
         return np.clip(np.mean(outs, axis=0), 1e-4, 1 - 1e-4)
 
     def predict_volume(self, volume: Volume, study_id: str | None = None) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from spinelab.errors import InputError
 from spinelab.infer.batch import SCHEMA_VERSION, weights_sha256
 from spinelab.infer.checks import InputCheck, check_lumbar_series
 from spinelab.infer.runtime import Runtime, run_inference_options
+from spinelab.infer.tta import flip_outputs
 from spinelab.io.atomic import atomic_write_json
 from spinelab.registry import LUMBAR_CONDITIONS, LUMBAR_GRADES, LUMBAR_LEVELS, lumbar_columns
 from spinelab.tasks.lumbar.grading import FLIP_ORDER, GradingStage, flip_items, grading_inputs
@@ -92,17 +93,16 @@ class LumbarPredictor:
     def grade(self, study: LumbarStudy, anchors: dict[str, np.ndarray]) -> np.ndarray:
         """Stage-2 probabilities ``(25, 3)`` (lumbar_columns order), averaged over folds and the mirror, and
         with ``series_policy: all`` over every sagittal series of a kind (crops at the same world points)."""
-        variants = []
-        for view in sagittal_variants(study) if self.cfg.stage2.series_policy == "all" else [study]:
-            inputs = grading_inputs(view, anchors, self.cfg)
-            variants += [(inputs, False)] + ([(flip_items(inputs), True)] if self.tta else [])
+        def forward(model: torch.nn.Module, inp: dict[str, np.ndarray]) -> np.ndarray:
+            t = {k: torch.from_numpy(np.ascontiguousarray(v))[None] for k, v in inp.items()}
+            logits = self.runtime.run(model, t["sag"], t["axial"], t["mask"], t["condition"], t["level"])
+            return torch.softmax(logits["logits"], -1)[0].cpu().numpy()
+
         outs = []
-        for model in self.models["stage2"]:
-            for inp, flipped in variants:
-                t = {k: torch.from_numpy(np.ascontiguousarray(v))[None] for k, v in inp.items()}
-                logits = self.runtime.run(model, t["sag"], t["axial"], t["mask"], t["condition"], t["level"])
-                p = torch.softmax(logits["logits"], -1)[0].cpu().numpy()
-                outs.append(p[FLIP_ORDER] if flipped else p)  # the flip is its own inverse
+        for view in sagittal_variants(study) if self.cfg.stage2.series_policy == "all" else [study]:
+            # the mirror swaps the left and right items; swapping the outputs back is the same permutation
+            outs += flip_outputs(self.models["stage2"], grading_inputs(view, anchors, self.cfg), forward,
+                                 tta=self.tta, mirror=flip_items, unmirror=lambda p: p[FLIP_ORDER])
         probs = np.clip(np.mean(outs, axis=0), 1e-4, 1.0)
         return probs / probs.sum(-1, keepdims=True)
 
