@@ -82,7 +82,7 @@ def _build(tmp: Path) -> None:  # pragma: no cover - run by hand to regenerate t
     c_ds = cervical_test_input(tmp / "c")
     cfg = load_config("cervical", [REPO / "src/spinelab/configs/cervical/tiny.yaml"],
                       [f"data.dataset_dir={c_ds}", "stage1.train.epochs=1", "stage2.train.epochs=1",
-                       "trainer.accelerator=cpu"])
+                       "trainer.accelerator=cpu", "stage1.infer_flip=true"])  # TTA reaches stage 1 too
     quantize(api.train(cfg, run_dir=tmp / "runs/cervical", fold="0", progress=False), FIXTURES / "cervical",
              ["prior.json", "targets.json"])
     l_ds = lumbar_test_input(tmp / "l")
