@@ -23,22 +23,17 @@ def train(cfg: Any, *, run_dir: str | Path | None = None, fold: str = "all", sta
     checkpoints left in a finished fold folder. A failed read or write is one ``InputError`` with its path.
     """
     from spinelab.data.prepare import os_error
+    from spinelab.tasks.catalog import route_of
+    from spinelab.tasks.route import train_route
 
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
     if keep is not None:
         set_keep(cfg, keep)
+    route = route_of(cfg)
     try:
-        if cfg.task == "cervical":
-            from spinelab.tasks.cervical.pipeline import train_cervical
-
-            return train_cervical(cfg, run_dir, fold=fold, stage=stage, resume=resume, progress=progress)
-        if cfg.task == "lumbar":
-            from spinelab.tasks.lumbar.pipeline import train_lumbar
-
-            return train_lumbar(cfg, run_dir, fold=fold, stage=stage, resume=resume, progress=progress)
+        return train_route(route, cfg, run_dir, fold=fold, stage=stage, resume=resume, progress=progress)
     except OSError as err:
         raise os_error(err, run_dir) from None
-    raise ConfigError(f"unknown task {cfg.task!r}")
 
 
 def set_keep(cfg: Any, keep: str) -> None:
@@ -73,31 +68,32 @@ def predict(task: str, *, model: str | Path, input: str | Path, out: str | Path,
         The submission, predictions, manifest and evaluation paths, ``studies`` and ``counts``
         (``{"ok", "warning", "refused", "failed"}``): every study was predicted when refused + failed is 0.
     """
-    kwargs = dict(labels=labels, device=device, precision=precision, compile=compile, tta=tta, folds=folds,
-                  strict=strict, progress=progress)
-    if task == "cervical":
-        from spinelab.tasks.cervical.predict import predict_cervical_dataset
+    from spinelab.infer.batch import predict_dataset
+    from spinelab.infer.runtime import run_inference_options
+    from spinelab.tasks.catalog import run_route, task_output
+    from spinelab.tasks.route import resolve
 
-        return predict_cervical_dataset(input, model, out, series=series, **kwargs)
-    if task == "lumbar":
-        if series is not None:
-            raise ConfigError("--series applies to cervical studies; lumbar series are chosen by kind "
-                              "(descriptions, then image plane and TR/TE/TI)")
-        from spinelab.tasks.lumbar.predict import predict_lumbar_dataset
+    output = task_output(task)
+    options = {"series": series} if series is not None else {}
+    for name in options:
+        if name in output.refused_options:
+            raise ConfigError(output.refused_options[name])
+    route = run_route(model)
+    if route.task != task:
+        raise ConfigError(f"{model}: the run folder was trained for {route.task}, not {task}")
 
-        return predict_lumbar_dataset(input, model, out, **kwargs)
-    raise ConfigError(f"unknown task {task!r}")
+    def build() -> Any:
+        runtime, use_tta = run_inference_options(model, device=device, precision=precision, compile=compile,
+                                                 tta=tta)
+        return resolve(route.predictor)(model, folds=folds, runtime=runtime, tta=use_tta, strict=strict)
+
+    return predict_dataset(build, input, out, task=task, output=output, labels=labels, progress=progress,
+                           **options)
 
 
 def report(task: str, *, predictions: str | Path, input: str | Path, out: str | Path,
            model: str | Path | None = None) -> Path:
     """Write per-study pictures and an HTML index; returns the index path."""
-    if task == "cervical":
-        from spinelab.report.cervical import write_cervical_report
+    from spinelab.tasks.catalog import report_function
 
-        return write_cervical_report(predictions=predictions, input=input, out=out, model=model)
-    if task == "lumbar":
-        from spinelab.report.lumbar import write_lumbar_report
-
-        return write_lumbar_report(predictions=predictions, input=input, out=out, model=model)
-    raise ConfigError(f"unknown task {task!r}")
+    return report_function(task)(predictions=predictions, input=input, out=out, model=model)

@@ -24,7 +24,6 @@ import sys
 import traceback
 import warnings
 from collections.abc import Sequence
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -107,9 +106,18 @@ app.add_typer(synth_app, name="synth")
 app.add_typer(labels_app, name="labels")
 
 
-class Task(StrEnum):
-    cervical = "cervical"
-    lumbar = "lumbar"
+def _task_name(value: str | None) -> str | None:
+    """A task of the catalog (``spinelab.tasks.catalog``): the CLI lists no task names of its own."""
+    from spinelab.tasks.catalog import task_names
+
+    if value is not None and value not in task_names():
+        raise typer.BadParameter(f"unknown task {value!r}; use {' or '.join(task_names())}")
+    return value
+
+
+def _task_argument() -> Any:
+    """The TASK argument of train, predict and report."""
+    return typer.Argument(help="cervical or lumbar (the tasks of spinelab.tasks.catalog).", callback=_task_name)
 
 
 # --- logging, warnings, library noise -------------------------------------------------------------------
@@ -233,23 +241,22 @@ def _precision(stage: str) -> Any:
     return callback
 
 
-def _split_task(args: Sequence[str], task: Task | None, n_paths: int, *, required: bool) -> tuple[str | None,
-                                                                                                 list[Path]]:
+def _split_task(args: Sequence[str], task: str | None, n_paths: int, *, required: bool) -> tuple[str | None,
+                                                                                                list[Path]]:
     """``[TASK] PATH...``: the task first and positional, as in every command; ``--task`` still works."""
     args = list(args)
     if len(args) == n_paths + 1:
-        if args[0] not in Task.__members__:
-            raise typer.BadParameter(f"unknown task {args[0]!r}; use cervical or lumbar")
-        if task is not None and task.value != args[0]:
-            raise typer.BadParameter(f"task given twice: {args[0]} and --task {task.value}")
+        _task_name(args[0])
+        if task is not None and task != args[0]:
+            raise typer.BadParameter(f"task given twice: {args[0]} and --task {task}")
         return args[0], [Path(a) for a in args[1:]]
     if len(args) != n_paths or (required and task is None):
         want = " ".join(["TASK", *["PATH"] * n_paths]) if required else f"[TASK] {' '.join(['PATH'] * n_paths)}"
         raise typer.BadParameter(f"expected {want}, got {len(args)} argument(s)")
     if task is not None:
         logging.getLogger("spinelab").warning("--task is deprecated; give the task first: spinelab COMMAND %s ...",
-                                              task.value)
-    return (task.value if task else None), [Path(a) for a in args]
+                                              task)
+    return task, [Path(a) for a in args]
 
 
 _OUT = ("--out", "-o")
@@ -257,7 +264,8 @@ _OUT = ("--out", "-o")
 
 def _task_alias() -> Any:
     """The old ``--task`` option, hidden: the task is now the first argument."""
-    return typer.Option("--task", hidden=True, help="Deprecated: give the task as the first argument.")
+    return typer.Option("--task", hidden=True, help="Deprecated: give the task as the first argument.",
+                        callback=_task_name)
 
 
 # --- inspection and caching ---------------------------------------------------------------------------
@@ -353,7 +361,7 @@ def folds(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
     out: Annotated[Path | None, typer.Option(*_OUT, help="folds.csv to write (default DATASET_DIR/folds.csv; "
                                              "use it for a read-only dataset).", callback=_out_file)] = None,
-    task: Annotated[Task | None, _task_alias()] = None,
+    task: Annotated[str | None, _task_alias()] = None,
 ) -> None:
     """Write DATASET_DIR/folds.csv (or --out FILE): multilabel-stratified folds by study."""
     from spinelab.data.folds import write_folds
@@ -368,7 +376,7 @@ def score(
     args: Annotated[list[str], typer.Argument(metavar="TASK SOLUTION SUBMISSION",
                                               help="cervical or lumbar (which competition metric), the "
                                                    "solution CSV (labels) and the Kaggle-format submission.")],
-    task: Annotated[Task | None, _task_alias()] = None,
+    task: Annotated[str | None, _task_alias()] = None,
 ) -> None:
     """Score a Kaggle-format submission with the official competition metric."""
     from spinelab.metrics import score_files
@@ -382,7 +390,7 @@ def score(
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def train(
     ctx: typer.Context,
-    task: Annotated[Task, typer.Argument(help="cervical or lumbar.")],
+    task: Annotated[str, _task_argument()],
     config: Annotated[list[Path] | None, typer.Option(
         "--config", "-c", help="YAML config (repeatable): a file, or a packaged recipe such as demo or "
                                "cervical/demo.yaml (see README).")] = None,
@@ -407,7 +415,7 @@ def train(
     from spinelab.config.load import load_config
     from spinelab.configs import resolve_recipes
 
-    cfg = load_config(task.value, resolve_recipes(task.value, config or []), list(ctx.args))
+    cfg = load_config(task, resolve_recipes(task, config or []), list(ctx.args))
     if devices is not None:
         cfg.trainer.devices = devices
     if strategy is not None:
@@ -425,7 +433,7 @@ def train(
 
 @app.command()
 def predict(
-    task: Annotated[Task, typer.Argument(help="cervical or lumbar.")],
+    task: Annotated[str, _task_argument()],
     model: Annotated[Path, typer.Option("--model", help="Run folder written by `spinelab train`.")],
     input: Annotated[Path, typer.Option(
         "--input", "-i", help="A dataset folder, a folder of studies, one study folder, or a NIfTI/DICOM file.")],
@@ -452,7 +460,7 @@ def predict(
     from spinelab.api import predict as api_predict
     from spinelab.infer.batch import summary_line
 
-    result = api_predict(task.value, model=model, input=input, out=out, labels=labels, device=device,
+    result = api_predict(task, model=model, input=input, out=out, labels=labels, device=device,
                          precision=precision, compile=compile, tta=tta,
                          folds=[int(f) for f in folds.split(",")] if folds else None,
                          series=series, strict=strict)
@@ -467,7 +475,7 @@ def predict(
 
 @app.command()
 def report(
-    task: Annotated[Task, typer.Argument(help="cervical or lumbar.")],
+    task: Annotated[str, _task_argument()],
     predictions: Annotated[Path, typer.Option("--predictions", "-p", help="Output folder of `predict`.")],
     input: Annotated[Path, typer.Option("--input", "-i", help="The dataset or study folder predicted.")],
     out: Annotated[Path, typer.Option(*_OUT, help="Report folder.", callback=_out_folder)],
@@ -476,7 +484,7 @@ def report(
     """Per-study PNGs, an HTML index sorted by risk, and training curves."""
     from spinelab.api import report as api_report
 
-    index = api_report(task.value, predictions=predictions, input=input, out=out, model=model)
+    index = api_report(task, predictions=predictions, input=input, out=out, model=model)
     typer.echo(f"report: {index}")
 
 

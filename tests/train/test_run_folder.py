@@ -89,3 +89,35 @@ def test_inference_side_imports_no_lightning() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"})
     assert out.stdout.strip() == "[]"
+
+
+def test_run_format_is_written_read_and_checked(tmp_path: Path) -> None:
+    import json
+
+    from spinelab.train.run_folder import RUN_FORMAT, run_format, write_run_format
+
+    assert run_format(tmp_path) == 1  # no format.json: a spinelab 0.1 run folder
+    write_run_format(tmp_path)
+    assert run_format(tmp_path) == RUN_FORMAT
+    (tmp_path / "format.json").write_text(json.dumps({"format": RUN_FORMAT + 1}))
+    with pytest.raises(InputError, match="newer than this spinelab reads"):
+        run_format(tmp_path)
+    (tmp_path / "format.json").write_text("{")
+    with pytest.raises(InputError, match="format.json.*not a spinelab run format file"):
+        run_format(tmp_path)
+
+
+def test_run_config_is_read_once_and_handed_out_as_copies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    from spinelab.config import load as load_module
+    from spinelab.config.load import load_config, save_config
+    from spinelab.train.run_folder import read_run_config
+
+    save_config(load_config("lumbar"), tmp_path / "config.yaml")
+    calls = []
+    real = load_module.read_yaml
+    monkeypatch.setattr(load_module, "read_yaml", lambda p: calls.append(p) or real(p))
+    first, second = read_run_config(tmp_path), read_run_config(tmp_path)
+    assert len(calls) == 1 and first == second and first is not second
+    first.experiment = "changed"
+    assert read_run_config(tmp_path).experiment == "default"

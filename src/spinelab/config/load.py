@@ -9,27 +9,25 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from spinelab.config.schema import CervicalConfig, LumbarConfig
 from spinelab.errors import ConfigError
 
 __all__ = ["load_config", "apply_overrides", "config_class", "save_config", "read_run_config", "read_yaml"]
 
-_CLASSES = {"cervical": CervicalConfig, "lumbar": LumbarConfig}
 
+def config_class(task: str, route: str | None = None) -> Any:
+    """The schema class of a task's route (its default route when ``route`` is ``None``), from the catalog."""
+    from spinelab.tasks.catalog import get_route
+    from spinelab.tasks.route import resolve
 
-def config_class(task: str) -> type[CervicalConfig] | type[LumbarConfig]:
-    """The schema class of a task name."""
-    try:
-        return _CLASSES[task]
-    except KeyError:
-        raise ConfigError(f"unknown task {task!r}; choose from {sorted(_CLASSES)}") from None
+    return resolve(get_route(task, route).config)
 
 
 def load_config(task: str, files: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> Any:
     """Merge YAML files in order, then apply ``a.b.c=value`` overrides, then validate.
 
     Args:
-        task: ``"cervical"`` or ``"lumbar"``.
+        task: a task of the catalog (``"cervical"``, ``"lumbar"``); the merged ``route:`` key picks the
+            route's config class (the task's default route when absent).
         files: YAML files; later files override earlier ones key by key.
         overrides: strings like ``stage1.train.epochs=3``; values are parsed as YAML scalars/lists.
 
@@ -50,8 +48,10 @@ def load_config(task: str, files: Sequence[str | Path] = (), overrides: Sequence
         _deep_merge(merged, data)
     merged = apply_overrides(merged, overrides)
     merged.setdefault("task", task)
+    route = merged.get("route")
+    cls = config_class(task, None if route is None else str(route))
     try:
-        return config_class(task).model_validate(merged)
+        return cls.model_validate(merged)
     except ValidationError as err:
         raise ConfigError(_format_validation(err)) from None
 
@@ -86,14 +86,10 @@ def save_config(cfg: Any, path: str | Path) -> Path:
 
 
 def read_run_config(run_dir: str | Path) -> Any:
-    """Read the ``config.yaml`` of a run folder written by ``spinelab train``."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise ConfigError(f"{path}: not found; is {run_dir} a run folder written by `spinelab train`?")
-    data = read_yaml(path)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
-    return load_config(str(data.get("task", "")), [path])
+    """The config of a run folder (``spinelab.train.run_folder.read_run_config``: read once, migrated)."""
+    from spinelab.train.run_folder import read_run_config as read
+
+    return read(run_dir)
 
 
 def read_yaml(path: str | Path) -> Any:

@@ -142,17 +142,6 @@ class InferConfig(StrictModel):
     # Flip TTA; None = on a GPU, off on a CPU (it doubles stage-2 time there: bench/predict.py).
     tta: bool | None = None
 
-    @model_validator(mode="before")
-    @classmethod
-    def _accept_spinelab_0_1_fields(cls, data: Any) -> Any:
-        """Run folders of spinelab 0.1 wrote ``tta_flip`` (now ``tta``) and an unused ``batch_size``."""
-        if isinstance(data, dict) and ("tta_flip" in data or "batch_size" in data):
-            data = dict(data)
-            if "tta_flip" in data:
-                data.setdefault("tta", data.pop("tta_flip"))
-            data.pop("batch_size", None)
-        return data
-
 
 class CervicalStage1Config(StrictModel):
     """Slice-level vertebra localisation: 2.5D CNN + BiGRU over slices -> C1-C7 ratios and the C1-C7 box."""
@@ -230,6 +219,7 @@ class CervicalConfig(StrictModel):
     """RSNA 2022 cervical fracture detection: the two-stage slice recipe."""
 
     task: Literal["cervical"] = "cervical"
+    route: Literal["slices"] = "slices"  # the recipe (spinelab.tasks.catalog); every route has its own class
     experiment: str = "default"
     data: DataConfig = Field(default_factory=DataConfig)
     stage1: CervicalStage1Config = Field(default_factory=CervicalStage1Config)
@@ -270,6 +260,7 @@ class LumbarConfig(StrictModel):
     """RSNA 2024 lumbar degenerative grading: level points then ROI grading."""
 
     task: Literal["lumbar"] = "lumbar"
+    route: Literal["points"] = "points"
     experiment: str = "default"
     data: DataConfig = Field(default_factory=lambda: DataConfig(dataset_dir=Path("data/lumbar")))
     stage1: LumbarStage1Config = Field(default_factory=LumbarStage1Config)

@@ -1,6 +1,7 @@
 """Predict many studies: progress bar, one JSON per study, a manifest of the call, never a half-written file.
 
-Both pipelines use this loop; a task supplies ``predict_one(study_id, path) -> dict`` and a
+``predict_dataset`` is the one prediction path of every route: discovery, this loop, the submission, the
+evaluation. Its loop, ``predict_studies``, takes ``predict_one(study_id, path) -> dict`` and a
 ``fallback(study_id, error) -> dict`` that still yields a valid prediction (for a submission must have
 every row) marked as failed. A study that fails an input rule (``StudyRefusedError``) gets the same fallback
 marked ``refused`` with its reasons. ``manifest.json`` lists the studies of this call, so a reused output
@@ -17,15 +18,19 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from spinelab.errors import InputError, SpinelabError
 from spinelab.infer.checks import STATUSES, StudyRefusedError
-from spinelab.io.atomic import atomic_write_json
+from spinelab.infer.result import StudyResult
+from spinelab.io.atomic import atomic_write_csv, atomic_write_json
 
-__all__ = ["predict_studies", "progress_bar", "read_study_results", "status_counts", "summary_line",
+if TYPE_CHECKING:
+    from spinelab.tasks.route import Predictor, TaskOutput
+
+__all__ = ["predict_dataset", "predict_studies", "progress_bar", "read_study_results", "status_counts", "summary_line",
            "file_sha256", "weights_sha256", "SCHEMA_VERSION", "MANIFEST"]
 
 #: Version of the study JSON, manifest.json and evaluation.json layouts; raised when a key changes meaning.
@@ -76,8 +81,9 @@ def predict_studies(studies: Sequence[tuple[str, Path]], predict_one: Callable[[
     """Run ``predict_one`` on every study, writing ``out_dir/studies/<id>.json`` atomically, then
     ``out_dir/manifest.json`` (``task`` and ``model`` go into it).
 
-    A study that raises gets ``fallback``'s prediction and the loop goes on: ``refused`` with ``reasons`` for
-    ``StudyRefusedError``, ``failed`` with the error otherwise. Returns the per-study result dicts in input order.
+    A study that raises, or whose result is not a valid ``StudyResult``, gets ``fallback``'s prediction and the
+    loop goes on: ``refused`` with ``reasons`` for ``StudyRefusedError``, ``failed`` with the error otherwise.
+    Returns the per-study result dicts (``StudyResult.to_json``) in input order.
     """
     results, files = [], []
     (out_dir / "studies").mkdir(parents=True, exist_ok=True)
@@ -87,6 +93,7 @@ def predict_studies(studies: Sequence[tuple[str, Path]], predict_one: Callable[[
             start = time.perf_counter()
             try:
                 result = predict_one(sid, path)
+                StudyResult.model_validate({"schema_version": SCHEMA_VERSION, **result})  # a malformed result fails
             except StudyRefusedError as err:
                 log.warning("study %s refused: %s", sid, err)
                 result = fallback(sid, str(err))
@@ -101,7 +108,7 @@ def predict_studies(studies: Sequence[tuple[str, Path]], predict_one: Callable[[
                 result = fallback(sid, f"{type(err).__name__}: {err}")
                 result["traceback"] = traceback.format_exc(limit=5)
             result.setdefault("seconds", round(time.perf_counter() - start, 3))
-            result = {"schema_version": SCHEMA_VERSION, **result}
+            result = StudyResult.model_validate({"schema_version": SCHEMA_VERSION, **result}).to_json()
             name = f"studies/{sid}.json"
             atomic_write_json(out_dir / name, result)
             results.append(result)
@@ -115,6 +122,50 @@ def predict_studies(studies: Sequence[tuple[str, Path]], predict_one: Callable[[
         "studies": [{"study": r["study"], "file": f, "status": r.get("status", "ok")}
                     for r, f in zip(results, files, strict=True)]})
     return results
+
+
+def predict_dataset(predictor: Predictor | Callable[[], Predictor], input: str | Path, out: str | Path, *, task: str,
+                    output: TaskOutput,
+                    labels: str | Path | None = None, progress: bool = True, **options: Any) -> dict[str, Any]:
+    """Predict every study under ``input`` with any route's predictor: ``submission.csv``, ``predictions.csv``,
+    ``studies/<id>.json``, ``manifest.json`` and ``evaluation.json`` when labels exist.
+
+    Args:
+        predictor: built once from the run folder (``tasks.route.Predictor``), or a function that builds it,
+            called after discovery (a bad input is refused before any model is loaded); its ``for_dataset(input, split,
+            **options)``, when it has one, gives the per-study function (e.g. with the dataset's series
+            descriptions), else ``predict_study(path, study_id, **options)`` is called.
+        output: the task's discovery, submission format and metric.
+        options: per-study options of the task (cervical: ``series``).
+
+    Returns:
+        ``{"submission", "predictions", "manifest", "evaluation" (path or None), "studies": n, "failed": n,
+        "counts": {status: n}}``.
+    """
+    from spinelab.infer.studies import find_input_studies, label_file
+
+    input, out = Path(input), Path(out)
+    split, studies = find_input_studies(input, nested=output.nested)
+    if output.check_input is not None:
+        output.check_input(input, split, studies)
+    if callable(predictor) and not hasattr(predictor, "predict_study"):
+        predictor = predictor()
+    for_dataset = getattr(predictor, "for_dataset", None)
+    if for_dataset is not None:
+        one = for_dataset(input, split, **options)
+    else:
+        def one(sid: str, path: Path) -> dict[str, Any]:
+            return predictor.predict_study(path, sid, **options)
+    results = predict_studies(studies, one, predictor.fallback, out_dir=out, progress=progress,
+                              description=f"{task} predict", task=task, model=predictor.model_info)
+    submission_frame, wide = output.frames(results)
+    submission = atomic_write_csv(out / "submission.csv", submission_frame)
+    predictions = atomic_write_csv(out / "predictions.csv", wide)
+    counts = status_counts(results)
+    label_path = label_file(input, split, labels)
+    evaluation = output.evaluate(results, label_path, out) if label_path is not None else None
+    return {"submission": submission, "predictions": predictions, "manifest": out / MANIFEST,
+            "evaluation": evaluation, "studies": len(results), "failed": counts["failed"], "counts": counts}
 
 
 def read_study_results(predictions: str | Path) -> list[dict[str, Any]]:

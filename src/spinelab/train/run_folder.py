@@ -2,7 +2,8 @@
 
 Run folder layout (the API of ``spinelab predict``; nnU-Net's results folder is the model)::
 
-    RUN_DIR/config.yaml                 resolved config (input contract: windows, sizes, slices)
+    RUN_DIR/config.yaml                 resolved config (input contract: windows, sizes, slices; task and route)
+    RUN_DIR/format.json                 {"format": RUN_FORMAT}: the layout version (absent: format 1, spinelab 0.1)
     RUN_DIR/folds.csv                   the folds used
     RUN_DIR/provenance.json             how the run was made (versions, command, machine, weight hashes)
     RUN_DIR/<stage>/fold_<k>/           model.pt, checkpoint_last.ckpt / checkpoint_best.ckpt (see --keep),
@@ -27,7 +28,93 @@ from spinelab.errors import ConfigError, InputError
 if TYPE_CHECKING:
     from spinelab.train.stage import Stage
 
+#: Layout version of the run folders this spinelab writes. 1: spinelab 0.1 (no format.json; its config.yaml may
+#: carry ``infer.tta_flip`` and ``infer.batch_size``); 2: format.json, ``route`` in config.yaml.
+RUN_FORMAT = 2
+FORMAT_FILE = "format.json"
+_CONFIGS: dict[tuple[str, int, int, int], Any] = {}
+
+
+def run_format(run_dir: str | Path) -> int:
+    """The layout version of a run folder (1 when it has no ``format.json``).
+
+    Raises:
+        InputError: format.json is unreadable, or the folder was written by a newer spinelab.
+    """
+    import json
+
+    path = Path(run_dir) / FORMAT_FILE
+    if not path.is_file():
+        return 1
+    try:
+        number = json.loads(path.read_text())["format"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise InputError(path, f"not a spinelab run format file ({type(err).__name__})") from None
+    if not isinstance(number, int) or number < 1:
+        raise InputError(path, f"format must be a positive integer, got {number!r}")
+    if number > RUN_FORMAT:
+        raise InputError(path, f"run folder format {number} is newer than this spinelab reads ({RUN_FORMAT}); "
+                               "upgrade spinelab")
+    return number
+
+
+def write_run_format(run_dir: str | Path) -> Path:
+    """Write ``format.json`` (``spinelab train`` does, next to config.yaml)."""
+    from spinelab.io.atomic import atomic_write_json
+
+    return atomic_write_json(Path(run_dir) / FORMAT_FILE, {"format": RUN_FORMAT})
+
+
+def _migrate(data: dict[str, Any], fmt: int) -> dict[str, Any]:
+    """A config mapping of an older run format in today's keys."""
+    if fmt < 2 and isinstance(data.get("infer"), dict):
+        infer = dict(data["infer"])
+        if "tta_flip" in infer:  # renamed to tta
+            infer.setdefault("tta", infer.pop("tta_flip"))
+        infer.pop("batch_size", None)  # never used at inference
+        data = {**data, "infer": infer}
+    return data
+
+
+def read_run_config(run_dir: str | Path) -> Any:
+    """The validated ``config.yaml`` of a run folder written by ``spinelab train`` (older formats migrated).
+
+    Read once per file version: later calls (the predictor, the runtime options) get a copy of the first.
+
+    Raises:
+        ConfigError: no config.yaml, or it is not a valid config.
+    """
+    from spinelab.config.load import apply_overrides, config_class, read_yaml
+    from spinelab.errors import ConfigError
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found; is {run_dir} a run folder written by `spinelab train`?")
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size, run_format(run_dir))
+    if key not in _CONFIGS:
+        data = read_yaml(path)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+        data = _migrate(data, key[3])
+        from pydantic import ValidationError
+
+        from spinelab.config.load import _format_validation
+
+        task = str(data.get("task", ""))
+        route = data.get("route")
+        try:
+            _CONFIGS[key] = config_class(task, None if route is None else str(route)).model_validate(
+                apply_overrides(data, []))
+        except ValidationError as err:
+            raise ConfigError(f"{path}: {_format_validation(err)}") from None
+    return _CONFIGS[key].model_copy(deep=True)
+
 __all__ = [
+    "RUN_FORMAT",
+    "run_format",
+    "write_run_format",
+    "read_run_config",
     "fold_dir",
     "trained_folds",
     "parse_fold_spec",

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 from spinelab.config.schema import CervicalConfig
 from spinelab.data.seeding import SeededDataset, stage_seed
 from spinelab.data.transforms import SequenceAugment, evenly_spaced
+from spinelab.infer.tta import flip_outputs
 from spinelab.io.volume import Volume
 from spinelab.registry import VERTEBRAE
 from spinelab.tasks.cervical.slices import stack_images
@@ -217,11 +218,8 @@ def localize(volume: Volume, models: list[torch.nn.Module], cfg: CervicalConfig,
         centres = localizer_centres(depth, cfg, offset=k)
         images_np, pos_np = localizer_inputs(volume, centres, cfg)
         images, pos = torch.from_numpy(images_np)[None], torch.from_numpy(pos_np)[None]
-        outs = []
-        for model in models:
-            outs.append(_predict_one(model, images, pos, runtime, flip=False))
-            if tta:
-                outs.append(_predict_one(model, images, pos, runtime, flip=True))
+        outs = flip_outputs(models, images, lambda model, x, pos=pos: _slice_outputs(runtime.run(model, x, pos)),
+                            tta=tta, unmirror=_unmirror_box)
         mean = np.mean(outs, axis=0)
         np.add.at(acc, centres, mean)
         np.add.at(count, centres, 1)
@@ -231,16 +229,19 @@ def localize(volume: Volume, models: list[torch.nn.Module], cfg: CervicalConfig,
     return {"ratio": full[:, :7], "box": full[:, 7:11], "has_box": full[:, 11]}
 
 
-def _predict_one(model: torch.nn.Module, images: torch.Tensor, pos: torch.Tensor, runtime: Any, *,
-                 flip: bool) -> np.ndarray:
-    x = images.flip(-1) if flip else images
-    out = runtime.run(model, x, pos)
-    box = out["box"].float()
-    if flip:
-        box = torch.stack([1 - box[..., 2], box[..., 1], 1 - box[..., 0], box[..., 3]], dim=-1)
-    res = torch.cat([torch.sigmoid(out["ratio"].float()), box, torch.sigmoid(out["has_box"].float())[..., None]],
-                    dim=-1)
+def _slice_outputs(out: dict[str, torch.Tensor]) -> np.ndarray:
+    """``(n, 12)`` per slice: seven vertebra ratios, the box ``[x0, y0, x1, y1]`` (fractions), has-box."""
+    res = torch.cat([torch.sigmoid(out["ratio"].float()), out["box"].float(),
+                     torch.sigmoid(out["has_box"].float())[..., None]], dim=-1)
     return res[0].cpu().numpy()
+
+
+def _unmirror_box(res: np.ndarray) -> np.ndarray:
+    """The outputs of a mirrored input in the unmirrored frame: the box's x edges swap and turn (1 - x)."""
+    res = res.copy()
+    x0, x1 = res[:, 7].copy(), res[:, 9].copy()
+    res[:, 7], res[:, 9] = 1 - x1, 1 - x0
+    return res
 
 
 def summarize_localization(pred: dict[str, np.ndarray], volume: Volume, cfg: CervicalConfig) -> dict[str, Any]:

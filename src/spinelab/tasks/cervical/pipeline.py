@@ -1,4 +1,5 @@
-"""Train the cervical pipeline end to end: cache, labels, folds, stage 1, localisation, [frames,] stage 2, CV scores."""
+"""How the cervical slice route trains (``TRAINING``, run by ``tasks.route.train_route``): cache, labels, folds,
+stage 1, the localisation of every training study, [frames,] stage 2, CV scores."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from spinelab.config.load import save_config
 from spinelab.config.schema import CervicalConfig
 from spinelab.io.atomic import atomic_write_csv, atomic_write_json
 from spinelab.metrics import cervical_prevalence_constant, cervical_score
@@ -19,10 +19,10 @@ from spinelab.tasks.cervical.fracture import FractureStage, evaluate_cervical
 from spinelab.tasks.cervical.frames import FrameStage
 from spinelab.tasks.cervical.localization import LocalizerStage, localize, summarize_localization
 from spinelab.tasks.cervical.studies import CervicalStudies
-from spinelab.train.provenance import start_provenance
-from spinelab.train.run import load_stage_models, parse_fold_spec, train_folds, trained_folds
+from spinelab.tasks.route import Step, Training
+from spinelab.train.run import load_stage_models, trained_folds
 
-__all__ = ["train_cervical", "localize_training_studies", "prepare_cervical_data"]
+__all__ = ["TRAINING", "localize_training_studies", "prepare_cervical_data", "write_cv_scores"]
 
 log = logging.getLogger("spinelab")
 CV_SCHEMA_VERSION = 1
@@ -40,51 +40,26 @@ def prepare_cervical_data(cfg: CervicalConfig, run_dir: Path, *, progress: bool 
     return cfg
 
 
-def train_cervical(cfg: CervicalConfig, run_dir: Path, *, fold: str = "all", stage: str = "all",
-                   resume: bool = False, progress: bool = True) -> Path:
-    """Train stage 1 and/or stage 2 for the requested folds into ``run_dir``.
-
-    Options and inputs are checked before anything is built or written.
-
-    Args:
-        cfg: validated cervical config.
-        run_dir: run folder (created); its ``config.yaml`` is the model's input contract.
-        fold: ``"all"`` (each fold in turn), ``"full"`` (all data, no validation) or ``"0"``, ``"0,1"``.
-        stage: ``"all"``, ``"stage1"``, ``"frames"`` (the optional CNN pre-training of stage 2; ``"all"``
-            runs it when ``frames.enabled``) or ``"stage2"``.
-        resume: continue killed folds from their last checkpoint.
-    """
-    from spinelab.data.prepare import check_dataset, fold_count
-
-    if stage not in ("all", "stage1", "frames", "stage2"):
-        from spinelab.errors import ConfigError
-
-        raise ConfigError(f"unknown cervical stage {stage!r}; choose all, stage1, frames or stage2")
-    folds = parse_fold_spec(fold, fold_count(cfg))
-    check_dataset(cfg)
-    run_dir = Path(run_dir)
+def _setup(cfg: CervicalConfig, run_dir: Path, progress: bool) -> tuple[CervicalConfig, None]:
+    """Data prepared; folds.csv, targets.json and prior.json (the fallback of a failed study) written."""
     cfg = prepare_cervical_data(cfg, run_dir, progress=progress)
-    save_config(cfg, run_dir / "config.yaml")
-    start_provenance(run_dir, accelerator=cfg.trainer.accelerator)
     studies = CervicalStudies(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_csv(run_dir / "folds.csv", studies.folds.rename("fold").reset_index())
     atomic_write_json(run_dir / "targets.json", list(CERVICAL_TARGETS))
     prior = studies.labels[list(CERVICAL_TARGETS)].mean().to_dict()
     atomic_write_json(run_dir / "prior.json", prior)
-    kw: dict[str, Any] = {"trainer_cfg": cfg.trainer, "resume": resume, "progress": progress}
-    if stage in ("all", "stage1"):
-        train_folds(LocalizerStage(cfg, run_dir), folds, **kw)
-    if stage in ("all", "frames", "stage2"):
-        localize_training_studies(cfg, run_dir, progress=progress)
-    if stage == "frames" or (stage == "all" and cfg.frames.enabled):
-        train_folds(FrameStage(cfg, run_dir), folds, **kw)
+    return cfg, None
+
+
+def _finish(cfg: CervicalConfig, run_dir: Path, context: Any, stage: str, folds: list[int | None],
+            progress: bool) -> None:
     if stage in ("all", "stage2"):
-        train_folds(FractureStage(cfg, run_dir), folds, **kw)
         write_cv_scores(run_dir)
-    return run_dir
 
 
-def localize_training_studies(cfg: CervicalConfig, run_dir: Path, *, progress: bool = True) -> Path:
+def localize_training_studies(cfg: CervicalConfig, run_dir: Path, context: Any = None, progress: bool = True
+                              ) -> Path:
     """Stage-1 ranges and boxes for every training study (``localization.json``), as the seeds do.
 
     Studies that stage 1 trained on get the model of the fold where they were held out (out-of-fold);
@@ -137,3 +112,18 @@ def write_cv_scores(run_dir: Path) -> dict[str, Any]:
     scores["folds"] = per_fold
     atomic_write_json(run_dir / "cv_scores.json", scores)
     return scores
+
+
+#: Stage 1, the localisation of every training study (for frames and stage 2), the optional frame pre-training
+#: (``--stage all`` runs it when ``frames.enabled``), stage 2, then the CV scores.
+TRAINING = Training(
+    setup=_setup,
+    steps=(
+        Step("stage1", stages=lambda cfg, run_dir, _: [LocalizerStage(cfg, run_dir)]),
+        Step("localize", run=localize_training_studies, needed_by=("frames", "stage2")),
+        Step("frames", stages=lambda cfg, run_dir, _: [FrameStage(cfg, run_dir)],
+             optional=lambda cfg: cfg.frames.enabled),
+        Step("stage2", stages=lambda cfg, run_dir, _: [FractureStage(cfg, run_dir)]),
+    ),
+    finish=_finish,
+)

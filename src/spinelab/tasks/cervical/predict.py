@@ -1,5 +1,6 @@
-"""Cervical inference: ``CervicalPredictor`` (load once, predict many), the dataset-level command and the
-one-study function ``predict_cervical``."""
+"""Cervical inference: ``CervicalPredictor`` (the slice route's predictor: load once, predict many), the
+task's submission and metric (``OUTPUT``, for ``infer.batch.predict_dataset``) and the one-study function
+``predict_cervical``."""
 
 from __future__ import annotations
 
@@ -13,20 +14,21 @@ import pandas as pd
 import torch
 
 from spinelab import __version__
-from spinelab.config.load import read_run_config
-from spinelab.infer.batch import SCHEMA_VERSION, predict_studies, status_counts, weights_sha256
+from spinelab.infer.batch import SCHEMA_VERSION, weights_sha256
 from spinelab.infer.checks import InputCheck, check_cervical_input, check_cervical_localization
 from spinelab.infer.runtime import Runtime, run_inference_options
-from spinelab.infer.studies import find_input_studies, label_file, read_study_volume
+from spinelab.infer.studies import read_study_volume
+from spinelab.infer.tta import flip_outputs
 from spinelab.io.atomic import atomic_write_csv, atomic_write_json
 from spinelab.io.volume import Volume
 from spinelab.registry import CERVICAL_TARGETS, VERTEBRAE
 from spinelab.tasks.cervical.fracture import FractureStage, fracture_inputs
 from spinelab.tasks.cervical.localization import LocalizerStage, localize, summarize_localization
 from spinelab.tasks.cervical.studies import prepare_cervical_volume
-from spinelab.train.run_folder import fold_dir, load_stage_models, select_folds
+from spinelab.tasks.route import TaskOutput
+from spinelab.train.run_folder import fold_dir, load_stage_models, read_run_config, select_folds
 
-__all__ = ["CervicalPredictor", "predict_cervical", "predict_cervical_dataset", "evaluate_cervical_predictions"]
+__all__ = ["CervicalPredictor", "predict_cervical", "evaluate_cervical_predictions", "OUTPUT"]
 
 log = logging.getLogger("spinelab")
 
@@ -84,11 +86,12 @@ class CervicalPredictor:
         """Stage 2: probabilities ``(8,)`` in ``CERVICAL_TARGETS`` order, averaged over folds and flips."""
         images, found, _ = fracture_inputs(volume, summary, self.cfg)
         x, mask = torch.from_numpy(images)[None], torch.from_numpy(found)[None]
-        outs = []
-        for model in self.stage2:
-            for flip in (False, True) if self.tta else (False,):
-                o = self.runtime.run(model, x.flip(-1) if flip else x, mask=mask)
-                outs.append(torch.sigmoid(torch.cat([o["vertebra"], o["overall"][:, None]], 1))[0].cpu().numpy())
+
+        def forward(model: torch.nn.Module, inp: torch.Tensor) -> np.ndarray:
+            o = self.runtime.run(model, inp, mask=mask)
+            return torch.sigmoid(torch.cat([o["vertebra"], o["overall"][:, None]], 1))[0].cpu().numpy()
+
+        outs = flip_outputs(self.stage2, x, forward, tta=self.tta)  # a mirror changes no fracture label
         return np.clip(np.mean(outs, axis=0), 1e-4, 1 - 1e-4)
 
     def predict_volume(self, volume: Volume, study_id: str | None = None) -> dict[str, Any]:
@@ -141,6 +144,10 @@ class CervicalPredictor:
         sid = study_id or (study_id_of_file(study) if study.is_file() else study.name)
         return self.predict_volume(read_study_volume(study, series=series), sid)
 
+    def for_dataset(self, input: Path, split: str, *, series: str | None = None) -> Any:
+        """The per-study function of ``predict_dataset`` (``series`` picks the series in every study)."""
+        return lambda sid, path: self.predict_study(path, sid, series=series)
+
     def fallback(self, study_id: str, error: str) -> dict[str, Any]:
         """A valid prediction for a study that could not be processed: the training prevalence."""
         return {"study": study_id, "probabilities": {t: float(self.prior[t]) for t in CERVICAL_TARGETS},
@@ -163,43 +170,21 @@ def predict_cervical(study_dir: str | Path, model_dir: str | Path, *, device: st
     return predictor.predict_study(study_dir, series=series)
 
 
-def predict_cervical_dataset(input: str | Path, model: str | Path, out: str | Path, *,
-                             labels: str | Path | None = None, device: str | None = None,
-                             precision: str | None = None, compile: bool | None = None, tta: bool | None = None,
-                             folds: list[int] | None = None, series: str | None = None, strict: bool = False,
-                             progress: bool = True) -> dict[str, Any]:
-    """Predict every study under ``input``: ``submission.csv``, ``studies/<id>.json``, ``manifest.json`` and an
-    evaluation when labels exist.
-
-    Returns:
-        ``{"submission", "predictions", "manifest", "evaluation" (path or None), "studies": n, "failed": n,
-        "counts": {status: n}}``.
-    """
-    input, out = Path(input), Path(out)
-    split, studies = find_input_studies(input)
-    _warn_listed_but_absent(input, split, {s for s, _ in studies})
-    runtime, tta = run_inference_options(model, device=device, precision=precision, compile=compile, tta=tta)
-    predictor = CervicalPredictor(model, folds=folds, runtime=runtime, tta=tta, strict=strict)
-    results = predict_studies(studies, lambda sid, p: predictor.predict_study(p, sid, series=series),
-                              predictor.fallback, out_dir=out, progress=progress, description="cervical predict",
-                              task="cervical", model=predictor.model_info)
-    wide = pd.DataFrame([{"StudyInstanceUID": r["study"], **r["probabilities"]} for r in results])
+def _frames(results: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The Kaggle submission (``row_id, fractured``) and the wide table (one row per study)."""
     from spinelab.metrics import cervical_submission_frame
 
-    submission = atomic_write_csv(out / "submission.csv",
-                                  cervical_submission_frame(wide.set_index("StudyInstanceUID")))
-    predictions = atomic_write_csv(out / "predictions.csv", wide)
-    counts = status_counts(results)
-    label_path = label_file(input, split, labels)
-    evaluation = None
-    if label_path is not None:
-        evaluation = evaluate_cervical_predictions(wide, label_path, out)
-    return {"submission": submission, "predictions": predictions, "manifest": out / "manifest.json",
-            "evaluation": evaluation, "studies": len(results), "failed": counts["failed"], "counts": counts}
+    wide = pd.DataFrame([{"StudyInstanceUID": r["study"], **r["probabilities"]} for r in results])
+    return cervical_submission_frame(wide.set_index("StudyInstanceUID")), wide
 
 
-def _warn_listed_but_absent(input: Path, split: str, present: set[str]) -> None:
+def _evaluate(results: list[dict[str, Any]], label_path: Path, out: Path) -> Path:
+    return evaluate_cervical_predictions(_frames(results)[1], label_path, out)
+
+
+def _warn_listed_but_absent(input: Path, split: str, studies: list[tuple[str, Path]]) -> None:
     """The real test.csv lists studies that are not in test_images/: say so and carry on."""
+    present = {s for s, _ in studies}
     listing = input / "test.csv"
     if split != "test" or not listing.is_file():
         return
@@ -237,3 +222,7 @@ def evaluate_cervical_predictions(wide: pd.DataFrame, label_path: Path, out: Pat
         atomic_write_csv(out / "calibration.csv", calib)
         result["calibration"] = calib.to_dict(orient="records")
     return atomic_write_json(out / "evaluation.json", result)
+
+
+#: What the cervical task gives the prediction path: series folders as studies, the Kaggle submission, the metric.
+OUTPUT = TaskOutput(nested=False, frames=_frames, evaluate=_evaluate, check_input=_warn_listed_but_absent)

@@ -15,6 +15,7 @@ import torch
 from spinelab.config.schema import LumbarConfig
 from spinelab.errors import InputError
 from spinelab.infer.runtime import Runtime
+from spinelab.infer.tta import flip_outputs, swap_channels
 from spinelab.io.volume import Volume
 from spinelab.registry import LUMBAR_LEVELS
 from spinelab.tasks.lumbar.grading import complete_anchors
@@ -35,19 +36,14 @@ def heatmap_probs(models: list[torch.nn.Module], images: np.ndarray, runtime: Ru
                   flip_pairs: list[tuple[int, int]] | None = None) -> np.ndarray:
     """Mean spatial-softmax maps ``(N, K, h, w)`` over models (and the mirrored input when ``flip_pairs``)."""
     x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
-    acc = []
-    for model in models:
-        for flip in (False, True) if flip_pairs is not None else (False,):
-            hm = runtime.run(model, x.flip(-1) if flip else x)["heatmap"]
-            prob = torch.softmax(hm.flatten(2), -1).view_as(hm)
-            if flip:
-                prob = prob.flip(-1)
-                order = list(range(prob.shape[1]))
-                for a, b in flip_pairs:
-                    order[a], order[b] = b, a
-                prob = prob[:, order]
-            acc.append(prob.cpu().numpy())
-    return np.mean(acc, axis=0)
+
+    def forward(model: torch.nn.Module, inp: torch.Tensor) -> torch.Tensor:
+        hm = runtime.run(model, inp)["heatmap"]
+        return torch.softmax(hm.flatten(2), -1).view_as(hm)
+
+    probs = flip_outputs(models, x, forward, tta=flip_pairs is not None,
+                         unmirror=lambda p: swap_channels(p.flip(-1), flip_pairs or []))
+    return np.mean([p.cpu().numpy() for p in probs], axis=0)
 
 
 def point_record(volume: Volume, series_id: str, world: np.ndarray, *, confidence: float | None = None

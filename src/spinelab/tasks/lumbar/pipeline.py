@@ -1,4 +1,5 @@
-"""Train the lumbar pipeline end to end: cache, folds, three stage-1 point models, stage 2, CV scores.
+"""How the lumbar points route trains (``TRAINING``, run by ``tasks.route.train_route``): cache, folds, three
+stage-1 point models, stage 2, CV scores.
 
 The CV scores are those of the whole pipeline: each held-out fold is predicted by that fold's stage-1 and
 stage-2 models from the images alone (``cv_scores.json``: ``lumbar_score``, the weight-optimal constant of
@@ -15,17 +16,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from spinelab.config.load import save_config
 from spinelab.config.schema import LumbarConfig
 from spinelab.io.atomic import atomic_write_csv, atomic_write_json
 from spinelab.registry import LUMBAR_GRADES, lumbar_columns
 from spinelab.tasks.lumbar.grading import GradingStage
 from spinelab.tasks.lumbar.points import AxialPointStage, SagT1PointStage, SagT2PointStage, side_offsets
 from spinelab.tasks.lumbar.studies import LumbarStudies
-from spinelab.train.provenance import start_provenance
-from spinelab.train.run import parse_fold_spec, train_folds, trained_folds
+from spinelab.tasks.route import Step, Training
+from spinelab.train.run import trained_folds
 
-__all__ = ["train_lumbar", "prepare_lumbar_data", "write_cv_scores"]
+__all__ = ["TRAINING", "prepare_lumbar_data", "write_cv_scores"]
 
 log = logging.getLogger("spinelab")
 CV_SCHEMA_VERSION = 1
@@ -48,49 +48,25 @@ def _prior(studies: LumbarStudies, ids: list[str]) -> np.ndarray:
     return frame[list(LUMBAR_GRADES)].to_numpy()[: len(lumbar_columns())]
 
 
-def train_lumbar(cfg: LumbarConfig, run_dir: Path, *, fold: str = "all", stage: str = "all",
-                 resume: bool = False, progress: bool = True) -> Path:
-    """Train the stage-1 point models and/or stage 2 for the requested folds into ``run_dir``.
-
-    Args:
-        cfg: validated lumbar config.
-        run_dir: run folder (created); its ``config.yaml`` is the model's input contract.
-        fold: ``"all"`` (each fold in turn), ``"full"`` (all data, no validation) or ``"0"``, ``"0,1"``.
-        stage: ``"all"``, ``"stage1"`` (the three point models) or ``"stage2"``.
-        resume: continue killed folds from their last checkpoint.
-        progress: show progress bars.
-
-    Returns:
-        ``run_dir``.
-    """
-    from spinelab.data.prepare import check_dataset, fold_count
-
-    if stage not in ("all", "stage1", "stage2"):
-        from spinelab.errors import ConfigError
-
-        raise ConfigError(f"unknown lumbar stage {stage!r}; choose all, stage1 or stage2")
-    folds = parse_fold_spec(fold, fold_count(cfg))
-    check_dataset(cfg)
-    run_dir = Path(run_dir)
+def _setup(cfg: LumbarConfig, run_dir: Path, progress: bool) -> tuple[LumbarConfig, LumbarStudies]:
+    """Data prepared; folds.csv, targets.json, prior.json and geometry.json written; the study table is the
+    context every stage shares."""
     cfg = prepare_lumbar_data(cfg, run_dir, progress=progress)
-    save_config(cfg, run_dir / "config.yaml")
-    start_provenance(run_dir, accelerator=cfg.trainer.accelerator)
     studies = LumbarStudies(cfg)
     ids = list(studies.labels.index)
+    run_dir.mkdir(parents=True, exist_ok=True)
     folds_frame = studies.folds.rename("fold").rename_axis("study_id").reset_index()
     atomic_write_csv(run_dir / "folds.csv", folds_frame)
     atomic_write_json(run_dir / "targets.json", lumbar_columns())
     atomic_write_json(run_dir / "prior.json", _prior(studies, ids).tolist())
     atomic_write_json(run_dir / "geometry.json", {"t1_offsets_mm": side_offsets(studies, ids)})
-    kw: dict[str, Any] = {"trainer_cfg": cfg.trainer, "resume": resume, "progress": progress}
-    if stage in ("all", "stage1"):
-        for cls in STAGE1:
-            train_folds(cls(cfg, run_dir, studies), folds, **kw)
-    if stage in ("all", "stage2"):
-        train_folds(GradingStage(cfg, run_dir, studies), folds, **kw)
+    return cfg, studies
+
+
+def _finish(cfg: LumbarConfig, run_dir: Path, studies: LumbarStudies, stage: str, folds: list[int | None],
+            progress: bool) -> None:
     if stage in ("all", "stage2") and any(f is not None for f in folds):
         write_cv_scores(cfg, run_dir, studies=studies, progress=progress)
-    return run_dir
 
 
 def write_cv_scores(cfg: LumbarConfig, run_dir: Path, *, studies: LumbarStudies | None = None,
@@ -155,3 +131,14 @@ def write_cv_scores(cfg: LumbarConfig, run_dir: Path, *, studies: LumbarStudies 
     atomic_write_json(run_dir / "oof_points.json", {r["study"]: r.get("point_error_mm") for r in results})
     atomic_write_json(run_dir / "cv_scores.json", scores)
     return scores
+
+
+#: The three point models (``--stage stage1``), then the grader (``stage2``), then the CV scores of the pipeline.
+TRAINING = Training(
+    setup=_setup,
+    steps=(
+        Step("stage1", stages=lambda cfg, run_dir, studies: (cls(cfg, run_dir, studies) for cls in STAGE1)),
+        Step("stage2", stages=lambda cfg, run_dir, studies: [GradingStage(cfg, run_dir, studies)]),
+    ),
+    finish=_finish,
+)

@@ -1,5 +1,6 @@
-"""Lumbar inference: ``LumbarPredictor`` (load once, predict many), the dataset-level command and the
-one-study function ``predict_lumbar``."""
+"""Lumbar inference: ``LumbarPredictor`` (the points route's predictor: load once, predict many), the task's
+submission and metric (``OUTPUT``, for ``infer.batch.predict_dataset``) and the one-study function
+``predict_lumbar``."""
 
 from __future__ import annotations
 
@@ -14,21 +15,21 @@ import pandas as pd
 import torch
 
 from spinelab import __version__
-from spinelab.config.load import read_run_config
 from spinelab.errors import InputError
-from spinelab.infer.batch import SCHEMA_VERSION, predict_studies, status_counts, weights_sha256
+from spinelab.infer.batch import SCHEMA_VERSION, weights_sha256
 from spinelab.infer.checks import InputCheck, check_lumbar_series
 from spinelab.infer.runtime import Runtime, run_inference_options
-from spinelab.infer.studies import find_input_studies, label_file
-from spinelab.io.atomic import atomic_write_csv, atomic_write_json
+from spinelab.infer.tta import flip_outputs
+from spinelab.io.atomic import atomic_write_json
 from spinelab.registry import LUMBAR_CONDITIONS, LUMBAR_GRADES, LUMBAR_LEVELS, lumbar_columns
 from spinelab.tasks.lumbar.grading import FLIP_ORDER, GradingStage, flip_items, grading_inputs
 from spinelab.tasks.lumbar.localize import localize_study
 from spinelab.tasks.lumbar.points import AxialPointStage, SagT1PointStage, SagT2PointStage, read_geometry
 from spinelab.tasks.lumbar.studies import LumbarStudy, load_study, read_descriptions
-from spinelab.train.run_folder import fold_dir, load_stage_models, select_folds
+from spinelab.tasks.route import TaskOutput
+from spinelab.train.run_folder import fold_dir, load_stage_models, read_run_config, select_folds
 
-__all__ = ["LumbarPredictor", "predict_lumbar", "predict_lumbar_dataset", "evaluate_lumbar_predictions",
+__all__ = ["LumbarPredictor", "predict_lumbar", "OUTPUT", "evaluate_lumbar_predictions",
            "point_errors", "sagittal_variants"]
 
 log = logging.getLogger("spinelab")
@@ -92,17 +93,16 @@ class LumbarPredictor:
     def grade(self, study: LumbarStudy, anchors: dict[str, np.ndarray]) -> np.ndarray:
         """Stage-2 probabilities ``(25, 3)`` (lumbar_columns order), averaged over folds and the mirror, and
         with ``series_policy: all`` over every sagittal series of a kind (crops at the same world points)."""
-        variants = []
-        for view in sagittal_variants(study) if self.cfg.stage2.series_policy == "all" else [study]:
-            inputs = grading_inputs(view, anchors, self.cfg)
-            variants += [(inputs, False)] + ([(flip_items(inputs), True)] if self.tta else [])
+        def forward(model: torch.nn.Module, inp: dict[str, np.ndarray]) -> np.ndarray:
+            t = {k: torch.from_numpy(np.ascontiguousarray(v))[None] for k, v in inp.items()}
+            logits = self.runtime.run(model, t["sag"], t["axial"], t["mask"], t["condition"], t["level"])
+            return torch.softmax(logits["logits"], -1)[0].cpu().numpy()
+
         outs = []
-        for model in self.models["stage2"]:
-            for inp, flipped in variants:
-                t = {k: torch.from_numpy(np.ascontiguousarray(v))[None] for k, v in inp.items()}
-                logits = self.runtime.run(model, t["sag"], t["axial"], t["mask"], t["condition"], t["level"])
-                p = torch.softmax(logits["logits"], -1)[0].cpu().numpy()
-                outs.append(p[FLIP_ORDER] if flipped else p)  # the flip is its own inverse
+        for view in sagittal_variants(study) if self.cfg.stage2.series_policy == "all" else [study]:
+            # the mirror swaps the left and right items; swapping the outputs back is the same permutation
+            outs += flip_outputs(self.models["stage2"], grading_inputs(view, anchors, self.cfg), forward,
+                                 tta=self.tta, mirror=flip_items, unmirror=lambda p: p[FLIP_ORDER])
         probs = np.clip(np.mean(outs, axis=0), 1e-4, 1.0)
         return probs / probs.sum(-1, keepdims=True)
 
@@ -141,6 +141,18 @@ class LumbarPredictor:
         if study_id is not None:
             study.study_id = study_id
         return self.predict_loaded(study)
+
+    def for_dataset(self, input: Path, split: str) -> Any:
+        """The per-study function of ``predict_dataset``: with a Kaggle layout, the series descriptions pick the
+        series and the labelled coordinates give each study's point error in mm."""
+        descriptions = read_descriptions(input, split) if split in ("train", "test") else None
+        truth_points = _truth_points(input, split)
+
+        def one(sid: str, path: Path) -> dict[str, Any]:
+            study = load_study(path, descriptions=descriptions, policy=self.cfg.stage2.series_policy)
+            return self.predict_loaded(study, truth=truth_points(study) if truth_points else None)
+
+        return one
 
     def fallback(self, study_id: str, error: str) -> dict[str, Any]:
         """A valid prediction for a study that could not be processed: the training prior."""
@@ -212,48 +224,21 @@ def predict_lumbar(study_dir: str | Path, model_dir: str | Path, *, device: str 
     return LumbarPredictor(model_dir, folds=folds, runtime=runtime, tta=tta, strict=strict).predict_study(study_dir)
 
 
-def predict_lumbar_dataset(input: str | Path, model: str | Path, out: str | Path, *,
-                           labels: str | Path | None = None, device: str | None = None,
-                           precision: str | None = None, compile: bool | None = None, tta: bool | None = None,
-                           folds: list[int] | None = None, strict: bool = False,
-                           progress: bool = True) -> dict[str, Any]:
-    """Predict every study under ``input``: ``submission.csv``, ``studies/<id>.json``, ``manifest.json`` and an
-    evaluation when labels exist.
-
-    Returns:
-        ``{"submission", "predictions", "manifest", "evaluation" (path or None), "studies": n, "failed": n,
-        "counts": {status: n}}``.
-    """
-    input, out = Path(input), Path(out)
-    split, studies = find_input_studies(input, nested=True)
-    descriptions = read_descriptions(input, split) if split in ("train", "test") else None
-    runtime, tta = run_inference_options(model, device=device, precision=precision, compile=compile, tta=tta)
-    predictor = LumbarPredictor(model, folds=folds, runtime=runtime, tta=tta, strict=strict)
-    truth_points = _truth_points(input, split)
-
-    def one(sid: str, path: Path) -> dict[str, Any]:
-        study = load_study(path, descriptions=descriptions, policy=predictor.cfg.stage2.series_policy)
-        return predictor.predict_loaded(study, truth=truth_points(study) if truth_points else None)
-
-    results = predict_studies(studies, one, predictor.fallback, out_dir=out, progress=progress,
-                              description="lumbar predict", task="lumbar", model=predictor.model_info)
+def _frames(results: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The Kaggle submission (``row_id`` + three grades) and the wide table (one row per study)."""
     from spinelab.metrics import lumbar_submission_frame
 
     probs = probs_of(results)
-    submission = atomic_write_csv(out / "submission.csv", lumbar_submission_frame(probs))
     wide = pd.DataFrame({"study_id": list(probs),
                          **{f"{c}_{g}": [p[j, k] for p in probs.values()]
                             for j, c in enumerate(lumbar_columns())
                             for k, g in enumerate(LUMBAR_GRADES)}})
-    predictions = atomic_write_csv(out / "predictions.csv", wide)
-    counts = status_counts(results)
-    label_path = label_file(input, split, labels)
-    evaluation = None
-    if label_path is not None:
-        evaluation = evaluate_lumbar_predictions(probs, label_path, out,
-                                                 point_summary=summarize_point_errors(results))
-    return {"submission": submission, "predictions": predictions, "manifest": out / "manifest.json",
-            "evaluation": evaluation, "studies": len(results), "failed": counts["failed"], "counts": counts}
+    return lumbar_submission_frame(probs), wide
+
+
+def _evaluate(results: list[dict[str, Any]], label_path: Path, out: Path) -> Path:
+    return evaluate_lumbar_predictions(probs_of(results), label_path, out,
+                                       point_summary=summarize_point_errors(results))
 
 
 def _truth_points(input: Path, split: str) -> Any:
@@ -301,3 +286,9 @@ def evaluate_lumbar_predictions(probs: dict[str, np.ndarray], label_path: Path, 
     if point_summary:
         result["point_error_mm"] = point_summary
     return atomic_write_json(out / "evaluation.json", result)
+
+
+#: What the lumbar task gives the prediction path: study folders of series folders, the submission, the metric.
+OUTPUT = TaskOutput(nested=True, frames=_frames, evaluate=_evaluate, refused_options={
+    "series": "--series applies to cervical studies; lumbar series are chosen by kind (descriptions, then "
+              "image plane and TR/TE/TI)"})

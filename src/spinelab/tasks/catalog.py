@@ -1,0 +1,113 @@
+"""The catalog: task and route names to their ``Task`` and ``Route`` (the only place that lists them).
+
+The CLI, ``spinelab.api``, the config loader and the demo look routes up here; nothing else branches on a task
+name. A new recipe is one ``register_route`` call (see README, "Architecture").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from spinelab.errors import ConfigError
+from spinelab.tasks.route import Route, Task, TaskOutput, resolve
+
+__all__ = ["register_task", "register_route", "unregister_route", "get_task", "get_route", "task_names",
+           "route_of", "route_for_data", "task_output", "report_function", "run_route"]
+
+_TASKS: dict[str, Task] = {}
+
+
+def register_task(task: Task) -> Task:
+    """Add a task (its routes are added with ``register_route``)."""
+    _TASKS[task.name] = task
+    return task
+
+
+def register_route(route: Route) -> Route:
+    """Add (or replace) ``route`` under its task.
+
+    Raises:
+        ConfigError: the task is not registered.
+    """
+    get_task(route.task).routes[route.name] = route
+    return route
+
+
+def unregister_route(task: str, name: str) -> None:
+    """Remove a route (tests that register a toy route clean up with this)."""
+    get_task(task).routes.pop(name, None)
+
+
+def task_names() -> list[str]:
+    """Registered task names, in registration order."""
+    return list(_TASKS)
+
+
+def get_task(name: str) -> Task:
+    """The task called ``name``.
+
+    Raises:
+        ConfigError: no such task.
+    """
+    try:
+        return _TASKS[name]
+    except KeyError:
+        raise ConfigError(f"unknown task {name!r}; choose from {sorted(_TASKS)}") from None
+
+
+def get_route(task: str, route: str | None = None) -> Route:
+    """The route ``route`` of ``task`` (its default route when ``None``).
+
+    Raises:
+        ConfigError: unknown task or route.
+    """
+    t = get_task(task)
+    name = t.default_route if route is None else route
+    try:
+        return t.routes[name]
+    except KeyError:
+        raise ConfigError(f"unknown {task} route {name!r}; choose from {sorted(t.routes)}") from None
+
+
+def route_of(cfg: Any) -> Route:
+    """The route of a validated config (its ``task`` and ``route`` fields)."""
+    return get_route(cfg.task, getattr(cfg, "route", None))
+
+
+def route_for_data(task: str, data: dict[str, Any]) -> Route:
+    """The route a merged, not yet validated config mapping asks for (``route:`` or the task's default)."""
+    route = data.get("route")
+    return get_route(task, None if route is None else str(route))
+
+
+def task_output(task: str) -> TaskOutput:
+    """The task's discovery, submission and evaluation (imported on first use)."""
+    return resolve(get_task(task).output)
+
+
+def report_function(task: str) -> Any:
+    """The task's report writer ``(predictions=, input=, out=, model=) -> Path``."""
+    report = get_task(task).report
+    if report is None:
+        raise ConfigError(f"task {task!r} has no report")
+    return resolve(report)
+
+
+def run_route(run_dir: str | Path) -> Route:
+    """The route a run folder was trained with (from its ``config.yaml``)."""
+    from spinelab.train.run_folder import read_run_config
+
+    return route_of(read_run_config(run_dir))
+
+
+register_task(Task("cervical", "slices", output="spinelab.tasks.cervical.predict:OUTPUT",
+                   report="spinelab.report.cervical:write_cervical_report"))
+register_task(Task("lumbar", "points", output="spinelab.tasks.lumbar.predict:OUTPUT",
+                   report="spinelab.report.lumbar:write_lumbar_report"))
+register_route(Route("cervical", "slices", config="spinelab.config.schema:CervicalConfig",
+                     training="spinelab.tasks.cervical.pipeline:TRAINING",
+                     predictor="spinelab.tasks.cervical.predict:CervicalPredictor"))
+register_route(Route("lumbar", "points", config="spinelab.config.schema:LumbarConfig",
+                     training="spinelab.tasks.lumbar.pipeline:TRAINING",
+                     predictor="spinelab.tasks.lumbar.predict:LumbarPredictor"))

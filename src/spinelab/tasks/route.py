@@ -1,0 +1,193 @@
+"""The route contract: what a recipe declares so that one path trains it and one path predicts with it.
+
+A ``Route`` (``cervical/slices``, ``lumbar/points``, ...) names its config class, its ``Training`` (the steps in
+order: stages trained fold by fold and the between-stage steps) and its predictor class. A ``Task`` (cervical,
+lumbar) owns what every route of the task shares: how studies are found, the submission format, the metric
+and the report. Heavy parts are given as ``"module:attribute"`` strings and imported on use, so the catalog
+costs nothing to import and loading a predictor never imports the training code.
+
+``train_route`` is the one training path and ``spinelab.infer.batch.predict_dataset`` the one prediction path.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from spinelab.errors import ConfigError
+
+__all__ = ["Route", "Task", "Training", "Step", "TaskOutput", "Predictor", "resolve", "train_route"]
+
+
+def resolve(ref: Any) -> Any:
+    """The object a ``"package.module:attribute"`` string names; anything else is returned as is."""
+    if not isinstance(ref, str):
+        return ref
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+class Predictor(Protocol):
+    """What every route's predictor provides: built once from a run folder, then one call per study."""
+
+    cfg: Any
+
+    def __init__(self, run_dir: str | Path, *, folds: list[int | None] | None = None, runtime: Any = None,
+                 tta: bool = True, strict: bool = False) -> None: ...
+
+    @property
+    def model_info(self) -> dict[str, Any]: ...
+
+    def predict_study(self, study: str | Path, study_id: str | None = None, **options: Any) -> dict[str, Any]:
+        """The study's result (``spinelab.infer.result.StudyResult`` keys)."""
+
+    def fallback(self, study_id: str, error: str) -> dict[str, Any]:
+        """A valid result for a study that could not be predicted (the training prior), status ``failed``."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a route's training, in order.
+
+    Args:
+        name: the ``--stage`` name that selects it (several steps may share one, e.g. three point models).
+        stages: ``(cfg, run_dir, context) -> Stage, ...`` (built one by one as they train) trained for every
+            requested fold; ``None`` for a between-stage step.
+        run: a between-stage step ``(cfg, run_dir, context, progress) -> Any`` (e.g. localising every training
+            study with stage 1 before stage 2 trains on the crops).
+        needed_by: the stage names a between-stage step runs for (besides ``all``).
+        optional: ``cfg -> bool``: whether ``--stage all`` runs this step (selecting it by name always does).
+    """
+
+    name: str
+    stages: Callable[[Any, Path, Any], Iterable[Any]] | None = None
+    run: Callable[[Any, Path, Any, bool], Any] | None = None
+    needed_by: tuple[str, ...] = ()
+    optional: Callable[[Any], bool] | None = None
+
+    def selected(self, stage: str, cfg: Any) -> bool:
+        """Whether ``--stage stage`` runs this step."""
+        if self.stages is None:
+            return stage == "all" or stage in self.needed_by
+        if stage == "all":
+            return self.optional is None or bool(self.optional(cfg))
+        return stage == self.name
+
+
+@dataclass(frozen=True)
+class Training:
+    """How a route trains.
+
+    Args:
+        setup: ``(cfg, run_dir, progress) -> (cfg, context)``: data prepared (cache, folds, labels) and the run
+            folder's own files written (folds.csv, targets.json, prior.json, ...); ``context`` is handed to
+            every step (e.g. the study table).
+        steps: in order.
+        finish: ``(cfg, run_dir, context, stage, folds, progress) -> None``: the CV scores, after the steps.
+    """
+
+    setup: Callable[[Any, Path, bool], tuple[Any, Any]]
+    steps: tuple[Step, ...]
+    finish: Callable[[Any, Path, Any, str, list[int | None], bool], Any] | None = None
+
+    @property
+    def stage_names(self) -> list[str]:
+        """The names ``--stage`` accepts besides ``all``, in training order."""
+        return list(dict.fromkeys(s.name for s in self.steps if s.stages is not None))
+
+
+@dataclass(frozen=True)
+class TaskOutput:
+    """What the prediction path needs from a task: discovery, submission, evaluation.
+
+    Args:
+        nested: studies are folders of series folders (lumbar) rather than series (cervical).
+        frames: ``results -> (submission frame, predictions frame)``.
+        evaluate: ``(results, label_path, out) -> evaluation.json path``.
+        check_input: ``(input, split, studies) -> None``: notes about the input before the loop (optional).
+        refused_options: predict options this task refuses, with the one-line reason.
+    """
+
+    nested: bool
+    frames: Callable[[list[dict[str, Any]]], tuple[Any, Any]]
+    evaluate: Callable[[list[dict[str, Any]], Path, Path], Path]
+    check_input: Callable[[Path, str, list[tuple[str, Path]]], None] | None = None
+    refused_options: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Route:
+    """One recipe of a task. ``config``, ``training`` and ``predictor`` may be ``"module:attribute"`` strings."""
+
+    task: str
+    name: str
+    config: Any
+    training: Any
+    predictor: Any
+
+    @property
+    def key(self) -> str:
+        """``task/name``, e.g. ``cervical/slices``."""
+        return f"{self.task}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task: its routes share the study format, the submission, the metric and the report."""
+
+    name: str
+    default_route: str
+    output: Any  # TaskOutput or "module:attribute"
+    report: Any = None  # (predictions=, input=, out=, model=) -> index path, or "module:attribute"
+    routes: dict[str, Route] = field(default_factory=dict)
+
+
+def train_route(route: Route, cfg: Any, run_dir: str | Path, *, fold: str = "all", stage: str = "all",
+                resume: bool = False, progress: bool = True) -> Path:
+    """Train ``route`` for the requested folds and stages into ``run_dir``: the one training path.
+
+    Options and inputs are checked before anything is built or written: an unknown stage, a bad fold
+    specification, a dataset that is not there.
+
+    Args:
+        fold: ``"all"`` (each fold in turn), ``"full"`` (all data, no validation) or ``"0"``, ``"0,1"``.
+        stage: ``"all"`` or one of the route's stage names.
+        resume: continue killed folds from their last checkpoint.
+    """
+    from spinelab.config.load import save_config
+    from spinelab.data.prepare import check_dataset, fold_count
+    from spinelab.train.provenance import start_provenance
+    from spinelab.train.run import parse_fold_spec, train_folds
+    from spinelab.train.run_folder import write_run_format
+
+    training: Training = resolve(route.training)
+    names = training.stage_names
+    if stage != "all" and stage not in names:
+        raise ConfigError(f"unknown {route.task} stage {stage!r}; choose {_choices(['all', *names])}")
+    folds = parse_fold_spec(fold, fold_count(cfg))
+    check_dataset(cfg)
+    run_dir = Path(run_dir)
+    cfg, context = training.setup(cfg, run_dir, progress)
+    save_config(cfg, run_dir / "config.yaml")
+    write_run_format(run_dir)
+    start_provenance(run_dir, accelerator=cfg.trainer.accelerator)
+    kw: dict[str, Any] = {"trainer_cfg": cfg.trainer, "resume": resume, "progress": progress}
+    for step in training.steps:
+        if not step.selected(stage, cfg):
+            continue
+        if step.stages is not None:
+            for s in step.stages(cfg, run_dir, context):
+                train_folds(s, folds, **kw)
+        elif step.run is not None:
+            step.run(cfg, run_dir, context, progress)
+    if training.finish is not None:
+        training.finish(cfg, run_dir, context, stage, folds, progress)
+    return run_dir
+
+
+def _choices(names: Sequence[str]) -> str:
+    """``a, b or c``."""
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + f" or {names[-1]}"
