@@ -19,6 +19,17 @@ def test_unknown_stage_name_is_refused_before_any_work(task: str, tmp_path: Path
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("task", ["cervical", "lumbar"])
+def test_a_model_argument_the_builder_does_not_take_is_refused_before_any_work(task: str, tmp_path: Path) -> None:
+    from spinelab.configs import recipe_path
+
+    cfg = load_config(task, [recipe_path(f"{task}/tiny.yaml")],
+                      [f"data.dataset_dir={tmp_path / 'absent'}", "stage2.model.kwargs={depth: 3}"])
+    with pytest.raises(ConfigError, match="takes no argument 'depth'"):
+        api.train(cfg, run_dir=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_run_folder_of_the_other_task_is_refused_in_one_line(tmp_path: Path) -> None:
     from tests.tasks.fixed_runs import materialize
 

@@ -168,6 +168,7 @@ def train_route(route: Route, cfg: Any, run_dir: str | Path, *, fold: str = "all
     if stage != "all" and stage not in names:
         raise ConfigError(f"unknown {route.task} stage {stage!r}; choose {_choices(['all', *names])}")
     folds = parse_fold_spec(fold, fold_count(cfg))
+    _check_model_sections(cfg)
     check_dataset(cfg)
     run_dir = Path(run_dir)
     cfg, context = training.setup(cfg, run_dir, progress)
@@ -186,6 +187,18 @@ def train_route(route: Route, cfg: Any, run_dir: str | Path, *, fold: str = "all
     if training.finish is not None:
         training.finish(cfg, run_dir, context, stage, folds, progress)
     return run_dir
+
+
+def _check_model_sections(cfg: Any) -> None:
+    """Each stage section's model arguments against its builder's signature, before any work (a wrong key
+    would otherwise surface only when that stage's model is built, after the stages before it trained)."""
+    from spinelab.config.schema import ModelConfig
+    from spinelab.models.registry import check_model_args
+
+    for name in type(cfg).model_fields:
+        model = getattr(getattr(cfg, name), "model", None)
+        if isinstance(model, ModelConfig):
+            check_model_args(model.name, model.builder_args())
 
 
 def _choices(names: Sequence[str]) -> str:
