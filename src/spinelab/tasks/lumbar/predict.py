@@ -243,12 +243,13 @@ def _evaluate(results: list[dict[str, Any]], label_path: Path, out: Path) -> Pat
 
 def _truth_points(input: Path, split: str) -> Any:
     """A function study -> labelled world points when the dataset has coordinates, else ``None``."""
-    from spinelab.tasks.lumbar.studies import _CONDITION_BY_TITLE, _LEVEL_BY_TITLE, instance_index
+    from spinelab.data.lumbar_layout import read_lumbar_coordinates
+    from spinelab.tasks.lumbar.studies import instance_index
 
     name = {"train": "train_label_coordinates.csv", "test": "test_label_coordinates.csv"}.get(split)
     if name is None or not (input / name).is_file():
         return None
-    coords = pd.read_csv(input / name, dtype={"study_id": str, "series_id": str})
+    coords = read_lumbar_coordinates(input / name)  # the one reader: ids checked, condition/level as keys
 
     def lookup(study: LumbarStudy) -> dict[tuple[str, str], np.ndarray]:
         vols = {sid: v for k in study.series
@@ -256,10 +257,9 @@ def _truth_points(input: Path, split: str) -> Any:
         out = {}
         for r in coords[coords.study_id == study.study_id].itertuples(index=False):
             vol = vols.get(r.series_id)
-            cond, level = _CONDITION_BY_TITLE.get(r.condition.lower()), _LEVEL_BY_TITLE.get(r.level.lower())
             d = instance_index(vol, int(r.instance_number)) if vol is not None else None
-            if d is not None and cond and level:
-                out[(cond, level)] = vol.voxel_to_world(np.array([d, r.y, r.x], dtype=np.float64))
+            if d is not None:
+                out[(r.condition, r.level)] = vol.voxel_to_world(np.array([d, r.y, r.x], dtype=np.float64))
         return out
 
     return lookup

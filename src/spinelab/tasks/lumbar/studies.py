@@ -20,8 +20,6 @@ import pandas as pd
 
 from spinelab.config.schema import LumbarConfig
 from spinelab.data.lumbar_layout import (
-    CONDITION_BY_TITLE,
-    LEVEL_BY_TITLE,
     read_descriptions,
     read_lumbar_coordinates,
     read_lumbar_labels,
@@ -46,8 +44,6 @@ __all__ = [
 
 #: Internal series kinds, in the order of ``registry.LUMBAR_SERIES_TYPES``.
 SERIES_KINDS: tuple[str, ...] = ("sag_t1", "sag_t2", "axial")
-# Kept under these names for the readers that re-key titles themselves.
-_CONDITION_BY_TITLE, _LEVEL_BY_TITLE = CONDITION_BY_TITLE, LEVEL_BY_TITLE
 
 
 def series_kind(description: str) -> str | None:
