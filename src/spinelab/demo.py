@@ -18,7 +18,7 @@ from rich.table import Table
 
 from spinelab.configs import recipe_path
 
-__all__ = ["run_cervical_demo", "run_lumbar_demo", "main"]
+__all__ = ["against_constant", "run_cervical_demo", "run_lumbar_demo", "main"]
 
 console = Console()
 
@@ -29,6 +29,16 @@ def _step(name: str, fn: Callable[[], Any]) -> Any:
     result = fn()
     console.print(f"[green]done[/] in {time.perf_counter() - start:.1f} s")
     return result
+
+
+def against_constant(score: float | None, baseline: float | None) -> str:
+    """The score relative to the constant baseline, in words: ``"31 % below the constant"``."""
+    if score is None or baseline is None or baseline <= 0:
+        return "-"
+    change = round(100 * (1 - score / baseline))
+    if change == 0:
+        return "level with the constant"
+    return f"{abs(change)} % {'below' if change > 0 else 'above'} the constant"
 
 
 def run_cervical_demo(out: Path, *, studies: int = 40, test_studies: int = 8, size: int = 128,
@@ -96,7 +106,8 @@ def run_lumbar_demo(out: Path, *, studies: int = 40, test_studies: int = 8, size
 
 def main(task: Annotated[str, typer.Option(help="cervical, lumbar or all")] = "all",
          out: Annotated[Path, typer.Option(help="Output folder")] = Path("demo_out"),
-         studies: Annotated[int, typer.Option(help="Training studies per task")] = 40) -> None:
+         studies: Annotated[int, typer.Option(help="Training studies per task")] = 40,
+         seed: Annotated[int, typer.Option(help="Seed of the synthetic datasets")] = 0) -> None:
     """Run the demo of one or both pipelines on synthetic data."""
     import logging
 
@@ -108,13 +119,14 @@ def main(task: Annotated[str, typer.Option(help="cervical, lumbar or all")] = "a
     if any(t not in runners for t in chosen):
         raise typer.BadParameter(f"task must be cervical, lumbar or all, got {task!r}")
     start = time.perf_counter()
-    summaries = [runners[t](out / t if task == "all" else out, studies=studies) for t in chosen]
+    summaries = [runners[t](out / t if task == "all" else out, studies=studies, seed=seed) for t in chosen]
     table = Table(title=f"spinelab demo finished in {time.perf_counter() - start:.0f} s")
-    for col in ("task", "test score (lower is better)", "constant baseline"):
+    for col in ("task", "test score (lower is better)", "constant baseline", "against the constant"):
         table.add_column(col)
     for s in summaries:
         table.add_row(s["task"], f"{s['score']:.4f}" if s["score"] is not None else "-",
-                      f"{s['baseline']:.4f}" if s["baseline"] is not None else "-")
+                      f"{s['baseline']:.4f}" if s["baseline"] is not None else "-",
+                      against_constant(s["score"], s["baseline"]))
     console.print(table)
     for s in summaries:
         console.print(f"[bold]{s['task']}[/]: report {s['report']}\n  submission {s['submission']}\n"
