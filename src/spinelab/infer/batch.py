@@ -11,7 +11,6 @@ folder never mixes old and new results.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import time
@@ -26,6 +25,7 @@ from spinelab.errors import InputError, SpinelabError
 from spinelab.infer.checks import STATUSES, StudyRefusedError
 from spinelab.infer.result import StudyResult
 from spinelab.io.atomic import atomic_write_csv, atomic_write_json
+from spinelab.io.files import file_sha256
 
 if TYPE_CHECKING:
     from spinelab.tasks.route import Predictor, TaskOutput
@@ -44,15 +44,6 @@ def progress_bar(*, transient: bool = False) -> Progress:
     """The rich progress bar every long spinelab loop uses."""
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), transient=transient)
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def weights_sha256(run_dir: str | Path, paths: Iterable[str | Path]) -> dict[str, str]:

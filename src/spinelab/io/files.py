@@ -15,7 +15,7 @@ from pathlib import Path
 from spinelab.errors import InputError
 from spinelab.io.pixel_checks import looks_like_element
 
-__all__ = ["is_dicom_file", "list_folder", "require_regular_or_dir", "entry_kind"]
+__all__ = ["is_dicom_file", "list_folder", "require_regular_or_dir", "entry_kind", "file_sha256"]
 
 
 def entry_kind(path: str | Path) -> str:
@@ -94,3 +94,21 @@ def list_folder(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
         else:
             skipped.append((p, f"{kind}, not opened"))
     return files, skipped
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks (weights in provenance.json, study results, checksums).
+
+    Raises:
+        InputError: the file cannot be read.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as err:
+        raise InputError(path, f"cannot read: {err.strerror or err}") from None
+    return digest.hexdigest()

@@ -11,7 +11,6 @@ before anything is read.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import timm
 from torch import nn
 
 from spinelab.errors import ConfigError, InputError
+from spinelab.io.files import file_sha256
 
 __all__ = ["create_backbone", "check_backbone_name", "verify_weights", "file_sha256"]
 
@@ -43,15 +43,6 @@ def check_backbone_name(name: str) -> None:
     if tag and name not in timm.list_pretrained(f"{arch}.*"):
         known = ", ".join(t.split(".", 1)[1] for t in timm.list_pretrained(f"{arch}.*")) or "none"
         raise ConfigError(f"unknown pretrained tag {tag!r} for timm backbone {arch!r} (known tags: {known})")
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify_weights(path: str | Path, sha256: str | None = None) -> Path:

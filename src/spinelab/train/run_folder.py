@@ -14,7 +14,6 @@ Run folder layout (the API of ``spinelab predict``; nnU-Net's results folder is 
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import re
 import zipfile
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from spinelab.errors import ConfigError, InputError
+from spinelab.io.files import file_sha256 as model_sha256  # the name the run folder records under
 
 if TYPE_CHECKING:
     from spinelab.train.stage import Stage
@@ -225,18 +225,6 @@ def load_stage_models(stage: Stage, folds: list[int | None] | None = None, *, de
             raise InputError(path, f"weights do not fit the model of config.yaml: {first[:200]}") from None
         models.append(model.eval().to(device))
     return models
-
-
-def model_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a weights file (recorded in provenance.json and in study results)."""
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    except OSError as err:
-        raise InputError(path, f"cannot read: {err.strerror or err}") from None
-    return digest.hexdigest()
 
 
 def read_training_log(fold_folder: str | Path) -> Any:
