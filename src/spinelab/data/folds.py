@@ -187,12 +187,7 @@ def make_dataset_folds(dataset_dir: str | Path, *, k: int = 5, seed: int = 42, t
     train_csv = Path(dataset_dir) / "train.csv"
     if not train_csv.is_file():
         raise InputError(train_csv, "train.csv not found")
-    try:
-        labels = pd.read_csv(train_csv, dtype={"StudyInstanceUID": str, "study_id": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise InputError(train_csv, f"cannot parse CSV: {err}") from err
-    except OSError as err:
-        raise InputError(train_csv, f"cannot read: {err.strerror or err}") from None
+    labels = _read_id_table(train_csv)
     detected = detect_task(labels, source=train_csv)
     if task is not None and task != detected:
         raise InputError(train_csv, f"asked for task {task!r} but the columns are those of {detected!r}")
@@ -252,12 +247,7 @@ def read_folds(dataset_dir: str | Path) -> pd.Series:
         path = path / "folds.csv"
     if not path.is_file():
         raise InputError(path, "folds.csv not found (run `spinelab folds DATASET_DIR`)")
-    try:
-        frame = pd.read_csv(path, dtype={"StudyInstanceUID": str, "study_id": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise InputError(path, f"cannot parse CSV: {err}") from err
-    except OSError as err:
-        raise InputError(path, f"cannot read: {err.strerror or err}") from None
+    frame = _read_id_table(path)
     id_cols = [c for c in ID_COLUMNS.values() if c in frame.columns]
     if len(id_cols) != 1 or "fold" not in frame.columns:
         raise InputError(
@@ -272,3 +262,13 @@ def read_folds(dataset_dir: str | Path) -> pd.Series:
     return pd.Series(
         fold.astype(np.int64).to_numpy(), index=pd.Index(frame[id_cols[0]], name=id_cols[0]), name="fold"
     )
+
+
+def _read_id_table(path: Path) -> pd.DataFrame:
+    """A CSV keyed by either competition's study id, ids as text; unreadable or unparsable -> ``InputError``."""
+    try:
+        return pd.read_csv(path, dtype={"StudyInstanceUID": str, "study_id": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise InputError(path, f"cannot parse CSV: {err}") from err
+    except OSError as err:
+        raise InputError(path, f"cannot read: {err.strerror or err}") from None
