@@ -85,10 +85,11 @@ def _slice_files(volume: Volume) -> list[Path]:
         return [source]
     if not source.is_dir() or not volume.slice_ids:
         return []
+    from spinelab.io.dicom import slice_id
+
     ids = set(volume.slice_ids)
     for f in sorted(source.iterdir()):
-        stem = f.name[: -len(f.suffix)] if f.suffix.lower() in (".dcm", ".dicom", ".ima") else f.name
-        if stem in ids and f.is_file():  # is_file: never open a FIFO or device that shares a slice's name
+        if slice_id(f) in ids and f.is_file():  # is_file: never open a FIFO or device that shares a slice's name
             return [f]
     return []
 

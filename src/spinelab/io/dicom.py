@@ -66,8 +66,8 @@ from spinelab.io.pixel_checks import CorruptPixelDataError, check_layout, check_
 from spinelab.io.series_checks import SliceHeader, check_sizes, find_duplicates, slice_normal, sort_and_measure
 from spinelab.io.volume import Volume
 
-__all__ = ["read_series", "list_series", "read_dicom_pixels", "is_dicom_file", "DicomWarning", "MAX_ABS_SLOPE",
-           "MAX_ABS_INTERCEPT"]
+__all__ = ["read_series", "list_series", "read_dicom_pixels", "is_dicom_file", "slice_id", "DicomWarning",
+           "MAX_ABS_SLOPE", "MAX_ABS_INTERCEPT"]
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,8 @@ class DicomWarning(UserWarning):
     """A DICOM series was read, but something about it deserves attention (gap, tilt, skipped file...)."""
 
 
-def _slice_id(path: Path) -> str:
+def slice_id(path: Path) -> str:
+    """A slice file's id in ``Volume.slice_ids``: its name without a ``.dcm``/``.dicom``/``.ima`` suffix."""
     name = path.name
     return name[: -len(path.suffix)] if path.suffix.lower() in _DICOM_SUFFIXES else name
 
@@ -464,7 +465,7 @@ def read_series(
     vol = Volume(
         array=array,
         affine=geom.affine,
-        slice_ids=[_slice_id(h["path"]) for h in ordered],
+        slice_ids=[slice_id(h["path"]) for h in ordered],
         meta={
             "modality": modality,
             "series_description": ordered[0]["description"],

@@ -17,7 +17,7 @@ from matplotlib.transforms import blended_transform_factory
 
 from spinelab.errors import SpinelabError
 from spinelab.infer.batch import progress_bar, read_study_results
-from spinelab.infer.studies import find_input_studies
+from spinelab.infer.studies import find_input_studies, read_study_volume
 from spinelab.io.orientation import to_canonical
 from spinelab.io.volume import Volume
 from spinelab.registry import CERVICAL_TARGETS, VERTEBRAE
@@ -223,13 +223,6 @@ def _draw_probabilities(ax: Any, probs: dict[str, float], truth: dict[str, int] 
               loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
 
 
-def _read_volume(path: Path) -> Volume:
-    """The study as ``predict`` read it (a DICOM folder or file, or a NIfTI file)."""
-    from spinelab.infer.studies import read_study_volume
-
-    return read_study_volume(path)
-
-
 def _labels(predictions: Path) -> tuple[dict[str, Any], dict[str, dict[str, int]], str]:
     """``(evaluation.json, {study: {target: 0/1}}, note)``; empty when the predictions were not scored."""
     evaluation, frame, note = read_evaluation(predictions, id_column="StudyInstanceUID")
@@ -296,7 +289,7 @@ def write_cervical_report(*, predictions: str | Path, input: str | Path, out: st
             elif sid in folders:
                 image = Path("studies") / f"{sid}.png"
                 try:
-                    plot_cervical_study(_read_volume(folders[sid]), r, out / image, truth=truth.get(sid))
+                    plot_cervical_study(read_study_volume(folders[sid]), r, out / image, truth=truth.get(sid))
                     row["image"] = image.as_posix()
                 except SpinelabError as err:
                     row["warnings"].append(f"no picture: {err}")
