@@ -117,7 +117,7 @@ def test_folds_errors(tmp_path: Path, cervical_train: pd.DataFrame) -> None:
         write_folds(tmp_path)
     with pytest.raises(ConfigError, match="k must be between 2"):
         make_folds(cervical_train.iloc[:3], task="cervical", k=5)
-    with pytest.raises(ConfigError, match="task must be"):
+    with pytest.raises(ConfigError, match="unknown task .thoracic."):
         make_folds(cervical_train, task="thoracic")
     doubled = pd.concat([cervical_train.iloc[:5], cervical_train.iloc[:1]])
     with pytest.raises(InputError, match="1 studies appear more than once"):

@@ -19,67 +19,79 @@ import pandas as pd
 
 from spinelab.errors import ConfigError, InputError
 from spinelab.io.atomic import atomic_write_csv
-from spinelab.registry import CERVICAL_TARGETS, LUMBAR_CONDITIONS, LUMBAR_LEVELS, lumbar_columns
+from spinelab.registry import CERVICAL_TARGETS, LUMBAR_CONDITIONS, LUMBAR_LEVELS
 
-__all__ = ["ID_COLUMNS", "make_folds", "stratification_matrix", "detect_task", "make_dataset_folds", "write_folds",
-           "read_folds", "load_folds"]
+__all__ = ["id_column", "make_folds", "stratification_matrix", "cervical_stratification", "lumbar_stratification",
+           "detect_task", "make_dataset_folds", "write_folds", "read_folds", "load_folds"]
 
-#: The study id column of each task's train.csv (and of folds.csv).
-ID_COLUMNS: dict[str, str] = {"cervical": "StudyInstanceUID", "lumbar": "study_id"}
+
+def id_column(task: str) -> str:
+    """The study id column of ``task``'s train.csv and folds.csv (``spinelab.tasks.catalog``).
+
+    Raises:
+        ConfigError: unknown task.
+    """
+    from spinelab.tasks.catalog import get_task
+
+    return get_task(task).id_column
 
 
 def detect_task(labels: pd.DataFrame, *, source: str | Path = "train.csv") -> str:
-    """``"cervical"`` or ``"lumbar"`` from the columns of a train.csv.
+    """The catalog task whose train.csv has ``labels``' columns (its id column and every target).
 
     Raises:
-        InputError: the columns match neither task.
+        InputError: the columns match no task.
     """
-    cols = set(map(str, labels.columns))
-    if {"StudyInstanceUID", *CERVICAL_TARGETS} <= cols:
-        return "cervical"
-    if {"study_id", *lumbar_columns()} <= cols:
-        return "lumbar"
-    raise InputError(
-        source,
-        "cannot tell the task: expected StudyInstanceUID + C1..C7 + patient_overall "
-        f"(cervical) or study_id + 25 condition_level columns (lumbar); got {sorted(cols)}",
-    )
+    from spinelab.tasks.catalog import get_task, task_names, task_of_columns
+
+    task = task_of_columns(labels.columns)
+    if task is None:
+        expected = "; ".join(f"{get_task(t).id_column} + {len(get_task(t).targets)} label columns ({t})"
+                             for t in task_names())
+        raise InputError(source, f"cannot tell the task: expected {expected}; got {sorted(map(str, labels.columns))}")
+    return task
 
 
 def stratification_matrix(labels: pd.DataFrame, *, task: str, source: str | Path = "train.csv") -> np.ndarray:
-    """The binary label matrix ``(n_studies, n_labels)`` used to stratify.
-
-    Args:
-        labels: train.csv format of ``task``.
-        task: ``"cervical"`` (8 labels) or ``"lumbar"`` (10 labels: moderate / severe at any level, per
-            condition).
-        source: file name for error messages.
-
-    Returns:
-        ``uint8`` matrix, one row per study in ``labels`` order.
+    """The binary label matrix ``(n_studies, n_labels)`` the folds of ``task`` are stratified on (the task's
+    ``stratify`` in the catalog).
 
     Raises:
         InputError: label columns missing or invalid.
         ConfigError: unknown task.
     """
-    if task == "cervical":
-        missing = [t for t in CERVICAL_TARGETS if t not in labels.columns]
-        if missing:
-            raise InputError(source, f"label columns missing: {missing}")
-        values = labels[list(CERVICAL_TARGETS)].apply(pd.to_numeric, errors="coerce")
-        if not values.isin([0, 1]).all().all():
-            raise InputError(source, "cervical labels must be 0/1 in C1..C7 and patient_overall")
-        return values.to_numpy(dtype=np.uint8)
-    if task == "lumbar":
-        from spinelab.metrics import lumbar_grade_matrix
+    from spinelab.tasks.catalog import task_function
 
-        grades = lumbar_grade_matrix(labels, source=source).reshape(
-            len(labels), len(LUMBAR_CONDITIONS), len(LUMBAR_LEVELS)
-        )
-        moderate = (grades == 1).any(axis=2)
-        severe = (grades == 2).any(axis=2)
-        return np.concatenate([moderate, severe], axis=1).astype(np.uint8)
-    raise ConfigError(f"task must be 'cervical' or 'lumbar', got {task!r}")
+    return task_function(task, "stratify")(labels, source=source)
+
+
+def cervical_stratification(labels: pd.DataFrame, *, source: str | Path = "train.csv") -> np.ndarray:
+    """C1..C7 and patient_overall: 8 binary labels per study, ``uint8``.
+
+    Raises:
+        InputError: label columns missing or not 0/1.
+    """
+    missing = [t for t in CERVICAL_TARGETS if t not in labels.columns]
+    if missing:
+        raise InputError(source, f"label columns missing: {missing}")
+    values = labels[list(CERVICAL_TARGETS)].apply(pd.to_numeric, errors="coerce")
+    if not values.isin([0, 1]).all().all():
+        raise InputError(source, "cervical labels must be 0/1 in C1..C7 and patient_overall")
+    return values.to_numpy(dtype=np.uint8)
+
+
+def lumbar_stratification(labels: pd.DataFrame, *, source: str | Path = "train.csv") -> np.ndarray:
+    """Per condition, moderate and severe at any level: 10 binary labels per study (a missing label is not
+    positive), ``uint8``.
+
+    Raises:
+        InputError: label columns missing or grades invalid.
+    """
+    from spinelab.metrics import lumbar_grade_matrix
+
+    grades = lumbar_grade_matrix(labels, source=source).reshape(len(labels), len(LUMBAR_CONDITIONS),
+                                                               len(LUMBAR_LEVELS))
+    return np.concatenate([(grades == 1).any(axis=2), (grades == 2).any(axis=2)], axis=1).astype(np.uint8)
 
 
 def make_folds(
@@ -95,7 +107,7 @@ def make_folds(
 
     Args:
         labels: train.csv format (one row per study).
-        task: ``"cervical"`` or ``"lumbar"``.
+        task: a task of the catalog (its id column and stratification).
         k: number of folds (2 .. number of studies).
         seed: seeds both passes; the same labels and seed give the same folds.
         swaps: number of candidate swaps of the balancing pass (0 keeps the plain iterative stratification).
@@ -107,9 +119,7 @@ def make_folds(
         InputError: missing id column, duplicated studies or invalid labels.
         ConfigError: unknown task or impossible ``k``.
     """
-    if task not in ID_COLUMNS:
-        raise ConfigError(f"task must be 'cervical' or 'lumbar', got {task!r}")
-    id_col = ID_COLUMNS[task]
+    id_col = id_column(task)
     if id_col not in labels.columns:
         raise InputError("train.csv", f"no {id_col} column")
     ids = labels[id_col].astype(str)
@@ -182,16 +192,16 @@ def make_dataset_folds(dataset_dir: str | Path, *, k: int = 5, seed: int = 42, t
             folder name.
         ConfigError: impossible ``k``.
     """
-    from spinelab.data.study_ids import check_folder_ids
+
+    from spinelab.tasks.catalog import task_function
 
     train_csv = Path(dataset_dir) / "train.csv"
     if not train_csv.is_file():
         raise InputError(train_csv, "train.csv not found")
-    labels = _read_id_table(train_csv)
-    detected = detect_task(labels, source=train_csv)
+    detected = detect_task(_read_id_table(train_csv, header_only=True), source=train_csv)
     if task is not None and task != detected:
         raise InputError(train_csv, f"asked for task {task!r} but the columns are those of {detected!r}")
-    check_folder_ids(labels[ID_COLUMNS[detected]], csv=train_csv, column=ID_COLUMNS[detected])
+    labels = task_function(detected, "read_labels")(train_csv)  # the task's one reader: ids and values checked
     return make_folds(labels, task=detected, k=k, seed=seed)
 
 
@@ -203,7 +213,7 @@ def write_folds(dataset_dir: str | Path, *, k: int = 5, seed: int = 42, task: st
         dataset_dir: a Kaggle-layout dataset folder.
         k: number of folds.
         seed: shuffling seed.
-        task: ``"cervical"`` / ``"lumbar"``; detected from train.csv columns when ``None``.
+        task: a catalog task; detected from train.csv columns when ``None``.
         out: the file to write; default ``DATASET_DIR/folds.csv`` (pass one elsewhere for a read-only
             dataset, then point ``data.folds_file`` at it).
 
@@ -247,8 +257,10 @@ def read_folds(dataset_dir: str | Path) -> pd.Series:
         path = path / "folds.csv"
     if not path.is_file():
         raise InputError(path, "folds.csv not found (run `spinelab folds DATASET_DIR`)")
+    from spinelab.tasks.catalog import get_task, task_names
+
     frame = _read_id_table(path)
-    id_cols = [c for c in ID_COLUMNS.values() if c in frame.columns]
+    id_cols = [c for c in dict.fromkeys(get_task(t).id_column for t in task_names()) if c in frame.columns]
     if len(id_cols) != 1 or "fold" not in frame.columns:
         raise InputError(
             path, f"expected columns '<StudyInstanceUID|study_id>,fold', got {list(frame.columns)}"
@@ -264,10 +276,14 @@ def read_folds(dataset_dir: str | Path) -> pd.Series:
     )
 
 
-def _read_id_table(path: Path) -> pd.DataFrame:
-    """A CSV keyed by either competition's study id, ids as text; unreadable or unparsable -> ``InputError``."""
+def _read_id_table(path: Path, *, header_only: bool = False) -> pd.DataFrame:
+    """A CSV keyed by any task's study id, ids as text (only the header with ``header_only``); unreadable or
+    unparsable -> ``InputError``."""
+    from spinelab.tasks.catalog import get_task, task_names
+
+    ids = {get_task(t).id_column: str for t in task_names()}
     try:
-        return pd.read_csv(path, dtype={"StudyInstanceUID": str, "study_id": str})
+        return pd.read_csv(path, dtype=ids, nrows=0 if header_only else None)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise InputError(path, f"cannot parse CSV: {err}") from err
     except OSError as err:

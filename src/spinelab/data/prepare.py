@@ -11,8 +11,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from spinelab.errors import InputError
 
 __all__ = ["check_dataset", "fold_count", "make_writable_folder", "prepare_dataset", "os_error"]
@@ -46,13 +44,13 @@ def make_writable_folder(path: str | Path) -> Path:
 
 
 def check_dataset(cfg: Any) -> None:
-    """The dataset folder, its ``train.csv`` (with safe study ids) and its ``train_images/`` exist.
+    """The dataset folder, its ``train.csv`` (read by the task's reader: columns, study ids, labels) and its
+    ``train_images/`` exist.
 
     Raises:
         InputError: naming the first missing or bad input.
     """
-    from spinelab.data.folds import ID_COLUMNS
-    from spinelab.data.study_ids import check_folder_ids
+    from spinelab.tasks.catalog import task_function
 
     dataset = Path(cfg.data.dataset_dir)
     if not dataset.is_dir():
@@ -63,16 +61,7 @@ def check_dataset(cfg: Any) -> None:
     if not (dataset / TRAIN_IMAGES).is_dir():
         raise InputError(dataset / TRAIN_IMAGES, "image folder not found: is data.dataset_dir a Kaggle-layout "
                                                  "dataset?")
-    column = ID_COLUMNS[cfg.task]
-    try:
-        ids = pd.read_csv(train_csv, dtype=str, usecols=lambda c: c == column)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as err:
-        raise InputError(train_csv, f"cannot parse CSV: {str(err).splitlines()[0]}") from None
-    except OSError as err:
-        raise InputError(train_csv, f"cannot read: {err.strerror or err}") from None
-    if column not in ids.columns:
-        raise InputError(train_csv, f"no {column} column (is this the {cfg.task} dataset?)")
-    check_folder_ids(ids[column], csv=train_csv, column=column)
+    task_function(cfg.task, "read_labels")(train_csv)  # the task's one reader checks the columns and the ids
     if cfg.data.folds_file is not None and not Path(cfg.data.folds_file).is_file():
         raise InputError(cfg.data.folds_file, "data.folds_file not found "
                                               "(write it with `spinelab folds DATASET --out FILE`)")

@@ -7,8 +7,6 @@ from pathlib import Path
 import pandas as pd
 
 from spinelab.errors import InputError
-from spinelab.metrics.cervical import cervical_score
-from spinelab.metrics.lumbar import lumbar_score
 
 __all__ = ["score_files"]
 
@@ -31,24 +29,19 @@ def score_files(solution_path: str | Path, submission_path: str | Path, *, task:
     Args:
         solution_path: labels (train.csv format or melted Kaggle format).
         submission_path: Kaggle-format submission.
-        task: ``"cervical"`` or ``"lumbar"``.
+        task: a task of ``spinelab.tasks.catalog`` (its ``score`` is the metric).
 
     Returns:
         The competition loss.
 
     Raises:
         InputError: a file is missing, unreadable or malformed.
-        ValueError: unknown task.
+        ConfigError: unknown task.
     """
+    from spinelab.tasks.catalog import task_function
+
+    score = task_function(task, "score")
     solution_path, submission_path = Path(solution_path), Path(submission_path)
     solution = _read_csv(solution_path, "solution")
     submission = _read_csv(submission_path, "submission")
-    if task == "cervical":
-        return cervical_score(
-            solution, submission, submission_name=submission_path, solution_name=solution_path
-        )
-    if task == "lumbar":
-        return lumbar_score(
-            solution, submission, submission_name=submission_path, solution_name=solution_path
-        )
-    raise ValueError(f"task must be 'cervical' or 'lumbar', got {task!r}")
+    return score(solution, submission, submission_name=submission_path, solution_name=solution_path)

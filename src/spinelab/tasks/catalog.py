@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from spinelab.errors import ConfigError
+from spinelab.registry import CERVICAL_TARGETS, lumbar_columns
 from spinelab.tasks.route import Route, Task, TaskOutput, resolve
 
 __all__ = ["register_task", "register_route", "unregister_route", "get_task", "get_route", "task_names",
-           "route_of", "route_for_data", "task_output", "report_function", "run_route"]
+           "route_of", "route_for_data", "task_output", "report_function", "run_route", "task_function",
+           "task_of_columns"]
 
 _TASKS: dict[str, Task] = {}
 
@@ -86,6 +88,27 @@ def task_output(task: str) -> TaskOutput:
     return resolve(get_task(task).output)
 
 
+def task_function(task: str, name: str) -> Any:
+    """The task's ``read_labels``, ``stratify`` or ``score`` callable (imported on first use).
+
+    Raises:
+        ConfigError: unknown task, or the task has no such function.
+    """
+    ref = getattr(get_task(task), name, None)
+    if ref is None:
+        raise ConfigError(f"task {task!r} has no {name}")
+    return resolve(ref)
+
+
+def task_of_columns(columns: Any) -> str | None:
+    """The task whose train.csv has these columns (its id column and every target), or ``None``."""
+    cols = set(map(str, columns))
+    for task in _TASKS.values():
+        if task.targets and {task.id_column, *task.targets} <= cols:
+            return task.name
+    return None
+
+
 def report_function(task: str) -> Any:
     """The task's report writer ``(predictions=, input=, out=, model=) -> Path``."""
     report = get_task(task).report
@@ -102,9 +125,17 @@ def run_route(run_dir: str | Path) -> Route:
 
 
 register_task(Task("cervical", "slices", output="spinelab.tasks.cervical.predict:OUTPUT",
-                   report="spinelab.report.cervical:write_cervical_report"))
+                   report="spinelab.report.cervical:write_cervical_report",
+                   id_column="StudyInstanceUID", targets=tuple(CERVICAL_TARGETS),
+                   read_labels="spinelab.data.cervical_layout:read_cervical_labels",
+                   stratify="spinelab.data.folds:cervical_stratification",
+                   score="spinelab.metrics.cervical:cervical_score"))
 register_task(Task("lumbar", "points", output="spinelab.tasks.lumbar.predict:OUTPUT",
-                   report="spinelab.report.lumbar:write_lumbar_report"))
+                   report="spinelab.report.lumbar:write_lumbar_report",
+                   id_column="study_id", targets=tuple(lumbar_columns()),
+                   read_labels="spinelab.data.lumbar_layout:read_lumbar_labels",
+                   stratify="spinelab.data.folds:lumbar_stratification",
+                   score="spinelab.metrics.lumbar:lumbar_score"))
 register_route(Route("cervical", "slices", config="spinelab.config.schema:CervicalConfig",
                      training="spinelab.tasks.cervical.pipeline:TRAINING",
                      predictor="spinelab.tasks.cervical.predict:CervicalPredictor"))

@@ -15,9 +15,12 @@ import importlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from spinelab.errors import ConfigError
+
+if TYPE_CHECKING:
+    from spinelab.infer.result import StudyResult
 
 __all__ = ["Route", "Task", "Training", "Step", "TaskOutput", "Predictor", "resolve", "train_route"]
 
@@ -41,10 +44,10 @@ class Predictor(Protocol):
     @property
     def model_info(self) -> dict[str, Any]: ...
 
-    def predict_study(self, study: str | Path, study_id: str | None = None, **options: Any) -> dict[str, Any]:
-        """The study's result (``spinelab.infer.result.StudyResult`` keys)."""
+    def predict_study(self, study: str | Path, study_id: str | None = None, **options: Any) -> StudyResult:
+        """The study's result; ``studies/<id>.json`` is its ``to_json()``."""
 
-    def fallback(self, study_id: str, error: str) -> dict[str, Any]:
+    def fallback(self, study_id: str, error: str) -> StudyResult:
         """A valid result for a study that could not be predicted (the training prior), status ``failed``."""
 
 
@@ -109,6 +112,9 @@ class TaskOutput:
         evaluate: ``(results, label_path, out) -> evaluation.json path``.
         check_input: ``(input, split, studies) -> None``: notes about the input before the loop (optional).
         refused_options: predict options this task refuses, with the one-line reason.
+        oof: ``run_dir -> (wide, labels)``: a run's out-of-fold predictions as ``frames``' wide table (indexed by
+            study id) and their labels in train.csv format (ensemble weights are fitted on them).
+        score_wide: ``(labels, wide) -> float``: the task's metric of a wide table (lower is better).
     """
 
     nested: bool
@@ -116,6 +122,8 @@ class TaskOutput:
     evaluate: Callable[[list[dict[str, Any]], Path, Path], Path]
     check_input: Callable[[Path, str, list[tuple[str, Path]]], None] | None = None
     refused_options: dict[str, str] = field(default_factory=dict)
+    oof: Callable[[Path], tuple[Any, Any]] | None = None
+    score_wide: Callable[[Any, Any], float] | None = None
 
 
 @dataclass(frozen=True)
@@ -136,13 +144,29 @@ class Route:
 
 @dataclass(frozen=True)
 class Task:
-    """A task: its routes share the study format, the submission, the metric and the report."""
+    """A task: its routes share the label file, the folds, the study format, the submission, the metric and the
+    report. The callables may be ``"module:attribute"`` strings (imported on use, see ``resolve``).
+
+    Args:
+        output: the prediction path's ``TaskOutput``.
+        report: ``(predictions=, input=, out=, model=) -> index path``.
+        id_column: the study id column of train.csv, folds.csv and the submission's row ids.
+        targets: the label columns of train.csv (with ``id_column`` they tell a train.csv's task).
+        read_labels: ``(path, drop=) -> DataFrame``: the one reader of the task's train.csv format.
+        stratify: ``(labels, source=) -> (n_studies, n_labels) uint8``: the matrix the folds are stratified on.
+        score: ``(solution, submission, submission_name=, solution_name=) -> float``: the competition metric.
+    """
 
     name: str
     default_route: str
-    output: Any  # TaskOutput or "module:attribute"
-    report: Any = None  # (predictions=, input=, out=, model=) -> index path, or "module:attribute"
+    output: Any
+    report: Any = None
     routes: dict[str, Route] = field(default_factory=dict)
+    id_column: str = "study_id"
+    targets: tuple[str, ...] = ()
+    read_labels: Any = None
+    stratify: Any = None
+    score: Any = None
 
 
 def train_route(route: Route, cfg: Any, run_dir: str | Path, *, fold: str = "all", stage: str = "all",

@@ -92,15 +92,10 @@ class CervicalStudies:
     @cached_property
     def labels(self) -> pd.DataFrame:
         """train.csv indexed by StudyInstanceUID (dropped studies removed)."""
-        path = self.dataset_dir / "train.csv"
-        if not path.is_file():
-            raise InputError(path, "train.csv not found: is this an RSNA 2022 dataset folder?")
-        df = pd.read_csv(path)
-        missing = [c for c in ("StudyInstanceUID", *CERVICAL_TARGETS) if c not in df.columns]
-        if missing:
-            raise InputError(path, f"missing columns {missing}")
-        df = df[~df.StudyInstanceUID.isin(self.cfg.data.drop_studies)]
-        return df.set_index("StudyInstanceUID")
+        from spinelab.data.cervical_layout import read_cervical_labels
+
+        return read_cervical_labels(self.dataset_dir / "train.csv",
+                                    drop=self.cfg.data.drop_studies).set_index("StudyInstanceUID")
 
     @cached_property
     def folds(self) -> pd.Series:
