@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from spinelab.errors import ConfigError
 
-__all__ = ["train", "set_keep", "predict", "report", "default_run_dir"]
+__all__ = ["train", "set_keep", "predict", "fit_ensemble", "report", "default_run_dir"]
 
 
 def default_run_dir(cfg: Any) -> Path:
@@ -53,42 +54,60 @@ def set_keep(cfg: Any, keep: str) -> None:
             section.train.keep = keep
 
 
-def predict(task: str, *, model: str | Path, input: str | Path, out: str | Path, labels: str | Path | None = None,
+def predict(task: str, *, model: str | Path | Sequence[str | Path], input: str | Path, out: str | Path,
+            labels: str | Path | None = None, weights: str | Path | Sequence[float] | None = None,
             device: str | None = None, precision: str | None = None, compile: bool | None = None,
             tta: bool | None = None, folds: list[int] | None = None, series: str | None = None,
             strict: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Predict a dataset, a study folder or one NIfTI/DICOM file with a run folder; see
-    ``spinelab predict --help``.
+    """Predict a dataset, a study folder or one NIfTI/DICOM file with a run folder, or with several (an
+    ensemble, ``spinelab.infer.ensemble``); see ``spinelab predict --help``.
 
-    ``device``, ``precision``, ``compile`` and ``tta`` left ``None`` come from the run's ``infer`` section.
-    ``series`` picks a series by SeriesInstanceUID or description in every cervical study; ``strict`` refuses
-    a study on any input warning.
+    ``model``: one run folder, or a list of them (any routes of ``task``) whose probabilities are averaged per
+    study with ``weights`` (numbers, ``"0.7,0.3"`` or a ``weights.json`` of ``spinelab ensemble fit``; equal
+    when ``None``). ``device``, ``precision``, ``compile`` and ``tta`` left ``None`` come from each run's
+    ``infer`` section. ``series`` picks a series by SeriesInstanceUID or description in every cervical study;
+    ``strict`` refuses a study on any input warning.
 
     Returns:
         The submission, predictions, manifest and evaluation paths, ``studies`` and ``counts``
         (``{"ok", "warning", "refused", "failed"}``): every study was predicted when refused + failed is 0.
     """
     from spinelab.infer.batch import predict_dataset
-    from spinelab.infer.runtime import run_inference_options
+    from spinelab.infer.ensemble import load_ensemble, load_predictor, parse_weights
     from spinelab.tasks.catalog import run_route, task_output
-    from spinelab.tasks.route import resolve
 
     output = task_output(task)
     options = {"series": series} if series is not None else {}
     for name in options:
         if name in output.refused_options:
             raise ConfigError(output.refused_options[name])
-    route = run_route(model)
-    if route.task != task:
-        raise ConfigError(f"{model}: the run folder was trained for {route.task}, not {task}")
+    models = [model] if isinstance(model, str | Path) else list(model)
+    if not models:
+        raise ConfigError("give a run folder (--model)")
+    if len(models) == 1 and weights is not None:
+        raise ConfigError("--weights needs two or more --model run folders")
+    parse_weights(weights, models)  # a bad weight or weights file is refused before any study is read
+    for m in models:
+        route = run_route(m)
+        if route.task != task:
+            raise ConfigError(f"{m}: the run folder was trained for {route.task}, not {task}")
+    settings = {"device": device, "precision": precision, "compile": compile, "tta": tta, "folds": folds,
+                "strict": strict}
 
     def build() -> Any:
-        runtime, use_tta = run_inference_options(model, device=device, precision=precision, compile=compile,
-                                                 tta=tta)
-        return resolve(route.predictor)(model, folds=folds, runtime=runtime, tta=use_tta, strict=strict)
+        if len(models) == 1:
+            return load_predictor(task, models[0], **settings)
+        return load_ensemble(task, models, weights, **settings)
 
     return predict_dataset(build, input, out, task=task, output=output, labels=labels, progress=progress,
                            **options)
+
+
+def fit_ensemble(model: Sequence[str | Path], out: str | Path) -> Path:
+    """Fit ensemble weights on the runs' out-of-fold predictions (``spinelab ensemble fit``); returns ``out``."""
+    from spinelab.infer.ensemble import fit_weights
+
+    return fit_weights(list(model), out)
 
 
 def report(task: str, *, predictions: str | Path, input: str | Path, out: str | Path,

@@ -101,7 +101,10 @@ synth_app = typer.Typer(help="Synthetic datasets in the exact Kaggle layouts.", 
                         context_settings=_CONTEXT)
 labels_app = typer.Typer(help="Derive training targets from segmentations and CSVs.", no_args_is_help=True,
                          context_settings=_CONTEXT)
+ensemble_app = typer.Typer(help="Route ensembles: weights fitted on out-of-fold predictions.", no_args_is_help=True,
+                           context_settings=_CONTEXT)
 app.add_typer(cache_app, name="cache")
+app.add_typer(ensemble_app, name="ensemble")
 app.add_typer(synth_app, name="synth")
 app.add_typer(labels_app, name="labels")
 
@@ -434,11 +437,15 @@ def train(
 @app.command()
 def predict(
     task: Annotated[str, _task_argument()],
-    model: Annotated[Path, typer.Option("--model", help="Run folder written by `spinelab train`.")],
+    model: Annotated[list[Path], typer.Option(
+        "--model", help="Run folder written by `spinelab train`; repeat it for an ensemble (any routes of TASK).")],
     input: Annotated[Path, typer.Option(
         "--input", "-i", help="A dataset folder, a folder of studies, one study folder, or a NIfTI/DICOM file.")],
     out: Annotated[Path, typer.Option(*_OUT, help="Output folder.", callback=_out_folder)],
     labels: Annotated[Path | None, typer.Option(help="Labels CSV to evaluate against (train.csv format).")] = None,
+    weights: Annotated[str | None, typer.Option(
+        help="Ensemble weights, one per --model (0.7,0.3), or a weights.json of `spinelab ensemble fit` "
+             "[default: equal]")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or auto [default: the run's infer.device]")] = None,
     precision: Annotated[str | None, typer.Option(
         help="fp32, bf16 or fp16 (GPU) autocast; Lightning spellings (bf16-mixed) too "
@@ -455,12 +462,13 @@ def predict(
         "--strict", help="Refuse a study on any input warning, not only on a refusal rule.")] = False,
 ) -> None:
     """Predict every study: submission.csv, one JSON per study, manifest.json, and an evaluation when labels
-    exist. Exit 0 when every study was predicted (warnings allowed), 3 when some were refused or failed
-    (they get the prior), 2 on an error."""
+    exist. Several --model runs are an ensemble: their probabilities are averaged per study. Exit 0 when every
+    study was predicted (warnings allowed), 3 when some were refused or failed (they get the prior), 2 on an
+    error."""
     from spinelab.api import predict as api_predict
     from spinelab.infer.batch import summary_line
 
-    result = api_predict(task, model=model, input=input, out=out, labels=labels, device=device,
+    result = api_predict(task, model=model, input=input, out=out, labels=labels, weights=weights, device=device,
                          precision=precision, compile=compile, tta=tta,
                          folds=[int(f) for f in folds.split(",")] if folds else None,
                          series=series, strict=strict)
@@ -486,6 +494,24 @@ def report(
 
     index = api_report(task, predictions=predictions, input=input, out=out, model=model)
     typer.echo(f"report: {index}")
+
+
+@ensemble_app.command("fit")
+def ensemble_fit(
+    model: Annotated[list[Path], typer.Option("--model", help="Run folder; two or more, of one task.")],
+    out: Annotated[Path, typer.Option(*_OUT, help="The weights.json to write.", callback=_out_file)],
+) -> None:
+    """Fit non-negative weights summing to 1 that minimise the task's metric on the runs' out-of-fold
+    predictions; `spinelab predict --model A --model B --weights weights.json` uses them."""
+    from spinelab.api import fit_ensemble
+
+    path = fit_ensemble(model, out)
+    record = json.loads(path.read_text())
+    typer.echo(f"weights: {path}")
+    console.print(f"out-of-fold score {record['oof_score']:.4f} (equal weights {record['equal_weights_score']:.4f}) "
+                  f"on {record['studies']} studies: " + ", ".join(f"{Path(m['run_dir']).name} {m['weight']:.3f}"
+                                                                  for m in record["members"]),
+                  markup=False, highlight=False)
 
 
 def main() -> None:

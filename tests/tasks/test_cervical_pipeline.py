@@ -110,7 +110,7 @@ def test_python_function_matches_the_command(run: Path, dataset: Path, predictio
     result = predict_cervical(study, run, device="cpu")
     wide = pd.read_csv(predictions["predictions"]).set_index("StudyInstanceUID")
     for t in CERVICAL_TARGETS:
-        assert result["probabilities"][t] == pytest.approx(wide.loc[study.name, t], abs=1e-5)
+        assert result.probabilities[t] == pytest.approx(wide.loc[study.name, t], abs=1e-5)
 
 
 def test_study_with_no_vertebrae_found_gets_prediction_and_warning(run: Path, dataset: Path) -> None:
@@ -121,9 +121,9 @@ def test_study_with_no_vertebrae_found_gets_prediction_and_warning(run: Path, da
     predictor.cfg.stage1.min_peak = 1.01  # no ratio peak can reach it: nothing is "found"
     study = sorted((dataset / "test_images").iterdir())[0]
     result = predictor.predict_study(study)
-    assert result["missing_vertebrae"] == [f"C{i}" for i in range(1, 8)]
-    assert any("not found" in w for w in result["warnings"])
-    probs = np.array(list(result["probabilities"].values()))
+    assert result.missing_vertebrae == [f"C{i}" for i in range(1, 8)]
+    assert any("not found" in w for w in result.warnings)
+    probs = np.array(list(result.probabilities.values()))
     assert probs.shape == (8,) and ((probs > 0) & (probs < 1)).all()
 
 

@@ -132,8 +132,8 @@ def test_predict_one_study_function(run_dir: Path, dataset: Path) -> None:
 
     study = sorted((dataset / "test_images").iterdir())[-1]
     result = spinelab.predict_lumbar(study, run_dir, device="cpu", tta=False)
-    assert result["study"] == study.name and result["missing_series"] == []
-    assert all(abs(sum(g.values()) - 1) < 1e-4 for g in result["grades"].values())
+    assert result.study == study.name and result.missing_series == []
+    assert all(abs(sum(g.values()) - 1) < 1e-4 for g in result.grades.values())
 
 
 def test_predict_rejects_unknown_fold(run_dir: Path, dataset: Path, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from spinelab.cli import app
 from spinelab.config.schema import DataConfig, InferConfig, StrictModel, TrainConfig, TrainerConfig
+from spinelab.infer.result import SCHEMA_VERSION, StudyResult
 from spinelab.registry import CERVICAL_TARGETS
 from spinelab.tasks.catalog import get_route, register_route, unregister_route
 from spinelab.tasks.route import Route, Step, Training
@@ -153,19 +154,20 @@ class ToyPredictor:
     def model_info(self) -> dict[str, Any]:
         return {"run_dir": str(self.run_dir), "route": self.cfg.route}
 
-    def predict_study(self, study: str | Path, study_id: str | None = None, **options: Any) -> dict[str, Any]:
+    def predict_study(self, study: str | Path, study_id: str | None = None, **options: Any) -> StudyResult:
         from spinelab.infer.studies import read_study_volume
         from spinelab.tasks.cervical.studies import prepare_cervical_volume
 
         x = _cube(prepare_cervical_volume(read_study_volume(study)))[None]
         with torch.no_grad():
             p = np.mean([torch.sigmoid(m(x))[0].numpy() for m in self.models], axis=0)
-        return {"study": study_id, "probabilities": dict(zip(CERVICAL_TARGETS, map(float, p), strict=True)),
-                "box": [0, 0, SIDE, SIDE], "model": self.model_info}
+        return StudyResult(schema_version=SCHEMA_VERSION, study=study_id,
+                           probabilities=dict(zip(CERVICAL_TARGETS, map(float, p), strict=True)),
+                           box=[0, 0, SIDE, SIDE], model=self.model_info)
 
-    def fallback(self, study_id: str, error: str) -> dict[str, Any]:
-        return {"study": study_id, "probabilities": self.prior, "status": "failed", "error": error,
-                "warnings": [error]}
+    def fallback(self, study_id: str, error: str) -> StudyResult:
+        return StudyResult(schema_version=SCHEMA_VERSION, study=study_id, probabilities=self.prior, status="failed",
+                           error=error, warnings=[error])
 
 
 @pytest.fixture

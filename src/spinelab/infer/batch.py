@@ -1,8 +1,8 @@
 """Predict many studies: progress bar, one JSON per study, a manifest of the call, never a half-written file.
 
 ``predict_dataset`` is the one prediction path of every route: discovery, this loop, the submission, the
-evaluation. Its loop, ``predict_studies``, takes ``predict_one(study_id, path) -> dict`` and a
-``fallback(study_id, error) -> dict`` that still yields a valid prediction (for a submission must have
+evaluation. Its loop, ``predict_studies``, takes ``predict_one(study_id, path) -> StudyResult`` and a
+``fallback(study_id, error) -> StudyResult`` that still yields a valid prediction (for a submission must have
 every row) marked as failed. A study that fails an input rule (``StudyRefusedError``) gets the same fallback
 marked ``refused`` with its reasons. ``manifest.json`` lists the studies of this call, so a reused output
 folder never mixes old and new results.
@@ -23,18 +23,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from spinelab.errors import InputError, SpinelabError
 from spinelab.infer.checks import STATUSES, StudyRefusedError
-from spinelab.infer.result import StudyResult
+from spinelab.infer.result import SCHEMA_VERSION, StudyResult
 from spinelab.io.atomic import atomic_write_csv, atomic_write_json
 from spinelab.io.files import file_sha256
 
 if TYPE_CHECKING:
     from spinelab.tasks.route import Predictor, TaskOutput
 
-__all__ = ["predict_dataset", "predict_studies", "progress_bar", "read_study_results", "status_counts", "summary_line",
-           "file_sha256", "weights_sha256", "SCHEMA_VERSION", "MANIFEST"]
+__all__ = ["predict_dataset", "predict_studies", "refused_result", "progress_bar", "read_study_results",
+           "status_counts", "summary_line", "file_sha256", "weights_sha256", "SCHEMA_VERSION", "MANIFEST"]
 
-#: Version of the study JSON, manifest.json and evaluation.json layouts; raised when a key changes meaning.
-SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 
 log = logging.getLogger("spinelab")
@@ -65,16 +63,16 @@ def summary_line(counts: dict[str, int]) -> str:
     return f"{sum(counts.values())} studies: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES)
 
 
-def predict_studies(studies: Sequence[tuple[str, Path]], predict_one: Callable[[str, Path], dict[str, Any]],
-                    fallback: Callable[[str, str], dict[str, Any]], *, out_dir: Path,
+def predict_studies(studies: Sequence[tuple[str, Path]], predict_one: Callable[[str, Path], StudyResult],
+                    fallback: Callable[[str, str], StudyResult], *, out_dir: Path,
                     progress: bool = True, description: str = "predict", task: str | None = None,
                     model: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Run ``predict_one`` on every study, writing ``out_dir/studies/<id>.json`` atomically, then
     ``out_dir/manifest.json`` (``task`` and ``model`` go into it).
 
-    A study that raises, or whose result is not a valid ``StudyResult``, gets ``fallback``'s prediction and the
-    loop goes on: ``refused`` with ``reasons`` for ``StudyRefusedError``, ``failed`` with the error otherwise.
-    Returns the per-study result dicts (``StudyResult.to_json``) in input order.
+    A study that raises (a result that does not validate raises where it is built) gets ``fallback``'s
+    prediction and the loop goes on: ``refused`` with ``reasons`` for ``StudyRefusedError``, ``failed`` with the
+    error otherwise. Returns the per-study JSONs (``StudyResult.to_json``) in input order.
     """
     results, files = [], []
     (out_dir / "studies").mkdir(parents=True, exist_ok=True)
@@ -83,26 +81,23 @@ def predict_studies(studies: Sequence[tuple[str, Path]], predict_one: Callable[[
         for sid, path in studies:
             start = time.perf_counter()
             try:
-                result = predict_one(sid, path)
-                StudyResult.model_validate({"schema_version": SCHEMA_VERSION, **result})  # a malformed result fails
+                result = _as_result(predict_one(sid, path))
             except StudyRefusedError as err:
                 log.warning("study %s refused: %s", sid, err)
-                result = fallback(sid, str(err))
-                result.pop("error", None)
-                result.update(status="refused", reasons=err.reasons, input=err.facts,
-                              warnings=[f"refused, prior used: {err}", *err.warnings])
+                result = refused_result(fallback(sid, str(err)), err)
             except SpinelabError as err:
                 log.warning("study %s failed: %s", sid, err)
                 result = fallback(sid, str(err))
             except Exception as err:  # a long run survives any bad study; the trace goes into its JSON
                 log.warning("study %s failed: %s: %s", sid, type(err).__name__, err)
                 result = fallback(sid, f"{type(err).__name__}: {err}")
-                result["traceback"] = traceback.format_exc(limit=5)
-            result.setdefault("seconds", round(time.perf_counter() - start, 3))
-            result = StudyResult.model_validate({"schema_version": SCHEMA_VERSION, **result}).to_json()
+                result.traceback = traceback.format_exc(limit=5)
+            if result.seconds is None:
+                result.seconds = round(time.perf_counter() - start, 3)
+            record = result.to_json()
             name = f"studies/{sid}.json"
-            atomic_write_json(out_dir / name, result)
-            results.append(result)
+            atomic_write_json(out_dir / name, record)
+            results.append(record)
             files.append(name)
             bar.advance(task_id)
     counts = status_counts(results)
@@ -157,6 +152,22 @@ def predict_dataset(predictor: Predictor | Callable[[], Predictor], input: str |
     evaluation = output.evaluate(results, label_path, out) if label_path is not None else None
     return {"submission": submission, "predictions": predictions, "manifest": out / MANIFEST,
             "evaluation": evaluation, "studies": len(results), "failed": counts["failed"], "counts": counts}
+
+
+def _as_result(result: Any) -> StudyResult:
+    """A predictor's result, which the contract makes a ``StudyResult`` (validated where it was built)."""
+    if not isinstance(result, StudyResult):
+        raise TypeError(f"a predictor returned {type(result).__name__}, not a StudyResult")
+    return result
+
+
+def refused_result(prior: StudyResult, err: StudyRefusedError) -> StudyResult:
+    """``prior`` (a predictor's fallback) marked ``refused`` with the rule's reasons, facts and warnings."""
+    record = prior.to_json()
+    record.pop("error", None)
+    record.update(status="refused", reasons=err.reasons, input=err.facts,
+                  warnings=[f"refused, prior used: {err}", *err.warnings])
+    return StudyResult.model_validate(record)
 
 
 def read_study_results(predictions: str | Path) -> list[dict[str, Any]]:

@@ -11,7 +11,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["StudyResult"]
+__all__ = ["StudyResult", "SCHEMA_VERSION"]
+
+#: Version of the study JSON, manifest.json and evaluation.json layouts; raised when a key changes meaning.
+SCHEMA_VERSION = 1
 
 
 class StudyResult(BaseModel):

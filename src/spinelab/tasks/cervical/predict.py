@@ -14,8 +14,10 @@ import pandas as pd
 import torch
 
 from spinelab import __version__
-from spinelab.infer.batch import SCHEMA_VERSION, weights_sha256
+from spinelab.errors import InputError
+from spinelab.infer.batch import weights_sha256
 from spinelab.infer.checks import InputCheck, check_cervical_input, check_cervical_localization
+from spinelab.infer.result import SCHEMA_VERSION, StudyResult
 from spinelab.infer.runtime import Runtime, run_inference_options
 from spinelab.infer.studies import read_study_volume
 from spinelab.infer.tta import flip_outputs
@@ -94,7 +96,7 @@ class CervicalPredictor:
         outs = flip_outputs(self.stage2, x, forward, tta=self.tta)  # a mirror changes no fracture label
         return np.clip(np.mean(outs, axis=0), 1e-4, 1 - 1e-4)
 
-    def predict_volume(self, volume: Volume, study_id: str | None = None) -> dict[str, Any]:
+    def predict_volume(self, volume: Volume, study_id: str | None = None) -> StudyResult:
         """Probabilities for C1-C7 and the patient, plus vertebra slice ranges and the crop box.
 
         The input rules run first and the plausibility of stage 1's result after it (``infer.checks``).
@@ -117,22 +119,22 @@ class CervicalPredictor:
         ranges = {v: {"start_index": r[0], "end_index": r[1],
                       "slice_numbers": [ids[r[0]], ids[r[1]]] if ids else None}
                   for v, r in summary["ranges"].items()}
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "study": study_id,
-            "status": "warning" if warnings else "ok",
-            "probabilities": {t: float(p) for t, p in zip(CERVICAL_TARGETS, probs, strict=True)},
-            "vertebra_ranges": ranges,
-            "crop_box": [round(v, 1) for v in summary["box"]],
-            "missing_vertebrae": summary["missing"],
-            "warnings": warnings,
-            "input": check.facts,
-            "conventions": CONVENTIONS,
-            "model": self.model_info,
-        }
+        return StudyResult(
+            schema_version=SCHEMA_VERSION,
+            study=study_id,
+            status="warning" if warnings else "ok",
+            probabilities={t: float(p) for t, p in zip(CERVICAL_TARGETS, probs, strict=True)},
+            vertebra_ranges=ranges,
+            crop_box=[round(v, 1) for v in summary["box"]],
+            missing_vertebrae=summary["missing"],
+            warnings=warnings,
+            input=check.facts,
+            conventions=CONVENTIONS,
+            model=self.model_info,
+        )
 
     def predict_study(self, study: str | Path, study_id: str | None = None, *,
-                      series: str | None = None) -> dict[str, Any]:
+                      series: str | None = None) -> StudyResult:
         """Read a study (a DICOM folder, a DICOM file or a NIfTI file of CT in HU) and predict it.
 
         Args:
@@ -148,17 +150,17 @@ class CervicalPredictor:
         """The per-study function of ``predict_dataset`` (``series`` picks the series in every study)."""
         return lambda sid, path: self.predict_study(path, sid, series=series)
 
-    def fallback(self, study_id: str, error: str) -> dict[str, Any]:
+    def fallback(self, study_id: str, error: str) -> StudyResult:
         """A valid prediction for a study that could not be processed: the training prevalence."""
-        return {"study": study_id, "probabilities": {t: float(self.prior[t]) for t in CERVICAL_TARGETS},
-                "status": "failed", "error": error, "warnings": [f"prediction failed, prior used: {error}"],
-                "model": self.model_info}
+        return StudyResult(schema_version=SCHEMA_VERSION, study=study_id,
+                           probabilities={t: float(self.prior[t]) for t in CERVICAL_TARGETS}, status="failed",
+                           error=error, warnings=[f"prediction failed, prior used: {error}"], model=self.model_info)
 
 
 def predict_cervical(study_dir: str | Path, model_dir: str | Path, *, device: str | None = None,
                      precision: str | None = None, compile: bool | None = None, tta: bool | None = None,
                      folds: list[int] | None = None, series: str | None = None,
-                     strict: bool = False) -> dict[str, Any]:
+                     strict: bool = False) -> StudyResult:
     """Predict one cervical CT study (a DICOM folder or file, or a NIfTI file) with a trained run folder (same
     options as the CLI).
 
@@ -199,11 +201,12 @@ def evaluate_cervical_predictions(wide: pd.DataFrame, label_path: Path, out: Pat
     """Competition metric, AUCs and a calibration table for the predicted studies that have labels."""
     from sklearn.metrics import roc_auc_score
 
+    from spinelab.data.cervical_layout import read_cervical_labels
     from spinelab.metrics import cervical_prevalence_constant, cervical_score, cervical_submission_frame
     from spinelab.report.calibration import calibration_table
 
-    truth = pd.read_csv(label_path)
-    truth = truth[truth.StudyInstanceUID.isin(wide.StudyInstanceUID)]
+    truth = read_cervical_labels(label_path)
+    truth = truth[truth.StudyInstanceUID.isin(wide.StudyInstanceUID.astype(str))]
     probs = wide.set_index("StudyInstanceUID").loc[truth.StudyInstanceUID, list(CERVICAL_TARGETS)]
     result: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "labels": str(label_path), "studies": len(truth)}
     if len(truth):
@@ -224,5 +227,33 @@ def evaluate_cervical_predictions(wide: pd.DataFrame, label_path: Path, out: Pat
     return atomic_write_json(out / "evaluation.json", result)
 
 
+def read_oof(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A run's stage-2 out-of-fold probabilities (``oof.csv``, indexed by study) and their labels.
+
+    Raises:
+        InputError: the run has no ``oof.csv`` (it was trained without held-out folds, or stage 2 did not run).
+    """
+    path = Path(run_dir) / "oof.csv"
+    if not path.is_file():
+        raise InputError(path, "no out-of-fold predictions: train stage 2 with held-out folds (--fold all or 0,1,..)")
+    oof = pd.read_csv(path, dtype={"StudyInstanceUID": str})
+    missing = [c for c in ("StudyInstanceUID", *CERVICAL_TARGETS, *(f"true_{t}" for t in CERVICAL_TARGETS))
+               if c not in oof.columns]
+    if missing:
+        raise InputError(path, f"missing columns {missing}")
+    labels = oof[["StudyInstanceUID", *(f"true_{t}" for t in CERVICAL_TARGETS)]]
+    labels.columns = ["StudyInstanceUID", *CERVICAL_TARGETS]
+    return oof.set_index("StudyInstanceUID")[list(CERVICAL_TARGETS)], labels.astype({t: int for t in CERVICAL_TARGETS})
+
+
+def score_wide(labels: pd.DataFrame, wide: pd.DataFrame) -> float:
+    """The competition metric of per-study probabilities ``wide`` (indexed by study) on those studies' labels."""
+    from spinelab.metrics import cervical_score, cervical_submission_frame
+
+    truth = labels[labels.StudyInstanceUID.isin(wide.index)]
+    return float(cervical_score(truth, cervical_submission_frame(wide.loc[truth.StudyInstanceUID])))
+
+
 #: What the cervical task gives the prediction path: series folders as studies, the Kaggle submission, the metric.
-OUTPUT = TaskOutput(nested=False, frames=_frames, evaluate=_evaluate, check_input=_warn_listed_but_absent)
+OUTPUT = TaskOutput(nested=False, frames=_frames, evaluate=_evaluate, check_input=_warn_listed_but_absent,
+                    oof=read_oof, score_wide=score_wide)

@@ -95,10 +95,10 @@ def write_cv_scores(cfg: LumbarConfig, run_dir: Path, *, studies: LumbarStudies 
             task = bar.add_task(f"CV fold {f}", total=len(val), visible=progress)
             for sid in val:
                 try:
-                    r = predictor.predict_loaded(studies.study(sid), truth=studies.world_points(sid))
+                    r = predictor.predict_loaded(studies.study(sid), truth=studies.world_points(sid)).to_json()
                 except Exception as err:  # a bad study is scored with the prior, as at inference
                     log.warning("CV study %s failed: %s", sid, err)
-                    r = predictor.fallback(sid, str(err))
+                    r = predictor.fallback(sid, str(err)).to_json()
                 r["fold"] = f
                 results.append(r)
                 bar.advance(task)

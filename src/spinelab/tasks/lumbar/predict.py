@@ -16,8 +16,9 @@ import torch
 
 from spinelab import __version__
 from spinelab.errors import InputError
-from spinelab.infer.batch import SCHEMA_VERSION, weights_sha256
+from spinelab.infer.batch import weights_sha256
 from spinelab.infer.checks import InputCheck, check_lumbar_series
+from spinelab.infer.result import SCHEMA_VERSION, StudyResult
 from spinelab.infer.runtime import Runtime, run_inference_options
 from spinelab.infer.tta import flip_outputs
 from spinelab.io.atomic import atomic_write_json
@@ -107,7 +108,7 @@ class LumbarPredictor:
         return probs / probs.sum(-1, keepdims=True)
 
     def predict_loaded(self, study: LumbarStudy, *, truth: dict[tuple[str, str], np.ndarray] | None = None
-                       ) -> dict[str, Any]:
+                       ) -> StudyResult:
         """Points and grades of an already loaded study (``truth``: world points, for the error in mm).
 
         Raises:
@@ -132,10 +133,10 @@ class LumbarPredictor:
             result["point_error_mm"] = point_errors(loc["raw"], truth)
         for w in warnings:
             log.warning("%s: %s", study.study_id, w)
-        return result
+        return StudyResult.model_validate(result)
 
     def predict_study(self, study_dir: str | Path, study_id: str | None = None, *,
-                      descriptions: pd.DataFrame | None = None) -> dict[str, Any]:
+                      descriptions: pd.DataFrame | None = None) -> StudyResult:
         """Read a study folder (one folder per series) and predict it."""
         study = load_study(study_dir, descriptions=descriptions, policy=self.cfg.stage2.series_policy)
         if study_id is not None:
@@ -148,18 +149,18 @@ class LumbarPredictor:
         descriptions = read_descriptions(input, split) if split in ("train", "test") else None
         truth_points = _truth_points(input, split)
 
-        def one(sid: str, path: Path) -> dict[str, Any]:
+        def one(sid: str, path: Path) -> StudyResult:
             study = load_study(path, descriptions=descriptions, policy=self.cfg.stage2.series_policy)
             return self.predict_loaded(study, truth=truth_points(study) if truth_points else None)
 
         return one
 
-    def fallback(self, study_id: str, error: str) -> dict[str, Any]:
+    def fallback(self, study_id: str, error: str) -> StudyResult:
         """A valid prediction for a study that could not be processed: the training prior."""
         grades = {col: dict(zip(LUMBAR_GRADES, map(float, p), strict=True))
                   for col, p in zip(lumbar_columns(), self.prior, strict=True)}
-        return {"study": study_id, "grades": grades, "status": "failed", "error": error,
-                "warnings": [f"prediction failed, prior used: {error}"], "model": self.model_info}
+        return StudyResult(schema_version=SCHEMA_VERSION, study=study_id, grades=grades, status="failed",
+                           error=error, warnings=[f"prediction failed, prior used: {error}"], model=self.model_info)
 
 
 def sagittal_variants(study: LumbarStudy) -> list[LumbarStudy]:
@@ -214,7 +215,7 @@ def probs_of(results: list[dict[str, Any]]) -> dict[str, np.ndarray]:
 
 def predict_lumbar(study_dir: str | Path, model_dir: str | Path, *, device: str | None = None,
                    precision: str | None = None, compile: bool | None = None, tta: bool | None = None,
-                   folds: list[int] | None = None, strict: bool = False) -> dict[str, Any]:
+                   folds: list[int] | None = None, strict: bool = False) -> StudyResult:
     """Predict one lumbar MRI study folder (one folder per series) with a trained run folder.
 
     Raises:
@@ -288,7 +289,47 @@ def evaluate_lumbar_predictions(probs: dict[str, np.ndarray], label_path: Path, 
     return atomic_write_json(out / "evaluation.json", result)
 
 
+def read_oof(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A run's out-of-fold grades (``oof_submission.csv``) as the wide table (indexed by study, the 75
+    ``{condition}_{level}_{grade}`` columns) and the labels of its dataset's train.csv.
+
+    Raises:
+        InputError: the run has no ``oof_submission.csv`` (trained without held-out folds), or its dataset's
+            train.csv is not there.
+    """
+    from spinelab.data.lumbar_layout import read_lumbar_labels
+
+    path = Path(run_dir) / "oof_submission.csv"
+    if not path.is_file():
+        raise InputError(path, "no out-of-fold predictions: train with held-out folds (--fold all or 0,1,..)")
+    sub = pd.read_csv(path, dtype={"row_id": str})
+    if not {"row_id", *LUMBAR_GRADES} <= set(sub.columns):
+        raise InputError(path, f"expected row_id,{','.join(LUMBAR_GRADES)}; got {list(sub.columns)}")
+    columns = lumbar_columns()
+    n = len(columns)
+    if len(sub) % n:
+        raise InputError(path, f"{len(sub)} rows is not 25 per study")
+    suffix = f"_{columns[0]}"
+    studies = [r[: -len(suffix)] for r in sub.row_id.iloc[::n]]
+    if sub.row_id.tolist() != [f"{s}_{c}" for s in studies for c in columns]:
+        raise InputError(path, "rows are not 25 per study in sample-submission order")
+    values = sub[list(LUMBAR_GRADES)].to_numpy(np.float64).reshape(len(studies), n * len(LUMBAR_GRADES))
+    wide = pd.DataFrame(values, index=pd.Index(studies, name="study_id"),
+                        columns=[f"{c}_{g}" for c in columns for g in LUMBAR_GRADES])
+    labels = read_lumbar_labels(Path(read_run_config(run_dir).data.dataset_dir) / "train.csv")
+    return wide, labels
+
+
+def score_wide(labels: pd.DataFrame, wide: pd.DataFrame) -> float:
+    """The competition metric of per-study grades ``wide`` (indexed by study) on those studies' labels."""
+    from spinelab.metrics import lumbar_score, lumbar_submission_frame
+
+    truth = labels[labels.study_id.isin(wide.index)].reset_index(drop=True)
+    return float(lumbar_score(truth, lumbar_submission_frame(wide.loc[truth.study_id])))
+
+
 #: What the lumbar task gives the prediction path: study folders of series folders, the submission, the metric.
-OUTPUT = TaskOutput(nested=True, frames=_frames, evaluate=_evaluate, refused_options={
+OUTPUT = TaskOutput(nested=True, frames=_frames, evaluate=_evaluate, oof=read_oof, score_wide=score_wide,
+                    refused_options={
     "series": "--series applies to cervical studies; lumbar series are chosen by kind (descriptions, then "
               "image plane and TR/TE/TI)"})
