@@ -73,8 +73,8 @@ def predict(task: str, *, model: str | Path | Sequence[str | Path], input: str |
         (``{"ok", "warning", "refused", "failed"}``): every study was predicted when refused + failed is 0.
     """
     from spinelab.infer.batch import predict_dataset
-    from spinelab.infer.ensemble import load_ensemble, load_predictor, parse_weights
-    from spinelab.tasks.catalog import run_route, task_output
+    from spinelab.infer.ensemble import load_ensemble, load_predictor, parse_weights, run_route_of_task
+    from spinelab.tasks.catalog import task_output
 
     output = task_output(task)
     options = {"series": series} if series is not None else {}
@@ -88,9 +88,7 @@ def predict(task: str, *, model: str | Path | Sequence[str | Path], input: str |
         raise ConfigError("--weights needs two or more --model run folders")
     parse_weights(weights, models)  # a bad weight or weights file is refused before any study is read
     for m in models:
-        route = run_route(m)
-        if route.task != task:
-            raise ConfigError(f"{m}: the run folder was trained for {route.task}, not {task}")
+        run_route_of_task(task, m)  # a run of another task is refused before any study is read
     settings = {"device": device, "precision": precision, "compile": compile, "tta": tta, "folds": folds,
                 "strict": strict}
 

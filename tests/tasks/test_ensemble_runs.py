@@ -47,6 +47,8 @@ def test_two_cervical_runs_average_and_name_every_member(tiny_cervical_run: Path
     assert one["vertebra_ranges"] == alone["vertebra_ranges"] and one["warnings"] == alone["warnings"]
     manifest = json.loads((tmp_path / "ens" / "manifest.json").read_text())
     assert len(manifest["model"]["ensemble"]) == 2
+    index = api.report("cervical", predictions=tmp_path / "ens", input=test_images, out=tmp_path / "report")
+    assert index.is_file() and (tmp_path / "report" / "studies" / f"{study}.png").is_file()  # the report as is
 
 
 def test_weights_are_fitted_on_out_of_fold_predictions_and_read_back(tiny_cervical_run: Path,

@@ -26,7 +26,7 @@ from spinelab.errors import ConfigError, InputError, SpinelabError
 from spinelab.infer.checks import StudyRefusedError
 from spinelab.infer.result import SCHEMA_VERSION, StudyResult
 
-__all__ = ["EnsemblePredictor", "load_predictor", "load_ensemble", "parse_weights", "fit_weights",
+__all__ = ["EnsemblePredictor", "load_predictor", "load_ensemble", "run_route_of_task", "parse_weights", "fit_weights",
            "combine_results", "WEIGHTS_SCHEMA_VERSION"]
 
 log = logging.getLogger("spinelab")
@@ -43,16 +43,28 @@ def load_predictor(task: str, model: str | Path, **options: Any) -> Any:
         ConfigError: the run was trained for another task.
     """
     from spinelab.infer.runtime import run_inference_options
-    from spinelab.tasks.catalog import run_route
     from spinelab.tasks.route import resolve
 
-    route = run_route(model)
-    if route.task != task:
-        raise ConfigError(f"{model}: the run folder was trained for {route.task}, not {task}")
+    route = run_route_of_task(task, model)
     runtime, tta = run_inference_options(model, device=options.get("device"), precision=options.get("precision"),
                                          compile=options.get("compile"), tta=options.get("tta"))
     return resolve(route.predictor)(model, folds=options.get("folds"), runtime=runtime, tta=tta,
                                     strict=bool(options.get("strict", False)))
+
+
+def run_route_of_task(task: str, model: str | Path) -> Any:
+    """The route the run folder ``model`` was trained with.
+
+    Raises:
+        ConfigError: it was trained for another task than ``task``.
+        InputError: not a run folder.
+    """
+    from spinelab.tasks.catalog import run_route
+
+    route = run_route(model)
+    if route.task != task:
+        raise ConfigError(f"{model}: the run folder was trained for {route.task}, not {task}")
+    return route
 
 
 def load_ensemble(task: str, models: Sequence[str | Path], weights: str | Sequence[float] | None = None,
