@@ -99,23 +99,22 @@ class EnsemblePredictor:
         tasks = {r.split("/")[0] for r in self.routes}
         if len(tasks) > 1:
             raise ConfigError(f"an ensemble's models must be of one task; got routes {', '.join(self.routes)}")
-
-    def _label(self, i: int) -> str:
-        """``route (run folder name)`` of member ``i``, for warnings."""
-        return f"{self.routes[i]} ({Path(self.members[i].model_info.get('run_dir', f'member {i}')).name})"
+        infos = [m.model_info for m in self.members]
+        #: ``route (run folder name)`` of each member, for warnings.
+        self.labels = [f"{route} ({Path(str(info.get('run_dir', f'member {i}'))).name})"
+                       for i, (route, info) in enumerate(zip(self.routes, infos, strict=True))]
+        self._info = {
+            "ensemble": [{"run_dir": info.get("run_dir"), "route": route, "weight": w,
+                          "weights_sha256": info.get("weights_sha256"), "folds": info.get("folds"),
+                          "experiment": info.get("experiment"), "tta": info.get("tta")}
+                         for info, route, w in zip(infos, self.routes, self.weights, strict=True)],
+            **{k: infos[0].get(k) for k in ("precision", "strict", "spinelab")},
+        }
 
     @property
     def model_info(self) -> dict[str, Any]:
-        """Every member: run folder, route, weight, folds and weights' SHA-256."""
-        members = []
-        for m, route, w in zip(self.members, self.routes, self.weights, strict=True):
-            info = m.model_info
-            members.append({"run_dir": info.get("run_dir"), "route": route, "weight": w,
-                            "weights_sha256": info.get("weights_sha256"), "folds": info.get("folds"),
-                            "experiment": info.get("experiment"), "tta": info.get("tta")})
-        first = self.members[0].model_info
-        return {"ensemble": members, "precision": first.get("precision"), "strict": first.get("strict"),
-                "spinelab": first.get("spinelab")}
+        """Every member (run folder, route, weight, folds, weights' SHA-256), then the shared settings."""
+        return self._info
 
     def predict_study(self, study: str | Path, study_id: str | None = None, **options: Any) -> StudyResult:
         """Every member's ``predict_study``, combined (``combine_results``)."""
@@ -146,9 +145,7 @@ class EnsemblePredictor:
         if all(r is None for r in results):  # refused when every member refused, else failed with the first error
             failures = [e for e in errors if not isinstance(e, StudyRefusedError)]
             raise (failures or errors)[0]
-        return combine_results(study_id, results, errors, self.weights, labels=[self._label(i) for i in
-                                                                                 range(len(calls))],
-                               model=self.model_info)
+        return combine_results(study_id, results, errors, self.weights, labels=self.labels, model=self.model_info)
 
     def fallback(self, study_id: str, error: str) -> StudyResult:
         """The weighted mean of the members' fallbacks (their training priors), status ``failed``."""

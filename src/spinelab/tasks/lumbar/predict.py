@@ -269,11 +269,10 @@ def _truth_points(input: Path, split: str) -> Any:
 def evaluate_lumbar_predictions(probs: dict[str, np.ndarray], label_path: Path, out: Path, *,
                                 point_summary: dict[str, Any] | None = None) -> Path:
     """``lumbar_score`` (with its parts), the weight-optimal constant on the same labels and point errors."""
+    from spinelab.data.lumbar_layout import read_lumbar_labels
     from spinelab.metrics import lumbar_score_details, lumbar_submission_frame, lumbar_weight_optimal_constant
 
-    truth = pd.read_csv(label_path, dtype={"study_id": str})
-    if "study_id" not in truth.columns:
-        raise InputError(label_path, "labels must be in train.csv format (study_id + 25 columns)")
+    truth = read_lumbar_labels(label_path)  # the one reader: ids as text and checked; the metric checks grades
     truth = truth[truth.study_id.isin(probs)].reset_index(drop=True)
     result: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "labels": str(label_path), "studies": len(truth)}
     if len(truth):
