@@ -230,3 +230,19 @@ def test_real_ct_nifti_mask_keeps_the_input_affine(seg_run: Path, realdata: Path
     assert result["counts"]["ok"] + result["counts"]["warning"] == 1
     written, given = nib.load(tmp_path / "out" / MASK_FILE), nib.load(path)
     assert written.shape == given.shape and np.array_equal(written.affine, given.affine)
+
+
+def test_segmenting_imports_neither_lightning_nor_the_training_loop(seg_run: Path) -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys\nimport numpy as np\nfrom spinelab.io.volume import Volume\n"
+            "from spinelab.tasks.cervical.seg3d.segment import Segmenter\n"
+            "ct = np.full((40, 24, 24), -1000, np.int16)\nct[:, 8:16, 8:16] = 700\n"
+            f"Segmenter({str(seg_run)!r}, tta=True).segment(Volume(ct, np.diag([3.0, 1.0, 1.0, 1.0])))\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('lightning', 'pytorch_lightning', "
+            "'spinelab.train.run', 'spinelab.train.module', 'spinelab.tasks.cervical.seg3d.pipeline')) "
+            "and m != 'spinelab.train.run_folder'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO,
+                         env={"PYTHONPATH": f"{REPO / 'src'}:{REPO}", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    assert out.stdout.strip().splitlines()[-1] == "[]"
