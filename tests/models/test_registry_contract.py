@@ -32,6 +32,9 @@ INPUTS = {
     "lumbar_point_heatmap": lambda: ((torch.rand(2, 3, 64, 64),), {}),
     "lumbar_roi_grader": _grader_inputs,
     "vertebra_seg3d_unet": lambda: ((torch.rand(2, 1, 8, 16, 12),), {}),
+    "seg3d_vertebra_sequence": lambda: ((torch.rand(2, 4, 6, 32, 32),), {}),
+    "seg3d_patient_sequence": lambda: ((torch.rand(2, 7, 3, 6, 32, 32),),
+                                       {"mask": torch.tensor([[True] * 7, [True] * 5 + [False] * 2])}),
 }
 # Small settings for the seed-sized models (the ``test_*`` ones are small already); each model gets
 # the keys it takes.

@@ -17,6 +17,7 @@ from spinelab.models.cervical import FractureClassifier, FrameClassifier, SliceL
 from spinelab.models.lumbar import PointHeatmapNet, RoiGrader
 from spinelab.models.registry import register_model
 from spinelab.models.segmentation import SegUNet
+from spinelab.models.vertebra_sequence import PatientSequenceNet, VertebraSequenceNet
 
 __all__ = [
     "cervical_slice_localizer",
@@ -31,6 +32,10 @@ __all__ = [
     "test_lumbar_roi_grader",
     "vertebra_seg3d_unet",
     "test_vertebra_seg3d_unet",
+    "seg3d_vertebra_sequence",
+    "test_seg3d_vertebra_sequence",
+    "seg3d_patient_sequence",
+    "test_seg3d_patient_sequence",
 ]
 
 
@@ -121,3 +126,29 @@ def test_vertebra_seg3d_unet(**kwargs: Any) -> nn.Module:
     """Tiny 3D segmentation variant for CPU tests (2 levels, 4 and 8 channels)."""
     kwargs = {"channels": (4, 8), "strides": (2,), "num_res_units": 0, **kwargs}
     return SegUNet(**kwargs)
+
+
+@register_model(takes=VertebraSequenceNet)
+def seg3d_vertebra_sequence(pretrained_sha256: str | None = None, **kwargs: Any) -> nn.Module:
+    """1st-place type 1: one vertebra's 15 crops (5 slices + mask) -> CNN -> BiGRU -> slice and vertebra logits."""
+    return VertebraSequenceNet(**_checked(kwargs, pretrained_sha256))
+
+
+@register_model(takes=VertebraSequenceNet)
+def test_seg3d_vertebra_sequence(pretrained_sha256: str | None = None, **kwargs: Any) -> nn.Module:
+    """Tiny type-1 variant for CPU tests."""
+    kwargs = {"backbone": "test_resnet", "hidden": 16, **kwargs}
+    return VertebraSequenceNet(**_checked(kwargs, pretrained_sha256))
+
+
+@register_model(takes=PatientSequenceNet)
+def seg3d_patient_sequence(pretrained_sha256: str | None = None, **kwargs: Any) -> nn.Module:
+    """1st-place type 2: a study's 7 x 15 crops -> CNN -> BiGRU -> vertebra logits and patient_overall."""
+    return PatientSequenceNet(**_checked(kwargs, pretrained_sha256))
+
+
+@register_model(takes=PatientSequenceNet)
+def test_seg3d_patient_sequence(pretrained_sha256: str | None = None, **kwargs: Any) -> nn.Module:
+    """Tiny type-2 variant for CPU tests."""
+    kwargs = {"backbone": "test_resnet", "hidden": 16, **kwargs}
+    return PatientSequenceNet(**_checked(kwargs, pretrained_sha256))
