@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from spinelab.data.cervical_labels import find_segmentations, vertebra_label_map
 from spinelab.errors import InputError, SpinelabError
 from spinelab.io.atomic import atomic_write_json
 from spinelab.io.volume import Volume
@@ -31,13 +30,23 @@ __all__ = ["truth_labels", "write_training_crops"]
 log = logging.getLogger("spinelab")
 
 
-def truth_labels(seg_path: str | Path, volume: Volume) -> np.ndarray:
-    """A dataset segmentation (RSNA label values) on ``volume``'s grid by world coordinates: ``uint8`` 1..7 =
-    C1..C7, 0 elsewhere (thoracic labels dropped)."""
+def truth_labels(cfg: Any, uid: str, volume: Volume) -> np.ndarray:
+    """The dataset's own mask of ``uid`` (``derived/masks``, written by the route's setup) on ``volume``'s grid
+    as model classes (1..7 = C1..C7; 8 = T1 with ``seg.include_t1``, which the crops ignore)."""
     from spinelab.io.geometry import resample_to
     from spinelab.io.nifti import read_nifti
+    from spinelab.tasks.cervical.seg3d.schemes import remap_labels
+    from spinelab.tasks.cervical.seg3d.seg_stage import masks_dir
 
-    return vertebra_label_map(resample_to(read_nifti(seg_path, is_label=True), volume, order=0))
+    on_ct = resample_to(read_nifti(masks_dir(cfg) / f"{uid}.nii.gz", is_label=True), volume, order=0)
+    return remap_labels(np.asarray(on_ct.array), cfg.seg.label_scheme, cfg.seg.n_classes)
+
+
+def _with_masks(cfg: Any, ids: list[str]) -> list[str]:
+    """The studies among ``ids`` that have a dataset mask: those the ``seg`` stage trains on."""
+    from spinelab.tasks.cervical.seg3d.seg_stage import dataset_cases
+
+    return [case.id for case in dataset_cases(cfg, ids)]
 
 
 def _segmenters(cfg: Any, run_dir: Path) -> tuple[Callable[[str, Volume], tuple[np.ndarray, list[str], str]], str]:
@@ -54,7 +63,7 @@ def _segmenters(cfg: Any, run_dir: Path) -> tuple[Callable[[str, Volume], tuple[
     shas = weights_sha256(run_dir, [fold_dir(run_dir, "seg", f) / "model.pt" for f in folds])
     tag = "oof:" + ",".join(sorted(shas.values()))
     studies = CervicalStudies(cfg)
-    trained_on = set(find_segmentations(studies.dataset_dir))
+    trained_on = set(_with_masks(cfg, list(studies.labels.index)))
     made: dict[Any, Any] = {}
 
     def segmenter(key: Any) -> Any:
@@ -83,12 +92,10 @@ def write_training_crops(cfg: Any, run_dir: Path, context: Any = None, progress:
     run_dir = Path(run_dir)
     studies = CervicalStudies(cfg)
     if cfg.crops.masks == "truth":
-        segs = find_segmentations(studies.dataset_dir)
-
         def segment(uid: str, volume: Volume) -> tuple[np.ndarray, list[str], str]:
-            return truth_labels(segs[uid], volume), [], "truth"
+            return truth_labels(cfg, uid, volume), [], "truth"
 
-        ids = [uid for uid in studies.labels.index if uid in segs]
+        ids = _with_masks(cfg, list(studies.labels.index))
         tag = "truth"
     else:
         segment, tag = _segmenters(cfg, run_dir)
