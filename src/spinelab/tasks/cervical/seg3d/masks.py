@@ -23,7 +23,7 @@ from spinelab.io.volume import Volume
 from spinelab.registry import VERTEBRAE
 from spinelab.tasks.cervical.seg3d.crops import CropCache, crop_key, vertebra_crops
 from spinelab.tasks.cervical.seg3d.vertebra_stage import CROPS_INDEX
-from spinelab.tasks.cervical.studies import CervicalStudies
+from spinelab.tasks.cervical.studies import CervicalStudies, prepare_cervical_volume
 
 __all__ = ["truth_labels", "write_training_crops"]
 
@@ -75,8 +75,9 @@ def _segmenters(cfg: Any, run_dir: Path) -> tuple[Callable[[str, Volume], tuple[
     def segment(uid: str, volume: Volume) -> tuple[np.ndarray, list[str], str]:
         fold = studies.folds.get(uid)
         key = int(fold) if uid in trained_on and fold is not None and int(fold) in folds else "all"
-        result = segmenter(key).segment_canonical(volume)
-        return result.labels, list(result.warnings), f"seg fold {key}" if key != "all" else "seg ensemble"
+        result = segmenter(key).segment(volume)  # labels on the grid it is given: here the canonical one
+        labels = np.asarray(prepare_cervical_volume(result.labels).array)
+        return labels, [str(i) for i in result.issues], f"seg fold {key}" if key != "all" else "seg ensemble"
 
     return segment, tag
 

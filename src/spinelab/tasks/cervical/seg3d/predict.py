@@ -155,11 +155,12 @@ class Seg3dPredictor:
         """
         check = check_cervical_input(volume)
         check.raise_if_refused(self.strict)
+        seg = self.segmenter.segment(volume)  # labels on the stored grid, largest parts, the vertebra check
         volume = prepare_cervical_volume(volume)
-        seg = self.segmenter.segment_canonical(volume)
-        crops = vertebra_crops(volume, seg.labels, self.cfg.crops)
+        labels = np.asarray(prepare_cervical_volume(seg.labels).array)  # the CT's move: the same grid
+        crops = vertebra_crops(volume, labels, self.cfg.crops)
         missing = [v for v, ok in zip(VERTEBRAE, crops.found, strict=True) if not ok]
-        after = InputCheck(warnings=list(seg.warnings), facts=check.facts)
+        after = InputCheck(warnings=[str(i) for i in seg.issues], facts=check.facts)
         after.raise_if_refused(self.strict)
         types = self.classify(crops)
         probs = ensemble_types(types["type1"], types["type2"], self.cfg.patient.ensemble_weight)
@@ -180,7 +181,7 @@ class Seg3dPredictor:
             "vertebrae": vertebrae,
             "type_probabilities": {k: None if v is None else dict(zip(CERVICAL_TARGETS, map(float, v), strict=True))
                                    for k, v in types.items()},
-            "mask_sections": mask_sections(seg.labels, box),
+            "mask_sections": mask_sections(labels, box),
             "warnings": warnings,
             "input": check.facts,
             "conventions": CONVENTIONS,
