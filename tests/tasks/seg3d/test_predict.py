@@ -115,7 +115,7 @@ def test_building_the_predictor_imports_neither_lightning_nor_the_training_modul
             f"resolve(run_route({str(tiny_seg3d_run)!r}).predictor)({str(tiny_seg3d_run)!r}, tta=False)\n"
             "print(sorted(m for m in sys.modules if m.startswith(('lightning', 'pytorch_lightning', "
             "'spinelab.train.run', 'spinelab.train.module', 'spinelab.tasks.cervical.seg3d.pipeline', "
-            "'spinelab.tasks.cervical.seg3d.seg_stage', 'spinelab.tasks.cervical.seg3d.masks')) "
+            "'spinelab.tasks.cervical.seg3d.masks', 'spinelab.tasks.cervical.seg3d.cv_scores')) "
             "and m != 'spinelab.train.run_folder'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo,
                          env={"PYTHONPATH": f"{repo / 'src'}:{repo}", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
