@@ -120,3 +120,28 @@ def test_building_the_predictor_imports_neither_lightning_nor_the_training_modul
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo,
                          env={"PYTHONPATH": f"{repo / 'src'}:{repo}", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_nothing_segmented_still_gives_probabilities_with_the_prior_in_type1(tiny_seg3d_run: Path) -> None:
+    from spinelab.tasks.cervical.seg3d.crops import VertebraCrops
+    from spinelab.tasks.cervical.seg3d.predict import Seg3dPredictor
+
+    predictor = Seg3dPredictor(tiny_seg3d_run, tta=False)
+    c = predictor.cfg.crops
+    none = VertebraCrops(np.zeros((7, c.n_slices, c.span + 1, c.image_size, c.image_size), np.float32),
+                         np.zeros(7, bool), np.full((7, c.n_slices), -1), np.zeros((7, 4)))
+    types = predictor.classify(none)
+    prior = [predictor.prior[v] for v in VERTEBRAE]
+    assert types["type1"][:7] == pytest.approx(prior) and np.isfinite(types["type2"]).all()
+
+
+def test_a_run_without_classifiers_is_refused_in_one_line(tiny_seg3d_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from spinelab.errors import InputError
+    from spinelab.tasks.cervical.seg3d.predict import Seg3dPredictor
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_seg3d_run, run, ignore=shutil.ignore_patterns("vertebra", "patient", "cache", "crops"))
+    with pytest.raises(InputError, match="no trained classifier"):
+        Seg3dPredictor(run, tta=False)

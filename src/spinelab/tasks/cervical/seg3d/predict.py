@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from spinelab import __version__
+from spinelab.errors import InputError
 from spinelab.infer.batch import SCHEMA_VERSION, weights_sha256
 from spinelab.infer.checks import InputCheck, check_cervical_input
 from spinelab.infer.runtime import Runtime
@@ -90,7 +91,6 @@ class Seg3dPredictor:
 
     def __init__(self, run_dir: str | Path, *, folds: list[int | None] | None = None,
                  runtime: Runtime | None = None, tta: bool = True, strict: bool = False) -> None:
-        from spinelab.errors import InputError
         from spinelab.tasks.cervical.seg3d.segment import Segmenter
 
         self.run_dir = Path(run_dir)
@@ -126,13 +126,13 @@ class Seg3dPredictor:
         found = torch.from_numpy(crops.found)
         x = torch.from_numpy(crops.images)
         out: dict[str, np.ndarray | None] = {"type1": None, "type2": None}
-        if "vertebra" in self.models and found.any():
+        if "vertebra" in self.models:
             def one(model: torch.nn.Module, inp: torch.Tensor) -> np.ndarray:
                 return torch.sigmoid(self.runtime.run(model, inp)["vertebra"].float()).cpu().numpy()
 
-            p = np.mean(flip_outputs(self.models["vertebra"], x[found], one, tta=self.tta), axis=0)
             vert = np.array([self.prior[v] for v in VERTEBRAE], dtype=np.float64)
-            vert[crops.found] = p
+            if found.any():
+                vert[crops.found] = np.mean(flip_outputs(self.models["vertebra"], x[found], one, tta=self.tta), axis=0)
             out["type1"] = np.append(vert, type1_overall(vert))
         if "patient" in self.models:
             mask = found[None]
