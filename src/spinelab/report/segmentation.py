@@ -11,13 +11,21 @@ under the panels. The image has a fixed size, ``PREVIEW_SIZE``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from spinelab.io.atomic import atomic_path
 from spinelab.io.orientation import to_canonical
 from spinelab.io.volume import Volume
-from spinelab.report.figures import LEVEL_COLORS, plt, readable_text_color, show_panel, volume_panel
+from spinelab.report.figures import (
+    LEVEL_COLORS,
+    plt,
+    readable_text_color,
+    show_panel,
+    spread_labels,
+    volume_panel,
+)
 
 __all__ = ["write_segmentation_preview", "vertebra_color", "PREVIEW_SIZE", "SLAB_MM", "BONE_WINDOW"]
 
@@ -62,6 +70,22 @@ def _overlay(labels: np.ndarray) -> np.ndarray:
     return rgba
 
 
+def _name_vertebrae(ax: Any, labels: np.ndarray, present: list[int], names: dict[int, str]) -> None:
+    """Each vertebra's name beside its right edge, inside the panel, names spread so that none overlap."""
+    height, width = labels.shape
+    found = []
+    for value in present:
+        rows, cols = np.nonzero(labels == value)
+        if len(rows):
+            found.append((float(rows.mean()), min(float(cols.max()) + 2, 0.88 * width), value))
+    found.sort()
+    ys = spread_labels(np.array([f[0] for f in found]), 0.035 * height, 0.04 * height, 0.92 * height)
+    for y, (_, x, value) in zip(ys, found, strict=True):
+        ax.text(x, float(y), names.get(value, str(value)), color=vertebra_color(value), fontsize=9,
+                fontweight="bold", va="center", ha="left", gid=f"label-{value}",
+                bbox={"facecolor": "black", "alpha": 0.6, "pad": 1, "edgecolor": "none"})
+
+
 def write_segmentation_preview(ct: Volume, labels: Volume, path: str | Path, *, names: dict[int, str],
                                title: str = "", warnings: list[str] | None = None) -> Path:
     """Write the preview PNG (atomically) of a CT and its vertebra labels on the same grid.
@@ -86,13 +110,7 @@ def write_segmentation_preview(ct: Volume, labels: Volume, path: str | Path, *, 
         lab_panel = volume_panel(lab_slab, axis, 0, plane=plane)
         show_panel(ax, panel, window=BONE_WINDOW, title=f"{plane} ({SLAB_MM:g} mm slab)")
         ax.imshow(_overlay(lab_panel.image), aspect=panel.row_mm / panel.col_mm, interpolation="nearest")
-        for value in present:
-            rows, cols = np.nonzero(lab_panel.image == value)
-            if len(rows):
-                color = vertebra_color(value)
-                ax.text(float(cols.max()) + 2, float(rows.mean()), names.get(value, str(value)), color=color,
-                        fontsize=9, fontweight="bold", va="center", ha="left", gid=f"label-{value}",
-                        bbox={"facecolor": "black", "alpha": 0.6, "pad": 1, "edgecolor": "none"})
+        _name_vertebrae(ax, lab_panel.image, present, names)
     from matplotlib.patches import Patch
 
     handles = [Patch(facecolor=vertebra_color(v), edgecolor=vertebra_color(v), label=names.get(v, str(v)))
@@ -106,7 +124,7 @@ def write_segmentation_preview(ct: Volume, labels: Volume, path: str | Path, *, 
                                                if len(lines) > _MAX_WARNINGS else []))
     fig.text(0.5, 0.02, text or "vertebra check: no warnings", ha="center", va="bottom", fontsize=9,
              color="#c62828" if lines else readable_text_color("white"), wrap=True)
-    fig.subplots_adjust(left=0.02, right=0.98, top=0.88, bottom=0.12, wspace=0.05)
+    fig.subplots_adjust(left=0.02, right=0.98, top=0.88, bottom=0.15, wspace=0.05)
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=_DPI, format="png")  # no tight box: the size stays PREVIEW_SIZE
     plt.close(fig)

@@ -235,6 +235,7 @@ def _segment_one(segmenter: Segmenter, study: str, path: Path, out_dir: Path, se
         for name in (MASK_FILE, PREVIEW_FILE):  # never leave an older run's mask beside this study's failure
             (out_dir / name).unlink(missing_ok=True)
         record = {"schema_version": SEGMENT_SCHEMA_VERSION, "study": study, **record, "model": segmenter.model_info}
+    record["source"] = str(path)
     record["seconds"] = round(time.perf_counter() - start, 3)
     atomic_write_json(out_dir / JSON_FILE, record)
     return record
