@@ -61,6 +61,17 @@ def _stage_minutes(run: Path, stages: list[str]) -> str:
     return ", ".join(parts)
 
 
+def _command_line(argv: list[str]) -> str:
+    """The arguments as given, without ``--note`` and its text."""
+    out, skip = [], False
+    for a in argv:
+        if skip or a == "--note":
+            skip = a == "--note"
+            continue
+        out.append(a)
+    return " ".join(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--studies", type=int, default=100)
@@ -72,6 +83,7 @@ def main() -> None:
     parser.add_argument("--seg3d-set", nargs="*", default=[], help="overrides of the seg3d recipe")
     parser.add_argument("--weight", type=float, default=0.5, help="the seg3d route's share of the ensemble")
     parser.add_argument("--work", type=Path, default=REPO / "bench/_work/cervical_accuracy")
+    parser.add_argument("--note", default="", help="a paragraph added under the table (what the numbers mean)")
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
     args.slice_recipe, args.seg3d_recipe = args.slice_recipe.resolve(), args.seg3d_recipe.resolve()
@@ -126,7 +138,8 @@ def main() -> None:
         f"Time: slice route {_stage_minutes(slice_run, ['stage1', 'frames', 'stage2'])} (this call "
         f"{slice_s / 60:.1f} min; a trained stage is reused with `--resume`); seg3d route "
         f"{_stage_minutes(seg_run, ['seg', 'vertebra', 'patient'])} (this call {seg_s / 60:.1f} min). Command: "
-        f"`python bench/cervical_routes.py {' '.join(sys.argv[1:])}`.",
+        f"`python bench/cervical_routes.py {_command_line(sys.argv[1:])}`.",
+        *(["", args.note] if args.note else []),
     ]
     text = "\n".join(lines)
     print(text)
