@@ -69,6 +69,9 @@ class ExternalSegData(StrictModel):
 
     Give one pair (``image`` and ``label``) or ``pairs``: a CSV with columns ``image,label`` (paths relative
     to the CSV's folder unless absolute). External pairs only ever train, they are never held out.
+    ``crop_mm`` crops each pair to the box of its vertebrae (those of the scheme) plus this margin before it
+    goes onto the grid: a whole-body scan (TotalSegmentator's) then gives a neck-sized volume like the RSNA
+    studies instead of a spine a few voxels wide.
     """
 
     name: str = "external"
@@ -76,6 +79,7 @@ class ExternalSegData(StrictModel):
     label: Path | None = None
     pairs: Path | None = None
     label_scheme: LabelScheme = "total"
+    crop_mm: float | None = Field(default=None, ge=0.0)
 
     @model_validator(mode="after")
     def _one_form(self) -> ExternalSegData:

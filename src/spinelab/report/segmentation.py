@@ -26,6 +26,7 @@ from spinelab.report.figures import (
     spread_labels,
     volume_panel,
 )
+from spinelab.tasks.cervical.seg3d.vertebrae import mask_centroid
 
 __all__ = ["write_segmentation_preview", "vertebra_color", "PREVIEW_SIZE", "SLAB_MM", "BONE_WINDOW"]
 
@@ -101,8 +102,8 @@ def write_segmentation_preview(ct: Volume, labels: Volume, path: str | Path, *, 
     canon, lab = to_canonical(ct), to_canonical(labels)
     lab_arr = np.ascontiguousarray(lab.array)
     present = [int(v) for v in np.unique(lab_arr) if v]
-    fg = np.argwhere(lab_arr > 0)
-    centre = fg.mean(axis=0).round().astype(int) if len(fg) else np.array(canon.shape) // 2
+    fg = lab_arr > 0
+    centre = mask_centroid(fg).round().astype(int) if fg.any() else np.array(canon.shape) // 2
     fig, axes = plt.subplots(1, 2, figsize=(PREVIEW_SIZE[0] / _DPI, PREVIEW_SIZE[1] / _DPI), dpi=_DPI)
     for ax, (plane, axis) in zip(axes, (("sagittal", 2), ("coronal", 1)), strict=True):
         ct_slab, lab_slab = _slab(canon, lab_arr, axis, int(centre[axis]))

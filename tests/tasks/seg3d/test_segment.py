@@ -152,6 +152,7 @@ def test_cli_end_to_end_on_a_synthetic_study(seg_run: Path, tiny_cervical_datase
     assert all(i["message"] in record["warnings"] for i in record["check"]["issues"])
     assert record["check"]["passed"] == (not record["check"]["issues"])
     assert Image.open(out / PREVIEW_FILE).size == PREVIEW_SIZE
+    assert sorted(p.name for p in out.iterdir()) == sorted([JSON_FILE, MASK_FILE, PREVIEW_FILE])  # no temporaries
 
 
 def test_a_dataset_gives_a_folder_per_study_and_a_failed_study_is_recorded(seg_run: Path,

@@ -34,7 +34,8 @@ from spinelab.tasks.cervical.seg3d.schemes import LabelScheme, class_names, rema
 from spinelab.train.stage import Stage
 
 __all__ = ["SegCase", "SegStage", "SegDataset", "dataset_cases", "external_cases", "case_arrays", "masks_dir",
-           "dice_per_class", "centroid_errors", "pad_collate", "seg_augment"]
+           "dice_per_class", "centroid_errors", "pad_collate", "seg_augment", "crop_to_labels",
+           "read_case"]
 
 log = logging.getLogger("spinelab")
 
@@ -53,6 +54,7 @@ class SegCase:
     label: Path
     scheme: LabelScheme
     image: Path | None = None
+    crop_mm: float | None = None
 
 
 def dataset_cases(cfg: Seg3dConfig, uids: list[str]) -> list[SegCase]:
@@ -85,12 +87,17 @@ def external_cases(external: list[ExternalSegData]) -> list[SegCase]:
             for path in (image, label):
                 if not path.is_file():
                     raise InputError(path, f"seg.external {ext.name!r}: file not found")
-            out.append(SegCase(f"{ext.name}/{i}:{image.name}", label, ext.label_scheme, image))
+            out.append(SegCase(f"{ext.name}/{i}:{image.name}", label, ext.label_scheme, image, ext.crop_mm))
     return out
 
 
-def _read_ct_and_labels(case: SegCase, cfg: Seg3dConfig) -> tuple[Volume, np.ndarray]:
-    """A case's canonical CT (HU) and its labels as model classes on that grid."""
+def read_case(case: SegCase, cfg: Seg3dConfig) -> tuple[Volume, np.ndarray]:
+    """A case's canonical CT (HU) and its labels as model classes on that grid (cut to ``crop_mm`` around the
+    labels when the case says so).
+
+    Raises:
+        InputError: an unreadable file, or labels without any vertebra of the scheme on the CT's grid.
+    """
     from spinelab.io.geometry import resample_to
     from spinelab.io.nifti import read_nifti
     from spinelab.tasks.cervical.studies import CervicalStudies, prepare_cervical_volume
@@ -104,13 +111,27 @@ def _read_ct_and_labels(case: SegCase, cfg: Seg3dConfig) -> tuple[Volume, np.nda
     classes = remap_labels(on_ct.array, case.scheme, cfg.seg.n_classes)
     if not classes.any():
         raise InputError(case.label, "holds no vertebra of the label scheme on its CT's grid")
+    if case.crop_mm is not None:
+        return crop_to_labels(ct, classes, case.crop_mm)
     return ct, classes
+
+
+def crop_to_labels(ct: Volume, classes: np.ndarray, margin_mm: float) -> tuple[Volume, np.ndarray]:
+    """``ct`` and its labels cut to the labels' box plus ``margin_mm`` on every side (the affine follows)."""
+    idx = np.argwhere(classes > 0)
+    pad = np.ceil(margin_mm / np.asarray(ct.spacing)).astype(int)
+    lo = np.maximum(idx.min(0) - pad, 0)
+    hi = np.minimum(idx.max(0) + 1 + pad, ct.shape)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    affine = ct.affine.copy()
+    affine[:3, 3] = ct.voxel_to_world(lo)
+    return Volume(np.ascontiguousarray(np.asarray(ct.array)[box]), affine, meta=dict(ct.meta)), classes[box]
 
 
 def case_arrays(case: SegCase, cfg: Seg3dConfig) -> dict[str, Any]:
     """A case on the network's grid: ``image`` ``(C, D, H, W)`` float32, ``mask`` ``(1, D, H, W)`` int64,
     ``spacing`` of the grid in mm."""
-    ct, classes = _read_ct_and_labels(case, cfg)
+    ct, classes = read_case(case, cfg)
     prepared = seg_input(ct, cfg.seg)
     mask = prepared.mask_to_grid(classes)
     return {"image": prepared.image, "mask": mask[None].astype(np.int64), "spacing": np.asarray(prepared.spacing)}

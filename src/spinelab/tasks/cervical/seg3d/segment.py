@@ -4,9 +4,10 @@
 One study goes: the canonical CT (``prepare_cervical_volume``) -> the network's grid (``inputs.seg_input``, the
 function training uses) -> MONAI sliding windows with Gaussian weighting (``Runtime.sliding_window``), each
 fold on the grid and on its left-right mirror (``infer.tta.flip_outputs``; a mirror changes no vertebra label),
-softmax averaged -> argmax -> the canonical grid (``SegInput.labels_to_volume``) -> the stored grid of the
-input (``resample_to``: exact transposes and flips) -> each label's largest connected part
-(``vertebrae.keep_largest_components``) -> per-vertebra statistics and the vertebra check.
+softmax averaged -> argmax -> each label's largest connected part (``vertebrae.keep_largest_components``, on
+the network's grid with its affine: cheap, and the duplicate rule measures millimetres there too) -> the
+canonical grid (``SegInput.labels_to_volume``, nearest neighbour) -> the stored grid of the input
+(``resample_to``: exact transposes and flips) -> per-vertebra statistics and the vertebra check.
 
 Nothing here imports Lightning or the training loop: the ``seg`` stage only builds its model from the run's
 ``config.yaml`` (``SegStage.build_model``).
@@ -156,7 +157,7 @@ class Segmenter:
             logits = self.runtime.sliding_window(model, image, seg.roi, sw_batch_size=seg.sw_batch_size,
                                                  overlap=seg.sw_overlap, mode="gaussian")["mask"]
             probs = torch.softmax(logits[0], dim=0)
-            probs = probs.flip(-1) if mirrored else probs  # columns run right to left: left-right
+            probs = probs.flip(-1) if mirrored else probs  # a mirrored input's map, mirrored back
             if total:  # a running sum: one volume of probabilities in memory, however many folds
                 total[0] += probs
             else:
@@ -170,14 +171,15 @@ class Segmenter:
         refused; a scan too short for all of C1-C7 is segmented with a warning (what it holds is still useful)."""
         check = check_cervical_input(volume)
         modality = str(volume.meta.get("modality") or "").upper()
-        not_ct = (modality and modality != "CT") or check.facts.get("percentile_1", -1000.0) > CT_MAX_P1_HU
+        not_ct = bool(modality and modality != "CT") or check.facts.get("percentile_1", -1000.0) > CT_MAX_P1_HU
         if not not_ct and volume.shape[0] > 1 and check.refusals:
             check.warnings = [*(f"{r} (segmented anyway)" for r in check.refusals), *check.warnings]
             check.refusals = []
         return check
 
     def segment(self, volume: Volume) -> SegmentResult:
-        """Segment one CT (HU, any orientation) onto its own stored grid.
+        """Segment one CT (HU, any orientation) onto its own stored grid (``prepare_cervical_volume(
+        result.labels)`` puts the labels on the canonical grid the models saw, as for the CT).
 
         Raises:
             StudyRefusedError: not a CT in HU, or a single slice.
@@ -186,11 +188,12 @@ class Segmenter:
         check.raise_if_refused()
         canonical = prepare_cervical_volume(volume)
         grid, probs = self.probabilities(canonical)
-        on_grid = probs.argmax(dim=0).to(torch.uint8).cpu().numpy()
-        on_canonical = canonical.with_array(grid.labels_to_volume(on_grid), is_label=True)
-        stored = resample_to(on_canonical, volume)  # the canonical grid is the stored one transposed and flipped
-        stored.meta = {"source": volume.meta.get("source"), "warnings": []}
-        labels, duplicates = keep_largest_components(stored)
+        on_grid = Volume(probs.argmax(dim=0).to(torch.uint8).cpu().numpy(), grid.affine, is_label=True)
+        on_grid, duplicates = keep_largest_components(on_grid)  # on the small grid: seconds less per study
+        on_canonical = canonical.with_array(grid.labels_to_volume(on_grid.array), is_label=True)
+        labels = resample_to(on_canonical, volume)  # the canonical grid is the stored one transposed and flipped
+        # the canonical grid's meta (its axis map above all) does not describe the stored grid
+        labels.meta = {"source": volume.meta.get("source"), "warnings": []}
         stats = vertebra_stats(labels)
         issues = duplicates + check_vertebrae(stats, expected=VERTEBRAE)
         return SegmentResult(labels=labels, vertebrae=stats, issues=issues, input_warnings=check.warnings,

@@ -28,8 +28,9 @@ import numpy as np
 from spinelab.io.volume import Volume
 from spinelab.registry import RSNA2022_SEG_LABELS, VERTEBRAE
 
-__all__ = ["VertebraStats", "VertebraIssue", "LABEL_NAMES", "vertebra_stats", "keep_largest_components",
-           "check_vertebrae", "GAP_MM", "VOLUME_RATIO", "VOLUME_ML", "DUPLICATE_SHARE", "DUPLICATE_MM"]
+__all__ = ["VertebraStats", "VertebraIssue", "LABEL_NAMES", "vertebra_stats", "mask_centroid",
+           "keep_largest_components", "check_vertebrae", "GAP_MM", "VOLUME_RATIO", "VOLUME_ML", "DUPLICATE_SHARE",
+           "DUPLICATE_MM"]
 
 #: Segmentation class -> vertebra name (1..7 = C1..C7, 8 = T1).
 LABEL_NAMES: dict[int, str] = {k: v for k, v in RSNA2022_SEG_LABELS.items() if k <= 8}
@@ -111,26 +112,43 @@ def _name(label: int) -> str:
     return LABEL_NAMES.get(int(label), f"label {int(label)}")
 
 
+def mask_centroid(mask: np.ndarray) -> np.ndarray:
+    """The mean voxel index ``(3,)`` of a boolean ``mask`` (NaN when empty), from its projections on each axis:
+    no list of voxel indices or coordinate grids, which cost gigabytes for a large, badly segmented CT."""
+    total = int(np.count_nonzero(mask))
+    if not total:
+        return np.full(3, np.nan)
+    per_axis = [np.count_nonzero(mask, axis=tuple(b for b in range(3) if b != a)) for a in range(3)]
+    return np.array([float(np.arange(len(c)) @ c) / total for c in per_axis])
+
+
 def vertebra_stats(labels: Volume) -> dict[str, VertebraStats]:
-    """Statistics of every vertebra present in ``labels`` (a label map with its affine), in label order."""
+    """Statistics of every vertebra present in ``labels`` (a label map with its affine), in label order.
+
+    Each label is measured inside its own bounding box (``find_objects``), so a 512 x 512 x 300 map costs
+    a few boxes of a vertebra's size, not copies of the whole volume.
+    """
     from scipy import ndimage
 
     arr = np.asarray(labels.array)
     voxel_ml = abs(float(np.linalg.det(labels.affine[:3, :3]))) / 1000.0
     out: dict[str, VertebraStats] = {}
-    for index, box in enumerate(ndimage.find_objects(arr.astype(np.int32, copy=False)), start=1):
+    for index, box in enumerate(ndimage.find_objects(arr), start=1):
         if box is None or index not in LABEL_NAMES:
             continue
-        idx = np.argwhere(arr[box] == index) + [s.start for s in box]
-        lo, hi = idx.min(axis=0), idx.max(axis=0)
+        inside = arr[box] == index
+        lo = np.array([s.start for s in box])
+        hi = np.array([s.stop - 1 for s in box])
         corners = np.array(np.meshgrid(*[(a - 0.5, b + 0.5) for a, b in zip(lo, hi, strict=True)],
                                        indexing="ij")).reshape(3, -1).T
         world = labels.voxel_to_world(corners)
+        centroid = mask_centroid(inside) + lo
         d0, d1 = int(lo[0]), int(hi[0])
         ids = labels.slice_ids
+        voxels = int(np.count_nonzero(inside))
         out[_name(index)] = VertebraStats(
-            name=_name(index), label=index, voxels=len(idx), volume_ml=len(idx) * voxel_ml,
-            centroid_mm=tuple(float(c) for c in labels.voxel_to_world(idx.mean(axis=0))),  # type: ignore[arg-type]
+            name=_name(index), label=index, voxels=voxels, volume_ml=voxels * voxel_ml,
+            centroid_mm=tuple(float(c) for c in labels.voxel_to_world(centroid)),  # type: ignore[arg-type]
             box_dhw=(tuple(int(v) for v in lo), tuple(int(v) for v in hi)),  # type: ignore[arg-type]
             box_mm=(tuple(float(v) for v in world.min(axis=0)),  # type: ignore[arg-type]
                     tuple(float(v) for v in world.max(axis=0))),
@@ -159,27 +177,29 @@ def keep_largest_components(labels: Volume) -> tuple[Volume, list[VertebraIssue]
     voxel_ml = abs(float(np.linalg.det(labels.affine[:3, :3]))) / 1000.0
     issues = []
     structure = np.ones((3, 3, 3), dtype=bool)
-    for index, box in enumerate(ndimage.find_objects(arr.astype(np.int32, copy=False)), start=1):
+    for index, box in enumerate(ndimage.find_objects(arr), start=1):
         if box is None:
             continue
-        region = arr[box]
+        region = arr[box]  # a view: parts dropped here are dropped from arr
         parts, n = ndimage.label(region == index, structure=structure)
         if n < 2:
             continue
-        sizes = np.bincount(parts.ravel())[1:]
-        order = np.argsort(sizes)[::-1] + 1
+        ids = np.arange(1, n + 1)
+        sizes = ndimage.sum_labels(np.ones(parts.shape, np.uint8), parts, ids)
+        largest = int(ids[np.argmax(sizes)])
         offset = np.array([s.start for s in box])
-        main_hf = float(_head_feet(labels, np.argwhere(parts == order[0]).mean(axis=0) + offset))
-        for part in order[1:]:
-            size = int(sizes[part - 1])
-            if size >= DUPLICATE_SHARE * sizes[order[0] - 1]:
-                shift = float(_head_feet(labels, np.argwhere(parts == part).mean(axis=0) + offset)) - main_hf
-                if abs(shift) >= DUPLICATE_MM:
-                    name = _name(index)
-                    issues.append(VertebraIssue("duplicated", (name,), (
-                        f"{name} duplicated: a second part of {size * voxel_ml:.1f} ml lies {abs(shift):.0f} mm "
-                        f"{'below' if shift > 0 else 'above'} the largest (only the largest is kept)")))
-            region[parts == part] = 0
+        centres = np.asarray(ndimage.center_of_mass(parts > 0, parts, ids)) + offset
+        heights = _head_feet(labels, centres)
+        for part, size, height in zip(ids, sizes, heights, strict=True):
+            if part == largest:
+                continue
+            shift = float(height - heights[largest - 1])
+            if size >= DUPLICATE_SHARE * sizes.max() and abs(shift) >= DUPLICATE_MM:
+                name = _name(index)
+                issues.append(VertebraIssue("duplicated", (name,), (
+                    f"{name} duplicated: a second part of {size * voxel_ml:.1f} ml lies {abs(shift):.0f} mm "
+                    f"{'below' if shift > 0 else 'above'} the largest (only the largest is kept)")))
+        region[(parts > 0) & (parts != largest)] = 0
     return labels.with_array(arr), issues
 
 

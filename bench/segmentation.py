@@ -1,0 +1,173 @@
+"""3D vertebra segmentation benchmark: the ``seg`` stage of ``cervical/seg3d`` trained on the synthetic cervical
+benchmark dataset (the 100-study set of ``bench/cervical_accuracy.py``, reused when it exists) with fold 0
+held out; per held-out segmented study: Dice per vertebra and centroid distance (mm) on the CT's own canonical
+grid (the prediction mapped back by ``SegInput.labels_to_volume``) and on the network's grid, and CPU seconds.
+Variants: the three networks (inflated timm, SegResNet, U-Net) on the HU window, and the default one on the
+per-volume min-max scaling of the 1st place.
+
+    python bench/segmentation.py [--studies 100 --size 256 --epochs 8 --variants all] [--write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mdblock import REPO, machine_description, replace_block  # noqa: E402
+
+#: CPU-sized variants of the three networks (the GPU recipes use resnet18d / 16-filter SegResNet at 128^3)
+NETWORKS: dict[str, tuple[str, str, list[str]]] = {
+    "timm": ("vertebra_seg3d_timm", "{decoder_channels: [64, 32, 16, 8]}", ["seg.model.backbone=test_resnet"]),
+    "segresnet": ("vertebra_seg3d_segresnet", "{init_filters: 8, blocks_down: [1, 1, 2, 2], blocks_up: [1, 1, 1]}",
+                  []),
+    "unet": ("vertebra_seg3d_unet", "{channels: [8, 16, 32, 64], strides: [2, 2, 2], num_res_units: 0}", []),
+}
+
+
+def variant_overrides(network: str, normalize: str, epochs: int, args: argparse.Namespace) -> list[str]:
+    """Config overrides of one variant (on top of the route defaults)."""
+    name, kwargs, more = NETWORKS[network]
+    return [*more, "route=seg3d", f"experiment=segbench_{network}_{normalize}_{epochs}ep_{args.grid}",
+            "trainer.accelerator=cpu",
+            f"seg.model.name={name}", f"seg.model.kwargs={kwargs}", f"seg.normalize={normalize}",
+            f"seg.size=[{args.grid}, {args.grid}, {args.grid}]", f"seg.train.epochs={epochs}",
+            "seg.train.batch_size=2", "seg.train.ema=null", "seg.train.optim.lr=3e-3",
+            "seg.train.optim.warmup_frac=0.05", "seg.train.keep=model"]
+
+
+def evaluate_held_out(run: Path) -> dict[str, Any]:
+    """Dice and centroid distance per vertebra of every held-out (fold 0) segmented study, on the CT grid."""
+    import pandas as pd
+    import torch
+
+    from spinelab.config.load import read_run_config
+    from spinelab.tasks.cervical.seg3d.inputs import seg_input
+    from spinelab.tasks.cervical.seg3d.seg_stage import (
+        SegStage,
+        centroid_errors,
+        dataset_cases,
+        dice_per_class,
+        read_case,
+        sliding_window_logits,
+    )
+    from spinelab.train.run_folder import load_stage_models
+
+    cfg = read_run_config(run)
+    stage = SegStage(cfg, run)
+    (model,) = load_stage_models(stage, [0])
+    folds = pd.read_csv(run / "folds.csv")
+    held = sorted(folds[folds.fold == 0].StudyInstanceUID)
+    rows, seconds = [], []
+    for case in dataset_cases(cfg, held):
+        ct, truth = read_case(case, cfg)
+        start = time.process_time()
+        si = seg_input(ct, cfg.seg)
+        with torch.inference_mode():
+            logits = sliding_window_logits(model.eval(), torch.from_numpy(si.image)[None], cfg.seg)["mask"]
+        grid_pred = logits.argmax(1)[0].numpy()
+        pred = si.labels_to_volume(grid_pred)
+        seconds.append(time.process_time() - start)
+        n = cfg.seg.n_classes
+        rows.append({"study": case.id, "dice": dice_per_class(pred, truth, n)[:7],
+                     "grid_dice": dice_per_class(grid_pred, si.mask_to_grid(truth), n)[:7],
+                     "centroid_mm": centroid_errors(pred, truth, np.asarray(ct.spacing), n)[:7],
+                     "slices": ct.shape[0]})
+    dice = np.array([r["dice"] for r in rows])
+    return {"studies": len(rows), "dice": np.nanmean(dice, 0).tolist(), "dice_mean": float(np.nanmean(dice)),
+            "grid_dice_mean": float(np.nanmean([r["grid_dice"] for r in rows])),
+            "centroid_mm": np.nanmean([r["centroid_mm"] for r in rows], 0).tolist(),
+            "centroid_mm_max": float(np.nanmax([r["centroid_mm"] for r in rows])),
+            "cpu_s_per_study": float(np.mean(seconds)),
+            "cpu_s_per_300_slices": float(np.mean([s * 300 / r["slices"] for s, r in zip(seconds, rows, strict=True)]))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--studies", type=int, default=100)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=2022)
+    parser.add_argument("--grid", type=int, default=64, help="fixed input grid (voxels per axis)")
+    parser.add_argument("--epochs", type=int, default=4, help="epochs of the comparison runs")
+    parser.add_argument("--default", default="unet", choices=sorted(NETWORKS),
+                        help="network of the min-max run and of the long run")
+    parser.add_argument("--long-epochs", type=int, default=30, help="epochs of the default network's long run")
+    parser.add_argument("--variants", default="all",
+                        help="comma list of NETWORK:NORMALIZE:EPOCHS, or all (every network and min-max on the "
+                             "default one for --epochs, then the default network for --long-epochs)")
+    parser.add_argument("--work", type=Path, default=REPO / "bench/_work/cervical_accuracy")
+    parser.add_argument("--write", action="store_true")
+    args = parser.parse_args()
+    from spinelab import api
+    from spinelab.config.load import load_config
+
+    data = args.work / f"data_{args.studies}x{args.size}"
+    if not (data / "train.csv").is_file():
+        from spinelab.data.synthetic.cervical import generate_cervical_dataset
+
+        generate_cervical_dataset(data, studies=args.studies, test_studies=0, size=args.size, seed=args.seed)
+    if args.variants == "all":
+        variants = [(n, "window", args.epochs) for n in NETWORKS] + [(args.default, "minmax", args.epochs),
+                                                                   (args.default, "window", args.long_epochs)]
+    else:
+        variants = [(n, z, int(e)) for n, z, e in (v.split(":") for v in args.variants.split(","))]
+    # one volume cache (beside the dataset, where every recipe finds it) and one derived folder for all variants
+    (data.parent / f"{data.name}_cache").mkdir(exist_ok=True)
+    derived = args.work / f"derived_{args.studies}x{args.size}"
+    results: dict[str, dict[str, Any]] = {}
+    for network, normalize, epochs in variants:
+        overrides = variant_overrides(network, normalize, epochs, args)
+        cfg = load_config("cervical", [], [f"data.dataset_dir={data}", f"data.derived_dir={derived}", *overrides])
+        run = args.work / f"run_{cfg.experiment}"
+        api.train(cfg, run_dir=run, fold="0", resume=True, progress=False)
+        scores = json.loads((run / "seg/fold_0/scores.json").read_text())
+        key = f"{network}, {normalize}, {epochs} epochs"
+        results[key] = {**evaluate_held_out(run), "train_s": scores["seconds"], "steps": scores["global_step"]}
+        print(json.dumps({key: results[key]}), flush=True)
+    (args.work / f"segmentation_{args.grid}.json").write_text(json.dumps(results, indent=1))
+    text = report(results, args)
+    print(text)
+    if args.write:
+        replace_block("segmentation", text)
+
+
+def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
+    """The BENCHMARKS.md block."""
+    first = next(iter(results.values()))
+    lines = [
+        "## 3D vertebra segmentation on the synthetic benchmark (`bench/segmentation.py`)",
+        "",
+        f"Machine: {machine_description()} (shared with other jobs: times are upper bounds). Dataset: "
+        f"{args.studies} synthetic studies at {args.size} px (seed {args.seed}, the cervical accuracy set), fold 0 "
+        f"held out ({first['studies']} segmented held-out studies); stage `seg` of `cervical/seg3d` on a fixed "
+        f"{args.grid}^3 grid, batch 2, AdamW 3e-3 with cosine decay, CPU-sized networks (`NETWORKS` in the script). "
+        "Dice and "
+        "centroid distance are measured on each CT's own grid (the prediction mapped back by nearest neighbour), "
+        "grid Dice on the network's grid; no TTA or connected-component cleaning.",
+        "",
+        "| variant | mean Dice C1-C7 (target >= 0.90) | grid Dice | max centroid mm (target <= 3) "
+        "| train s (steps) | CPU s / study (per 300 slices) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in results.items():
+        lines.append(f"| {name} | {r['dice_mean']:.3f} | {r['grid_dice_mean']:.3f} | {r['centroid_mm_max']:.1f} "
+                     f"| {r['train_s']:.0f} ({r['steps']}) | {r['cpu_s_per_study']:.1f} "
+                     f"({r['cpu_s_per_300_slices']:.1f}) |")
+    lines += ["", "| variant | " + " | ".join(f"C{k} Dice / mm" for k in range(1, 8)) + " |",
+              "|---|" + "---:|" * 7]
+    for name, r in results.items():
+        cells = [f"{d:.3f} / {c:.1f}" for d, c in zip(r["dice"], r["centroid_mm"], strict=True)]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", f"Command: `python bench/segmentation.py --grid {args.grid} --epochs {args.epochs} "
+              f"--long-epochs {args.long_epochs} --default {args.default} --write`."]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
