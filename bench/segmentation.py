@@ -34,11 +34,13 @@ NETWORKS: dict[str, tuple[str, str, list[str]]] = {
 def variant_overrides(network: str, normalize: str, epochs: int, args: argparse.Namespace) -> list[str]:
     """Config overrides of one variant (on top of the route defaults)."""
     name, kwargs, more = NETWORKS[network]
-    return [*more, "route=seg3d", f"experiment=segbench_{network}_{normalize}_{epochs}ep_{args.grid}",
-            "trainer.accelerator=cpu",
+    patch = ", ".join(map(str, args.patch))
+    experiment = f"segbench_{network}_{normalize}_{epochs}ep_{args.spacing}mm_lr{args.lr:g}"
+    return [*more, "route=seg3d", f"experiment={experiment}", "trainer.accelerator=cpu",
             f"seg.model.name={name}", f"seg.model.kwargs={kwargs}", f"seg.normalize={normalize}",
-            f"seg.size=[{args.grid}, {args.grid}, {args.grid}]", f"seg.train.epochs={epochs}",
-            "seg.train.batch_size=2", "seg.train.ema=null", "seg.train.optim.lr=3e-3",
+            "seg.grid=isotropic", f"seg.spacing_mm={args.spacing}", f"seg.patch=[{patch}]",
+            f"seg.fg_ratio={args.fg_ratio}", f"seg.samples_per_volume={args.samples}", f"seg.train.epochs={epochs}",
+            "seg.train.batch_size=2", "seg.train.ema=null", f"seg.train.optim.lr={args.lr}",
             "seg.train.optim.warmup_frac=0.05", "seg.train.keep=model"]
 
 
@@ -93,7 +95,12 @@ def main() -> None:
     parser.add_argument("--studies", type=int, default=100)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=2022)
-    parser.add_argument("--grid", type=int, default=64, help="fixed input grid (voxels per axis)")
+    parser.add_argument("--spacing", type=float, default=2.5, help="isotropic voxel size (mm)")
+    parser.add_argument("--patch", type=int, nargs=3, default=[64, 48, 48], help="training patch and window")
+    parser.add_argument("--fg-ratio", type=float, default=0.7, help="share of patches centred on a vertebra")
+    parser.add_argument("--samples", type=int, default=2, help="patches per training volume and epoch")
+    parser.add_argument("--lr", type=float, default=1e-2, help="AdamW peak learning rate")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the block from the saved results")
     parser.add_argument("--epochs", type=int, default=4, help="epochs of the comparison runs")
     parser.add_argument("--default", default="unet", choices=sorted(NETWORKS),
                         help="network of the min-max run and of the long run")
@@ -120,8 +127,9 @@ def main() -> None:
     # one volume cache (beside the dataset, where every recipe finds it) and one derived folder for all variants
     (data.parent / f"{data.name}_cache").mkdir(exist_ok=True)
     derived = args.work / f"derived_{args.studies}x{args.size}"
-    results: dict[str, dict[str, Any]] = {}
-    for network, normalize, epochs in variants:
+    saved = args.work / f"segmentation_{args.spacing}mm.json"
+    results: dict[str, dict[str, Any]] = json.loads(saved.read_text()) if args.report_only else {}
+    for network, normalize, epochs in [] if args.report_only else variants:
         overrides = variant_overrides(network, normalize, epochs, args)
         cfg = load_config("cervical", [], [f"data.dataset_dir={data}", f"data.derived_dir={derived}", *overrides])
         run = args.work / f"run_{cfg.experiment}"
@@ -130,7 +138,7 @@ def main() -> None:
         key = f"{network}, {normalize}, {epochs} epochs"
         results[key] = {**evaluate_held_out(run), "train_s": scores["seconds"], "steps": scores["global_step"]}
         print(json.dumps({key: results[key]}), flush=True)
-    (args.work / f"segmentation_{args.grid}.json").write_text(json.dumps(results, indent=1))
+        saved.write_text(json.dumps(results, indent=1))
     text = report(results, args)
     print(text)
     if args.write:
@@ -145,9 +153,11 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
         "",
         f"Machine: {machine_description()} (shared with other jobs: times are upper bounds). Dataset: "
         f"{args.studies} synthetic studies at {args.size} px (seed {args.seed}, the cervical accuracy set), fold 0 "
-        f"held out ({first['studies']} segmented held-out studies); stage `seg` of `cervical/seg3d` on a fixed "
-        f"{args.grid}^3 grid, batch 2, AdamW 3e-3 with cosine decay, CPU-sized networks (`NETWORKS` in the script). "
-        "Dice and "
+        f"held out ({first['studies']} segmented held-out studies); stage `seg` of `cervical/seg3d` on the "
+        f"isotropic {args.spacing} mm grid, {args.samples} patches of {'x'.join(map(str, args.patch))} per study "
+        f"and epoch ({100 * args.fg_ratio:.0f} % centred on a vertebra), batch 2, AdamW {args.lr:g} with cosine "
+        "decay, "
+        "Gaussian sliding windows of the patch size, CPU-sized networks (`NETWORKS` in the script). Dice and "
         "centroid distance are measured on each CT's own grid (the prediction mapped back by nearest neighbour), "
         "grid Dice on the network's grid; no TTA or connected-component cleaning.",
         "",
@@ -164,8 +174,8 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
     for name, r in results.items():
         cells = [f"{d:.3f} / {c:.1f}" for d, c in zip(r["dice"], r["centroid_mm"], strict=True)]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", f"Command: `python bench/segmentation.py --grid {args.grid} --epochs {args.epochs} "
-              f"--long-epochs {args.long_epochs} --default {args.default} --write`."]
+    lines += ["", f"Command: `python bench/segmentation.py --variants {args.variants} --lr {args.lr:g} "
+              f"--fg-ratio {args.fg_ratio:g} --write`."]
     return "\n".join(lines)
 
 

@@ -124,6 +124,9 @@ class Seg3dSegConfig(SegInputConfig):
     fg_ratio: float = Field(default=0.5, ge=0.0, le=1.0)
     dice_weight: float = Field(default=1.0, ge=0.0)
     ce_weight: float = Field(default=1.0, ge=0.0)
+    # Dice over the whole batch per class (nnU-Net's batch Dice) rather than per sample: a patch without a
+    # vertebra then costs nothing for that class, and small vertebrae are not drowned by empty patches.
+    dice_batch: bool = True
     sw_overlap: float = Field(default=0.25, ge=0.0, lt=1.0)
     sw_batch_size: int = Field(default=1, ge=1)
 

@@ -299,7 +299,8 @@ class SegStage(Stage):
             from monai.losses import DiceCELoss
 
             self._loss = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False,
-                                    lambda_dice=self.section.dice_weight, lambda_ce=self.section.ce_weight)
+                                    batch=self.section.dice_batch, lambda_dice=self.section.dice_weight,
+                                    lambda_ce=self.section.ce_weight)
         return {"loss": self._loss(outputs["mask"].float(), batch["mask"])}
 
     def predictions(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> pd.DataFrame:
