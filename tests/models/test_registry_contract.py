@@ -34,6 +34,9 @@ INPUTS = {
     "vertebra_seg3d_unet": lambda: ((torch.rand(2, 1, 8, 16, 12),), {}),
     "vertebra_seg3d_segresnet": lambda: ((torch.rand(2, 1, 8, 16, 16),), {}),
     "vertebra_seg3d_timm": lambda: ((torch.rand(2, 1, 32, 32, 64),), {}),
+    "seg3d_vertebra_sequence": lambda: ((torch.rand(2, 4, 6, 32, 32),), {}),
+    "seg3d_patient_sequence": lambda: ((torch.rand(2, 7, 3, 6, 32, 32),),
+                                       {"mask": torch.tensor([[True] * 7, [True] * 5 + [False] * 2])}),
 }
 # Small settings for the seed-sized models (the ``test_*`` ones are small already); each model gets
 # the keys it takes.

@@ -1,4 +1,5 @@
-"""The ``cervical/seg3d`` route's config (``route: seg3d``): the 3D vertebra segmentation stage ``seg``.
+"""The ``cervical/seg3d`` route's config (``route: seg3d``): the 3D vertebra segmentation stage ``seg``, the
+per-vertebra crops (``crops``) and the 1st place's classifier stages ``vertebra`` (type 1) and ``patient`` (type 2).
 
 The ``seg`` section holds the input grid (``SegInputConfig``: one definition for training and inference, read
 by ``tasks.cervical.seg3d.inputs.seg_input``), the model, the loop, the label schemes and the external data.
@@ -15,7 +16,8 @@ from pydantic import Field, model_validator
 from spinelab.config.schema import DataConfig, InferConfig, ModelConfig, StrictModel, TrainConfig, TrainerConfig
 from spinelab.tasks.cervical.seg3d.schemes import LabelScheme, check_scheme
 
-__all__ = ["SegInputConfig", "ExternalSegData", "SegAugmentConfig", "Seg3dSegConfig", "Seg3dConfig"]
+__all__ = ["SegInputConfig", "ExternalSegData", "SegAugmentConfig", "Seg3dSegConfig", "Seg3dCropConfig",
+           "Seg3dVertebraConfig", "Seg3dPatientConfig", "Seg3dConfig"]
 
 Triple = tuple[int, int, int]
 
@@ -139,6 +141,48 @@ class Seg3dSegConfig(SegInputConfig):
         return 9 if self.include_t1 else 8
 
 
+class Seg3dCropConfig(StrictModel):
+    """Per-vertebra crops of the classifier stages (``tasks.cervical.seg3d.crops``): per vertebra ``n_slices``
+    slices evenly spaced over its extent, each ``span`` adjacent slices plus its mask, at ``image_size``."""
+
+    n_slices: int = Field(default=15, ge=1)
+    span: int = Field(default=5, ge=1)
+    image_size: int = Field(default=224, ge=8)
+    #: CT window (level, width) in HU of the slice channels
+    window: tuple[float, float] = (400.0, 1800.0)
+    #: added on every side of the vertebra's in-plane box, as a fraction of its larger side
+    margin: float = Field(default=0.15, ge=0.0)
+    #: training masks: out-of-fold segmentations (``oof``, as the seed) or the dataset's own (``truth``: only
+    #: the segmented studies, to measure the classifiers without segmentation errors)
+    masks: Literal["oof", "truth"] = "oof"
+
+    @model_validator(mode="after")
+    def _odd_span(self) -> Seg3dCropConfig:
+        if self.span % 2 == 0:
+            raise ValueError(f"crops.span must be odd (slices either side of the centre), got {self.span}")
+        return self
+
+
+class Seg3dVertebraConfig(StrictModel):
+    """Type 1 of the 1st place (stage ``vertebra``): one vertebra's crops -> CNN -> BiGRU -> logits."""
+
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig(name="seg3d_vertebra_sequence"))
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=10, batch_size=8))
+    #: weight of the per-slice BCE (every slice carries the vertebra's label, as in the seed)
+    slice_loss_weight: float = Field(default=0.5, ge=0.0)
+    augment: bool = True
+
+
+class Seg3dPatientConfig(StrictModel):
+    """Type 2 of the 1st place (stage ``patient``): a study's 7 x 15 crops -> vertebra and patient logits."""
+
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig(name="seg3d_patient_sequence"))
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=10, batch_size=2))
+    augment: bool = True
+    #: share of type 2 in the final ensemble (type 1 gets the rest; either alone when the other is not trained)
+    ensemble_weight: float = Field(default=0.5, ge=0.0, le=1.0)
+
+
 class Seg3dConfig(StrictModel):
     """RSNA 2022 cervical, the 3D route (the 1st place's shape): vertebra segmentation first."""
 
@@ -147,5 +191,8 @@ class Seg3dConfig(StrictModel):
     experiment: str = "seg3d"
     data: DataConfig = Field(default_factory=DataConfig)
     seg: Seg3dSegConfig = Field(default_factory=Seg3dSegConfig)
+    crops: Seg3dCropConfig = Field(default_factory=Seg3dCropConfig)
+    vertebra: Seg3dVertebraConfig = Field(default_factory=Seg3dVertebraConfig)
+    patient: Seg3dPatientConfig = Field(default_factory=Seg3dPatientConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     infer: InferConfig = Field(default_factory=InferConfig)

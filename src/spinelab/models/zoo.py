@@ -17,6 +17,7 @@ from spinelab.models.cervical import FractureClassifier, FrameClassifier, SliceL
 from spinelab.models.lumbar import PointHeatmapNet, RoiGrader
 from spinelab.models.registry import register_model
 from spinelab.models.segmentation import SegResNet3d, SegUNet, TimmUNet3d
+from spinelab.models.vertebra_sequence import PatientSequenceNet, VertebraSequenceNet
 
 __all__ = [
     "cervical_slice_localizer",
@@ -35,6 +36,10 @@ __all__ = [
     "test_vertebra_seg3d_timm",
     "vertebra_seg3d_segresnet",
     "test_vertebra_seg3d_segresnet",
+    "seg3d_vertebra_sequence",
+    "test_seg3d_vertebra_sequence",
+    "seg3d_patient_sequence",
+    "test_seg3d_patient_sequence",
 ]
 
 
@@ -151,3 +156,28 @@ def test_vertebra_seg3d_segresnet(**kwargs: Any) -> nn.Module:
     """Tiny SegResNet variant for CPU tests (8 filters, 3 levels)."""
     kwargs = {"init_filters": 8, "blocks_down": (1, 1, 1), "blocks_up": (1, 1), **kwargs}
     return SegResNet3d(**kwargs)
+
+@register_model(takes=VertebraSequenceNet)
+def seg3d_vertebra_sequence(pretrained_sha256: str | None = None, **kwargs: Any) -> nn.Module:
+    """1st-place type 1: one vertebra's 15 crops (5 slices + mask) -> CNN -> BiGRU -> slice and vertebra logits."""
+    return VertebraSequenceNet(**_checked(kwargs, pretrained_sha256))
+
+
+@register_model(takes=VertebraSequenceNet)
+def test_seg3d_vertebra_sequence(pretrained_sha256: str | None = None, **kwargs: Any) -> nn.Module:
+    """Tiny type-1 variant for CPU tests."""
+    kwargs = {"backbone": "test_resnet", "hidden": 16, **kwargs}
+    return VertebraSequenceNet(**_checked(kwargs, pretrained_sha256))
+
+
+@register_model(takes=PatientSequenceNet)
+def seg3d_patient_sequence(pretrained_sha256: str | None = None, **kwargs: Any) -> nn.Module:
+    """1st-place type 2: a study's 7 x 15 crops -> CNN -> BiGRU -> vertebra logits and patient_overall."""
+    return PatientSequenceNet(**_checked(kwargs, pretrained_sha256))
+
+
+@register_model(takes=PatientSequenceNet)
+def test_seg3d_patient_sequence(pretrained_sha256: str | None = None, **kwargs: Any) -> nn.Module:
+    """Tiny type-2 variant for CPU tests."""
+    kwargs = {"backbone": "test_resnet", "hidden": 16, **kwargs}
+    return PatientSequenceNet(**_checked(kwargs, pretrained_sha256))

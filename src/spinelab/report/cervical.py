@@ -99,10 +99,12 @@ def draw_cervical_study(volume: Volume, result: dict[str, Any], *, truth: dict[s
     probs = result.get("probabilities", {})
 
     margin = 20.0 / volume.spacing[2]  # 2 cm either side of the crop box
+    sag_narrow = ((cy, 0), (box[3] - box[1]) + 2 * margin)
+    cor_narrow = ((cx, 0), (box[2] - box[0]) + 2 * margin)
     sag = volume_panel(volume, 2, cx, plane="sagittal")
-    sag = _narrow(sag, sag.to_display(cy, 0)[0], (box[3] - box[1]) + 2 * margin)
+    sag = _narrow(sag, sag.to_display(*sag_narrow[0])[0], sag_narrow[1])
     cor = volume_panel(volume, 1, cy, plane="coronal")
-    cor = _narrow(cor, cor.to_display(cx, 0)[0], (box[2] - box[0]) + 2 * margin)
+    cor = _narrow(cor, cor.to_display(*cor_narrow[0])[0], cor_narrow[1])
     axial = volume_panel(volume, 0, level, plane="axial")
     # As tall as the tallest panel needs at its width (a long scan is tall, a short one is not squashed).
     tallest = max(_height_ratio(p) for p in (sag, cor, axial))
@@ -115,6 +117,9 @@ def draw_cervical_study(volume: Volume, result: dict[str, Any], *, truth: dict[s
     where = f"{worst} (P {probs.get(worst, 0.0):.2f})" if worst else "mid-volume (no vertebra located)"
     show_panel(ax_ax, axial, window=window, title=f"axial at {where}, slice {level}")
     _draw_crop_box(ax_ax, axial, box)
+    sections = result.get("mask_sections") or {}
+    _draw_mask_section(sag_ax, volume, sections.get("sagittal"), 2, cx, "sagittal", sag_narrow)
+    _draw_mask_section(cor_ax, volume, sections.get("coronal"), 1, cy, "coronal", cor_narrow)
     for ax, panel in ((sag_ax, sag), (cor_ax, cor)):
         row = panel.to_display(0, level)[1]
         ax.axhline(row, color="#ffd54f", ls="--", lw=0.9, gid="axial-level")
@@ -132,6 +137,29 @@ def draw_cervical_study(volume: Volume, result: dict[str, Any], *, truth: dict[s
         more = f"\n(+{len(notes) - 4} more warnings)" if len(notes) > 4 else ""
         fig.text(0.01, 0.02, "⚠ " + text + more, fontsize=8.5, va="bottom", color="#6d4c00")
     return fig
+
+
+def _draw_mask_section(ax: Any, volume: Volume, section: dict[str, Any] | None, axis: int, index: int,
+                       plane: str, narrow: tuple[tuple[float, float], float]) -> None:
+    """A segmentation route's vertebra labels on a reformat (``mask_sections`` of its result: the label plane
+    through ``index`` across ``axis`` of the canonical grid, run-length coded), coloured per vertebra."""
+    from matplotlib.colors import ListedColormap
+
+    if not section or int(section.get("column", section.get("row", -1))) != index:
+        return
+    rle = np.asarray(section["rle"], dtype=np.int64).reshape(-1, 2)
+    plane_shape = tuple(int(n) for n in section["shape"])
+    expected = tuple(n for a, n in enumerate(volume.shape) if a != axis)
+    if plane_shape != expected or rle[:, 1].sum() != np.prod(plane_shape):
+        return  # not this volume's plane: draw nothing rather than something misplaced
+    labels = np.repeat(rle[:, 0], rle[:, 1]).reshape(plane_shape).astype(np.uint8)
+    # A one-plane volume with the CT's axes: volume_panel reads only their directions, so it is shown as the CT is.
+    panel = volume_panel(Volume(np.expand_dims(labels, axis), volume.affine), axis, 0, plane=plane)
+    panel = _narrow(panel, panel.to_display(*narrow[0])[0], narrow[1])
+    shown = np.ma.masked_equal(panel.image, 0)
+    cmap = ListedColormap(["none", *LEVEL_COLORS[:len(VERTEBRAE)]])
+    ax.imshow(shown, cmap=cmap, vmin=0, vmax=len(VERTEBRAE), alpha=0.4, interpolation="nearest",
+              aspect=panel.row_mm / panel.col_mm, gid="vertebra-mask")
 
 
 def _narrow(panel: Panel, centre: float, least: float) -> Panel:

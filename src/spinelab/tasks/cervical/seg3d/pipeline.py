@@ -1,6 +1,7 @@
 """How the ``cervical/seg3d`` route trains (``TRAINING``, run by ``tasks.route.train_route``): cache, folds and
 derived labels as the slice route prepares them, the segmentation masks on their CT grids (``derived/masks``),
-then stage ``seg`` and its cross-validated scores (``seg/cv_scores.json``)."""
+then stage ``seg``, the out-of-fold masks and crops of the training studies, the classifier stages ``vertebra``
+and ``patient``, and the cross-validated scores (``seg/cv_scores.json``, ``cv_scores.json``)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from spinelab.io.atomic import atomic_write_csv, atomic_write_json
 from spinelab.registry import CERVICAL_TARGETS
 from spinelab.tasks.route import Step, Training
 
-__all__ = ["TRAINING", "write_masks", "write_seg_scores", "seg_stages"]
+__all__ = ["TRAINING", "write_masks", "write_seg_scores", "seg_stages", "write_crops", "vertebra_stages",
+           "patient_stages"]
 
 log = logging.getLogger("spinelab")
 SEG_SCORES_SCHEMA_VERSION = 1
@@ -113,6 +115,10 @@ def _finish(cfg: Seg3dConfig, run_dir: Path, context: Any, stage: str, folds: li
             progress: bool) -> None:
     if stage in ("all", "seg"):
         write_seg_scores(run_dir)
+    if stage in ("all", "vertebra", "patient"):
+        from spinelab.tasks.cervical.seg3d.cv_scores import write_seg3d_cv_scores
+
+        write_seg3d_cv_scores(cfg, run_dir)
 
 
 def seg_stages(cfg: Seg3dConfig, run_dir: Path, context: Any = None) -> list[Any]:
@@ -124,11 +130,36 @@ def seg_stages(cfg: Seg3dConfig, run_dir: Path, context: Any = None) -> list[Any
     return [SegStage(cfg, run_dir)]
 
 
-#: Stage ``seg`` (the vertebra stages of the 1st place follow it), then the segmentation CV scores.
+def write_crops(cfg: Seg3dConfig, run_dir: Path, context: Any = None, progress: bool = True) -> Path:
+    """Out-of-fold masks and the crops of every training study (``tasks.cervical.seg3d.masks``)."""
+    from spinelab.tasks.cervical.seg3d.masks import write_training_crops
+
+    return write_training_crops(cfg, run_dir, context, progress)
+
+
+def vertebra_stages(cfg: Seg3dConfig, run_dir: Path, context: Any = None) -> list[Any]:
+    """The ``vertebra`` step's stage (type 1)."""
+    from spinelab.tasks.cervical.seg3d.vertebra_stage import VertebraStage
+
+    return [VertebraStage(cfg, run_dir)]
+
+
+def patient_stages(cfg: Seg3dConfig, run_dir: Path, context: Any = None) -> list[Any]:
+    """The ``patient`` step's stage (type 2)."""
+    from spinelab.tasks.cervical.seg3d.patient_stage import PatientStage
+
+    return [PatientStage(cfg, run_dir)]
+
+
+#: Stage ``seg``; the out-of-fold masks and crops of every training study (for the classifiers); the 1st
+#: place's type 1 (``vertebra``) and type 2 (``patient``); then the segmentation and classifier CV scores.
 TRAINING = Training(
     setup=_setup,
     steps=(
         Step("seg", stages=seg_stages),
+        Step("masks", run=write_crops, needed_by=("vertebra", "patient")),
+        Step("vertebra", stages=vertebra_stages),
+        Step("patient", stages=patient_stages),
     ),
     finish=_finish,
 )
