@@ -21,6 +21,7 @@ from spinelab import __version__
 from spinelab.errors import InputError
 from spinelab.infer.batch import SCHEMA_VERSION, weights_sha256
 from spinelab.infer.checks import InputCheck, check_cervical_input
+from spinelab.infer.result import StudyResult
 from spinelab.infer.runtime import Runtime
 from spinelab.infer.studies import read_study_volume
 from spinelab.infer.tta import flip_outputs
@@ -144,7 +145,7 @@ class Seg3dPredictor:
             out["type2"] = np.mean(flip_outputs(self.models["patient"], x[None], both, tta=self.tta), axis=0)
         return out
 
-    def predict_volume(self, volume: Volume, study_id: str | None = None) -> dict[str, Any]:
+    def predict_volume(self, volume: Volume, study_id: str | None = None) -> StudyResult:
         """Probabilities for C1-C7 and the patient, plus what the segmentation found.
 
         The input rules run first, the vertebra check on the segmentation after it (``infer.checks``; its
@@ -170,26 +171,26 @@ class Seg3dPredictor:
         vertebrae = describe_crops(crops, volume)
         ranges = {v: {k: d[k] for k in ("start_index", "end_index", "slice_numbers")} for v, d in vertebrae.items()}
         box = _union_box(crops, volume)
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "study": study_id,
-            "status": "warning" if warnings else "ok",
-            "probabilities": {t: float(p) for t, p in zip(CERVICAL_TARGETS, probs, strict=True)},
-            "vertebra_ranges": ranges,
-            "crop_box": box,
-            "missing_vertebrae": missing,
-            "vertebrae": vertebrae,
-            "type_probabilities": {k: None if v is None else dict(zip(CERVICAL_TARGETS, map(float, v), strict=True))
-                                   for k, v in types.items()},
-            "mask_sections": mask_sections(labels, box),
-            "warnings": warnings,
-            "input": check.facts,
-            "conventions": CONVENTIONS,
-            "model": self.model_info,
-        }
+        return StudyResult(
+            schema_version=SCHEMA_VERSION,
+            study=study_id,
+            status="warning" if warnings else "ok",
+            probabilities={t: float(p) for t, p in zip(CERVICAL_TARGETS, probs, strict=True)},
+            vertebra_ranges=ranges,
+            crop_box=box,
+            missing_vertebrae=missing,
+            vertebrae=vertebrae,
+            type_probabilities={k: None if v is None else dict(zip(CERVICAL_TARGETS, map(float, v), strict=True))
+                               for k, v in types.items()},
+            mask_sections=mask_sections(labels, box),
+            warnings=warnings,
+            input=check.facts,
+            conventions=CONVENTIONS,
+            model=self.model_info,
+        )
 
     def predict_study(self, study: str | Path, study_id: str | None = None, *,
-                      series: str | None = None) -> dict[str, Any]:
+                      series: str | None = None) -> StudyResult:
         """Read a study (a DICOM folder or file, or a NIfTI file of CT in HU) and predict it."""
         from spinelab.infer.studies import study_id_of_file
 
@@ -201,11 +202,11 @@ class Seg3dPredictor:
         """The per-study function of ``predict_dataset`` (``series`` picks the series in every study)."""
         return lambda sid, path: self.predict_study(path, sid, series=series)
 
-    def fallback(self, study_id: str, error: str) -> dict[str, Any]:
+    def fallback(self, study_id: str, error: str) -> StudyResult:
         """A valid prediction for a study that could not be processed: the training prevalence."""
-        return {"study": study_id, "probabilities": {t: float(self.prior[t]) for t in CERVICAL_TARGETS},
-                "status": "failed", "error": error, "warnings": [f"prediction failed, prior used: {error}"],
-                "model": self.model_info}
+        return StudyResult(schema_version=SCHEMA_VERSION, study=study_id,
+                           probabilities={t: float(self.prior[t]) for t in CERVICAL_TARGETS}, status="failed",
+                           error=error, warnings=[f"prediction failed, prior used: {error}"], model=self.model_info)
 
 
 def _union_box(crops: VertebraCrops, volume: Volume) -> list[float]:
