@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from spinelab.errors import ConfigError
-from spinelab.tasks.route import Route, Task, TaskOutput, resolve
+from spinelab.tasks.route import Demo, Route, Task, TaskOutput, resolve
 
 __all__ = ["register_task", "register_route", "unregister_route", "get_task", "get_route", "task_names",
            "route_of", "route_for_data", "task_output", "report_function", "run_route"]
@@ -102,9 +102,15 @@ def run_route(run_dir: str | Path) -> Route:
 
 
 register_task(Task("cervical", "slices", output="spinelab.tasks.cervical.predict:OUTPUT",
-                   report="spinelab.report.cervical:write_cervical_report"))
+                   report="spinelab.report.cervical:write_cervical_report",
+                   demo=Demo("spinelab.data.synthetic.cervical:generate_cervical_dataset", size=128,
+                             recipe="cervical/demo.yaml", score="competition_score",
+                             baseline="prevalence_constant_score")))
 register_task(Task("lumbar", "points", output="spinelab.tasks.lumbar.predict:OUTPUT",
-                   report="spinelab.report.lumbar:write_lumbar_report"))
+                   report="spinelab.report.lumbar:write_lumbar_report",
+                   demo=Demo("spinelab.data.synthetic.lumbar:generate_lumbar_dataset", size=64,
+                             recipe="lumbar/demo.yaml", score="lumbar_score",
+                             baseline="weight_optimal_constant_score")))
 register_route(Route("cervical", "slices", config="spinelab.config.schema:CervicalConfig",
                      training="spinelab.tasks.cervical.pipeline:TRAINING",
                      predictor="spinelab.tasks.cervical.predict:CervicalPredictor"))

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from spinelab.errors import ConfigError
 
-__all__ = ["Route", "Task", "Training", "Step", "TaskOutput", "Predictor", "resolve", "train_route"]
+__all__ = ["Route", "Task", "Demo", "Training", "Step", "TaskOutput", "Predictor", "resolve", "train_route"]
 
 
 def resolve(ref: Any) -> Any:
@@ -135,6 +135,26 @@ class Route:
 
 
 @dataclass(frozen=True)
+class Demo:
+    """What ``python -m spinelab.demo`` runs for a task: a synthetic dataset, a recipe and the score it prints.
+
+    Args:
+        synthetic: ``(out, studies=, test_studies=, size=, seed=) -> Path`` writing a synthetic dataset in the
+            task's Kaggle layout, or ``"module:attribute"``.
+        size: slice size of the synthetic studies, in pixels.
+        recipe: the packaged recipe the demo trains (``spinelab.configs.recipe_path`` name).
+        score: the ``evaluation.json`` key of the test score (lower is better).
+        baseline: the ``evaluation.json`` key of the constant the score is compared with.
+    """
+
+    synthetic: Any
+    size: int
+    recipe: str
+    score: str
+    baseline: str
+
+
+@dataclass(frozen=True)
 class Task:
     """A task: its routes share the study format, the submission, the metric and the report."""
 
@@ -142,6 +162,7 @@ class Task:
     default_route: str
     output: Any  # TaskOutput or "module:attribute"
     report: Any = None  # (predictions=, input=, out=, model=) -> index path, or "module:attribute"
+    demo: Demo | None = None  # what ``python -m spinelab.demo`` runs (tasks without one are not in the demo)
     routes: dict[str, Route] = field(default_factory=dict)
 
 
