@@ -85,3 +85,24 @@ def test_each_demo_recipe_loads_and_its_generator_resolves(task: str) -> None:
 def test_cervical_demo_recipe_fits_the_synthetic_crop() -> None:
     cfg = load_config("cervical", [recipe_path("cervical/demo.yaml")], [])
     assert cfg.stage2.image_size <= 64  # sized for 2 CPU cores: the 128 px study box is about 60 px wide
+
+
+def test_a_task_demo_generates_its_own_number_of_studies_unless_told(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    seen: list[dict[str, Any]] = []
+
+    class StopError(Exception):
+        pass
+
+    def generate(out: Path, **kw: Any) -> Path:
+        seen.append(kw)
+        raise StopError  # the rest of the pipeline is the real one, measured in BENCHMARKS.md
+
+    spec = Demo(generate, size=32, recipe="lumbar/tiny.yaml", score="s", baseline="b", studies=7)
+    monkeypatch.setitem(catalog._TASKS, "toy", Task("toy", "points", output=None, demo=spec))
+    monkeypatch.setattr(demo, "console", demo.Console(width=200, force_terminal=False))
+    for studies in (None, 3):
+        with pytest.raises(StopError):
+            demo.run_task_demo("toy", tmp_path, studies=studies, test_studies=2, seed=5)
+    assert seen == [{"studies": 7, "test_studies": 2, "size": 32, "seed": 5},
+                    {"studies": 3, "test_studies": 2, "size": 32, "seed": 5}]

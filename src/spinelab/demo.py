@@ -51,9 +51,12 @@ def demo_tasks() -> list[str]:
     return [t for t in catalog.task_names() if catalog.get_task(t).demo is not None]
 
 
-def run_task_demo(task: str, out: Path, *, studies: int = 40, test_studies: int = 16,
+def run_task_demo(task: str, out: Path, *, studies: int | None = None, test_studies: int = 16,
                   seed: int = 0) -> dict[str, Any]:
-    """The demo of one task (its default route) in ``out``; returns the paths it wrote and the test score."""
+    """The demo of one task (its default route) in ``out``; returns the paths it wrote and the test score.
+
+    ``studies`` (training studies) defaults to the task's ``Demo.studies``.
+    """
     from spinelab import api
     from spinelab.config.load import load_config
     from spinelab.data.folds import write_folds
@@ -62,7 +65,7 @@ def run_task_demo(task: str, out: Path, *, studies: int = 40, test_studies: int 
     spec = catalog.get_task(task).demo
     if spec is None:
         raise typer.BadParameter(f"task {task!r} has no demo; choose from {', '.join(demo_tasks())}")
-    route = catalog.get_route(task)
+    studies = spec.studies if studies is None else studies
     data, cache = out / "data" / task, out / "cache" / task
     run, pred, rep = out / "runs" / task, out / "predictions" / task, out / "report" / task
     if not (data / "train.csv").is_file():
@@ -72,9 +75,10 @@ def run_task_demo(task: str, out: Path, *, studies: int = 40, test_studies: int 
     _step("2. volume cache (every series decoded once)", lambda: build_cache(data, cache, workers=2))
     _step("3. multilabel-stratified folds", lambda: write_folds(data, k=5, seed=42, task=task))
     cfg = load_config(task, [recipe_path(spec.recipe)], [f"data.dataset_dir={data}", f"data.cache_dir={cache}"])
+    route = catalog.get_route(task)
     training = resolve(route.training)
     stages = [s.name for s in training.steps if s.stages is not None and s.selected("all", cfg)]
-    _step(f"4. train the {route.key} route ({', '.join(stages)}; derived labels first), fold 0",
+    _step(f"4. train the {route.key} route ({', '.join(stages)}), fold 0, after its data preparation",
           lambda: api.train(cfg, run_dir=run, fold="0"))
     result = _step("5. predict the test studies and score them",
                    lambda: api.predict(task, model=run, input=data, out=pred))
@@ -87,7 +91,7 @@ def run_task_demo(task: str, out: Path, *, studies: int = 40, test_studies: int 
 
 def main(task: Annotated[str, typer.Option(help="A task with a demo (cervical, lumbar) or all")] = "all",
          out: Annotated[Path, typer.Option(help="Output folder")] = Path("demo_out"),
-         studies: Annotated[int, typer.Option(help="Training studies per task")] = 40,
+         studies: Annotated[int | None, typer.Option(help="Training studies per task [default: the task's]")] = None,
          test_studies: Annotated[int, typer.Option(help="Test studies per task")] = 16,
          seed: Annotated[int, typer.Option(help="Seed of the synthetic datasets")] = 0) -> None:
     """Run the demo of one or every pipeline on synthetic data."""

@@ -145,6 +145,7 @@ class Demo:
         recipe: the packaged recipe the demo trains (``spinelab.configs.recipe_path`` name).
         score: the ``evaluation.json`` key of the test score (lower is better).
         baseline: the ``evaluation.json`` key of the constant the score is compared with.
+        studies: training studies of the synthetic dataset (``--studies`` overrides it).
     """
 
     synthetic: Any
@@ -152,6 +153,7 @@ class Demo:
     recipe: str
     score: str
     baseline: str
+    studies: int = 40
 
 
 @dataclass(frozen=True)
