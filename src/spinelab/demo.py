@@ -1,7 +1,8 @@
-"""``make demo``: synthetic dataset -> cache -> labels -> folds -> train -> predict -> score -> report.
+"""``make demo``: synthetic dataset -> cache -> folds -> train -> predict -> score -> report.
 
 Runs the whole pipeline of a task on a small synthetic dataset on CPU, printing each step and, at the
 end, where every result is. ``python -m spinelab.demo --task cervical|lumbar|all --out demo_out``.
+Every task with a ``Demo`` in the catalog (``spinelab.tasks.catalog``) takes part; its default route trains.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from rich.console import Console
 from rich.table import Table
 
 from spinelab.configs import recipe_path
+from spinelab.tasks import catalog
+from spinelab.tasks.route import resolve
 
-__all__ = ["against_constant", "run_cervical_demo", "run_lumbar_demo", "main"]
+__all__ = ["against_constant", "demo_tasks", "run_task_demo", "main"]
 
 console = Console()
 
@@ -32,101 +35,83 @@ def _step(name: str, fn: Callable[[], Any]) -> Any:
 
 
 def against_constant(score: float | None, baseline: float | None) -> str:
-    """The score relative to the constant baseline, in words: ``"31 % below the constant"``."""
+    """The score against the constant baseline, in words: ``"0.42 vs constant 0.51: 18 % better"``
+    (lower scores are better)."""
     if score is None or baseline is None or baseline <= 0:
         return "-"
     change = round(100 * (1 - score / baseline))
+    head = f"{score:.3f} vs constant {baseline:.3f}"
     if change == 0:
-        return "level with the constant"
-    return f"{abs(change)} % {'below' if change > 0 else 'above'} the constant"
+        return f"{head}: level with the constant"
+    return f"{head}: {abs(change)} % {'better' if change > 0 else 'worse'}"
 
 
-def run_cervical_demo(out: Path, *, studies: int = 40, test_studies: int = 8, size: int = 128,
-                      seed: int = 0) -> dict[str, Any]:
-    """The cervical main job; returns the paths it wrote."""
-    from spinelab import api
-    from spinelab.config.load import load_config
-    from spinelab.data.cervical_labels import derive_cervical_labels
-    from spinelab.data.folds import write_folds
-    from spinelab.data.synthetic.cervical import generate_cervical_dataset
-    from spinelab.io.cache import build_cache
-
-    data, cache = out / "data" / "cervical", out / "cache" / "cervical"
-    run, pred, rep = out / "runs" / "cervical", out / "predictions" / "cervical", out / "report" / "cervical"
-    if not (data / "train.csv").is_file():
-        _step(f"1. synthetic RSNA 2022 dataset ({studies} train + {test_studies} test studies, {size} px)",
-              lambda: generate_cervical_dataset(data, studies=studies, test_studies=test_studies, size=size,
-                                                seed=seed))
-    _step("2. volume cache (every series decoded once)", lambda: build_cache(data, cache, workers=2))
-    _step("3. slice labels from segmentations",
-          lambda: derive_cervical_labels(data, out=data / "derived", cache_dir=cache))
-    _step("4. multilabel-stratified folds", lambda: write_folds(data, k=5, seed=42, task="cervical"))
-    cfg = load_config("cervical", [recipe_path("cervical/demo.yaml")],
-                      [f"data.dataset_dir={data}", f"data.cache_dir={cache}"])
-    _step("5. train stage 1 (localisation) and stage 2 (fractures), fold 0",
-          lambda: api.train(cfg, run_dir=run, fold="0"))
-    result = _step("6. predict the test studies and score them",
-                   lambda: api.predict("cervical", model=run, input=data, out=pred))
-    index = _step("7. report", lambda: api.report("cervical", predictions=pred, input=data, out=rep, model=run))
-    evaluation = json.loads(Path(result["evaluation"]).read_text()) if result.get("evaluation") else {}
-    return {"task": "cervical", "run": run, "submission": result["submission"], "evaluation": result["evaluation"],
-            "report": index, "score": evaluation.get("competition_score"),
-            "baseline": evaluation.get("prevalence_constant_score")}
+def demo_tasks() -> list[str]:
+    """The catalog's tasks that have a demo, in registration order."""
+    return [t for t in catalog.task_names() if catalog.get_task(t).demo is not None]
 
 
-def run_lumbar_demo(out: Path, *, studies: int = 40, test_studies: int = 8, size: int = 64,
-                    seed: int = 0) -> dict[str, Any]:
-    """The lumbar main job; returns the paths it wrote."""
+def run_task_demo(task: str, out: Path, *, studies: int | None = None, test_studies: int = 16,
+                  seed: int = 0) -> dict[str, Any]:
+    """The demo of one task (its default route) in ``out``; returns the paths it wrote and the test score.
+
+    ``studies`` (training studies) defaults to the task's ``Demo.studies``.
+    """
     from spinelab import api
     from spinelab.config.load import load_config
     from spinelab.data.folds import write_folds
-    from spinelab.data.synthetic.lumbar import generate_lumbar_dataset
     from spinelab.io.cache import build_cache
 
-    data, cache = out / "data" / "lumbar", out / "cache" / "lumbar"
-    run, pred, rep = out / "runs" / "lumbar", out / "predictions" / "lumbar", out / "report" / "lumbar"
+    spec = catalog.get_task(task).demo
+    if spec is None:
+        raise typer.BadParameter(f"task {task!r} has no demo; choose from {', '.join(demo_tasks())}")
+    studies = spec.studies if studies is None else studies
+    data, cache = out / "data" / task, out / "cache" / task
+    run, pred, rep = out / "runs" / task, out / "predictions" / task, out / "report" / task
     if not (data / "train.csv").is_file():
-        _step(f"1. synthetic RSNA 2024 dataset ({studies} train + {test_studies} test studies, {size} px)",
-              lambda: generate_lumbar_dataset(data, studies=studies, test_studies=test_studies, size=size,
-                                              seed=seed))
+        generate = resolve(spec.synthetic)
+        _step(f"1. synthetic {task} dataset ({studies} train + {test_studies} test studies, {spec.size} px)",
+              lambda: generate(data, studies=studies, test_studies=test_studies, size=spec.size, seed=seed))
     _step("2. volume cache (every series decoded once)", lambda: build_cache(data, cache, workers=2))
-    _step("3. multilabel-stratified folds", lambda: write_folds(data, k=5, seed=42, task="lumbar"))
-    cfg = load_config("lumbar", [recipe_path("lumbar/demo.yaml")],
-                      [f"data.dataset_dir={data}", f"data.cache_dir={cache}"])
-    _step("4. train stage 1 (level points) and stage 2 (grades), fold 0",
+    _step("3. multilabel-stratified folds", lambda: write_folds(data, k=5, seed=42, task=task))
+    cfg = load_config(task, [recipe_path(spec.recipe)], [f"data.dataset_dir={data}", f"data.cache_dir={cache}"])
+    route = catalog.get_route(task)
+    training = resolve(route.training)
+    stages = [s.name for s in training.steps if s.stages is not None and s.selected("all", cfg)]
+    _step(f"4. train the {route.key} route ({', '.join(stages)}), fold 0, after its data preparation",
           lambda: api.train(cfg, run_dir=run, fold="0"))
     result = _step("5. predict the test studies and score them",
-                   lambda: api.predict("lumbar", model=run, input=data, out=pred))
-    index = _step("6. report", lambda: api.report("lumbar", predictions=pred, input=data, out=rep, model=run))
+                   lambda: api.predict(task, model=run, input=data, out=pred))
+    index = _step("6. report", lambda: api.report(task, predictions=pred, input=data, out=rep, model=run))
     evaluation = json.loads(Path(result["evaluation"]).read_text()) if result.get("evaluation") else {}
-    return {"task": "lumbar", "run": run, "submission": result["submission"], "evaluation": result["evaluation"],
-            "report": index, "score": evaluation.get("lumbar_score"),
-            "baseline": evaluation.get("weight_optimal_constant_score")}
+    return {"task": task, "run": run, "submission": result["submission"], "evaluation": result["evaluation"],
+            "report": index, "score": evaluation.get(spec.score), "baseline": evaluation.get(spec.baseline),
+            "studies": evaluation.get("studies")}
 
 
-def main(task: Annotated[str, typer.Option(help="cervical, lumbar or all")] = "all",
+def main(task: Annotated[str, typer.Option(help="A task with a demo (cervical, lumbar) or all")] = "all",
          out: Annotated[Path, typer.Option(help="Output folder")] = Path("demo_out"),
-         studies: Annotated[int, typer.Option(help="Training studies per task")] = 40,
+         studies: Annotated[int | None, typer.Option(help="Training studies per task [default: the task's]")] = None,
+         test_studies: Annotated[int, typer.Option(help="Test studies per task")] = 16,
          seed: Annotated[int, typer.Option(help="Seed of the synthetic datasets")] = 0) -> None:
-    """Run the demo of one or both pipelines on synthetic data."""
+    """Run the demo of one or every pipeline on synthetic data."""
     import logging
 
     from spinelab.cli import configure_logging
 
+    known = demo_tasks()
+    chosen = known if task == "all" else [task]
+    if any(t not in known for t in chosen):
+        raise typer.BadParameter(f"task must be {', '.join(known)} or all, got {task!r}")
     configure_logging(logging.INFO)  # the CLI's log, warnings and library-noise rules
-    runners = {"cervical": run_cervical_demo, "lumbar": run_lumbar_demo}
-    chosen = list(runners) if task == "all" else [task]
-    if any(t not in runners for t in chosen):
-        raise typer.BadParameter(f"task must be cervical, lumbar or all, got {task!r}")
     start = time.perf_counter()
-    summaries = [runners[t](out / t if task == "all" else out, studies=studies, seed=seed) for t in chosen]
+    summaries = [run_task_demo(t, out / t if task == "all" else out, studies=studies, test_studies=test_studies,
+                               seed=seed) for t in chosen]
     table = Table(title=f"spinelab demo finished in {time.perf_counter() - start:.0f} s")
-    for col in ("task", "test score (lower is better)", "constant baseline", "against the constant"):
+    for col in ("task", "test studies", "test score against the constant baseline (lower is better)"):
         table.add_column(col)
     for s in summaries:
-        table.add_row(s["task"], f"{s['score']:.4f}" if s["score"] is not None else "-",
-                      f"{s['baseline']:.4f}" if s["baseline"] is not None else "-",
-                      against_constant(s["score"], s["baseline"]))
+        table.add_row(s["task"], str(s.get("studies") or "-"), against_constant(s["score"], s["baseline"]))
     console.print(table)
     for s in summaries:
         console.print(f"[bold]{s['task']}[/]: report {s['report']}\n  submission {s['submission']}\n"

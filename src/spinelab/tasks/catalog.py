@@ -11,7 +11,7 @@ from typing import Any
 
 from spinelab.errors import ConfigError
 from spinelab.registry import CERVICAL_TARGETS, lumbar_columns
-from spinelab.tasks.route import Route, Task, TaskOutput, resolve
+from spinelab.tasks.route import Demo, Route, Task, TaskOutput, resolve
 
 __all__ = ["register_task", "register_route", "unregister_route", "get_task", "get_route", "task_names",
            "route_of", "route_for_data", "task_output", "report_function", "run_route", "task_function",
@@ -129,13 +129,19 @@ register_task(Task("cervical", "slices", output="spinelab.tasks.cervical.predict
                    id_column="StudyInstanceUID", targets=tuple(CERVICAL_TARGETS),
                    read_labels="spinelab.data.cervical_layout:read_cervical_labels",
                    stratify="spinelab.data.folds:cervical_stratification",
-                   score="spinelab.metrics.cervical:cervical_score"))
+                   score="spinelab.metrics.cervical:cervical_score",
+                   demo=Demo("spinelab.data.synthetic.cervical:generate_cervical_dataset", size=128,
+                             recipe="cervical/demo.yaml", score="competition_score",
+                             baseline="prevalence_constant_score")))
 register_task(Task("lumbar", "points", output="spinelab.tasks.lumbar.predict:OUTPUT",
                    report="spinelab.report.lumbar:write_lumbar_report",
                    id_column="study_id", targets=tuple(lumbar_columns()),
                    read_labels="spinelab.data.lumbar_layout:read_lumbar_labels",
                    stratify="spinelab.data.folds:lumbar_stratification",
-                   score="spinelab.metrics.lumbar:lumbar_score"))
+                   score="spinelab.metrics.lumbar:lumbar_score",
+                   demo=Demo("spinelab.data.synthetic.lumbar:generate_lumbar_dataset", size=64,
+                             recipe="lumbar/demo.yaml", score="lumbar_score",
+                             baseline="weight_optimal_constant_score")))
 register_route(Route("cervical", "slices", config="spinelab.config.schema:CervicalConfig",
                      training="spinelab.tasks.cervical.pipeline:TRAINING",
                      predictor="spinelab.tasks.cervical.predict:CervicalPredictor"))

@@ -22,7 +22,7 @@ from spinelab.errors import ConfigError
 if TYPE_CHECKING:
     from spinelab.infer.result import StudyResult
 
-__all__ = ["Route", "Task", "Training", "Step", "TaskOutput", "Predictor", "resolve", "train_route"]
+__all__ = ["Route", "Task", "Demo", "Training", "Step", "TaskOutput", "Predictor", "resolve", "train_route"]
 
 
 def resolve(ref: Any) -> Any:
@@ -143,6 +143,28 @@ class Route:
 
 
 @dataclass(frozen=True)
+class Demo:
+    """What ``python -m spinelab.demo`` runs for a task: a synthetic dataset, a recipe and the score it prints.
+
+    Args:
+        synthetic: ``(out, studies=, test_studies=, size=, seed=) -> Path`` writing a synthetic dataset in the
+            task's Kaggle layout, or ``"module:attribute"``.
+        size: slice size of the synthetic studies, in pixels.
+        recipe: the packaged recipe the demo trains (``spinelab.configs.recipe_path`` name).
+        score: the ``evaluation.json`` key of the test score (lower is better).
+        baseline: the ``evaluation.json`` key of the constant the score is compared with.
+        studies: training studies of the synthetic dataset (``--studies`` overrides it).
+    """
+
+    synthetic: Any
+    size: int
+    recipe: str
+    score: str
+    baseline: str
+    studies: int = 40
+
+
+@dataclass(frozen=True)
 class Task:
     """A task: its routes share the label file, the folds, the study format, the submission, the metric and the
     report. The callables may be ``"module:attribute"`` strings (imported on use, see ``resolve``).
@@ -161,6 +183,7 @@ class Task:
     default_route: str
     output: Any
     report: Any = None
+    demo: Demo | None = None  # what ``python -m spinelab.demo`` runs (tasks without one are not in the demo)
     routes: dict[str, Route] = field(default_factory=dict)
     id_column: str = "study_id"
     targets: tuple[str, ...] = ()
