@@ -17,6 +17,7 @@ __all__ = [
     "list_models",
     "predict_cervical",
     "predict_lumbar",
+    "segment",
 ]
 
 
@@ -50,4 +51,8 @@ def __getattr__(name: str) -> Any:
         from spinelab.tasks.lumbar.predict import predict_lumbar
 
         return predict_lumbar
+    if name == "segment":
+        from spinelab.api import segment
+
+        return segment
     raise AttributeError(f"module 'spinelab' has no attribute {name!r}")

@@ -8,7 +8,7 @@ from typing import Any
 
 from spinelab.errors import ConfigError
 
-__all__ = ["train", "set_keep", "predict", "fit_ensemble", "report", "default_run_dir"]
+__all__ = ["train", "set_keep", "predict", "fit_ensemble", "segment", "report", "default_run_dir"]
 
 
 def default_run_dir(cfg: Any) -> Path:
@@ -106,6 +106,34 @@ def fit_ensemble(model: Sequence[str | Path], out: str | Path) -> Path:
     from spinelab.infer.ensemble import fit_weights
 
     return fit_weights(list(model), out)
+
+
+def segment(input: str | Path, output: str | Path, model: str | Path, *, device: str | None = None,
+            precision: str | None = None, compile: bool | None = None, tta: bool | None = None,
+            folds: list[int] | None = None, series: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Segment C1-C7 (and T1) in one CT study or every study of a folder with a ``cervical/seg3d`` run; see
+    ``spinelab segment --help``.
+
+    One study (a DICOM folder or file, a NIfTI file) writes ``vertebrae.nii.gz``, ``vertebrae.json`` and
+    ``preview.png`` into ``output``; a dataset or a folder of studies writes them into ``output/<study id>/``
+    and lists the studies in ``output/manifest.json``. ``device``, ``precision``, ``compile`` and ``tta`` left
+    ``None`` come from the run's ``infer`` section.
+
+    Returns:
+        ``studies``, ``counts`` (``{"ok", "warning", "refused", "failed"}``), ``results`` (each study's
+        ``vertebrae.json``), ``folders`` and ``manifest`` (``None`` for one study).
+    """
+    from spinelab.infer.runtime import run_inference_options
+    from spinelab.tasks.cervical.seg3d.segment import Segmenter, segment_studies
+
+    def build() -> Any:
+        runtime, use_tta = run_inference_options(model, device=device, precision=precision, compile=compile,
+                                                 tta=tta)
+        return Segmenter(model, folds=folds, runtime=runtime, tta=use_tta)
+
+    if not (Path(model) / "config.yaml").is_file():  # before the input is searched: the cheaper mistake first
+        raise ConfigError(f"{model}: not a run folder (no config.yaml); give --model a run of `spinelab train`")
+    return segment_studies(build, input, output, series=series, progress=progress)
 
 
 def report(task: str, *, predictions: str | Path, input: str | Path, out: str | Path,

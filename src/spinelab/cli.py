@@ -482,6 +482,41 @@ def predict(
 
 
 @app.command()
+def segment(
+    input: Annotated[Path, typer.Option(
+        "--input", "-i", help="A CT study folder, a DICOM or NIfTI file, a folder of studies, or a dataset.")],
+    out: Annotated[Path, typer.Option(*_OUT, help="Output folder (one sub-folder per study for a dataset).",
+                                      callback=_out_folder)],
+    model: Annotated[Path, typer.Option("--model", help="Run folder of a cervical/seg3d `spinelab train`.")],
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or auto [default: the run's infer.device]")] = None,
+    precision: Annotated[str | None, typer.Option(
+        help="fp32, bf16 or fp16 (GPU) autocast [default: the run's infer.precision]",
+        callback=_precision("inference"))] = None,
+    compile: Annotated[bool | None, typer.Option(
+        "--compile/--no-compile", help="torch.compile the models [default: the run's infer.compile]")] = None,
+    folds: Annotated[str | None, typer.Option(help="Comma-separated folds to average (default all).",
+                                              callback=_fold_list)] = None,
+    tta: Annotated[bool | None, typer.Option(
+        "--tta/--no-tta", help="Left-right flip test-time augmentation [default: the run's infer.tta]")] = None,
+    series: Annotated[str | None, typer.Option(
+        help="The SeriesInstanceUID or SeriesDescription to read when a study holds several.")] = None,
+) -> None:
+    """Segment C1-C7: vertebrae.nii.gz on the input's grid, vertebrae.json (per-vertebra statistics and the
+    vertebra check) and preview.png per study. Exit 0 when every study was segmented (warnings allowed), 3
+    when some were refused or failed, 2 on an error."""
+    from spinelab.api import segment as api_segment
+    from spinelab.infer.batch import summary_line
+
+    result = api_segment(input, out, model, device=device, precision=precision, compile=compile, tta=tta,
+                         folds=[int(f) for f in folds.split(",")] if folds else None, series=series)
+    for folder in result["folders"]:
+        typer.echo(f"segmented: {folder}")
+    console.print(summary_line(result["counts"]), markup=False, highlight=False)  # a note, so stderr
+    if result["counts"]["refused"] or result["counts"]["failed"]:
+        raise typer.Exit(code=3)
+
+
+@app.command()
 def report(
     task: Annotated[str, _task_argument()],
     predictions: Annotated[Path, typer.Option("--predictions", "-p", help="Output folder of `predict`.")],

@@ -16,7 +16,7 @@ from spinelab.models.backbones import verify_weights
 from spinelab.models.cervical import FractureClassifier, FrameClassifier, SliceLocalizer
 from spinelab.models.lumbar import PointHeatmapNet, RoiGrader
 from spinelab.models.registry import register_model
-from spinelab.models.segmentation import SegUNet
+from spinelab.models.segmentation import SegResNet3d, SegUNet, TimmUNet3d
 
 __all__ = [
     "cervical_slice_localizer",
@@ -31,6 +31,10 @@ __all__ = [
     "test_lumbar_roi_grader",
     "vertebra_seg3d_unet",
     "test_vertebra_seg3d_unet",
+    "vertebra_seg3d_timm",
+    "test_vertebra_seg3d_timm",
+    "vertebra_seg3d_segresnet",
+    "test_vertebra_seg3d_segresnet",
 ]
 
 
@@ -121,3 +125,29 @@ def test_vertebra_seg3d_unet(**kwargs: Any) -> nn.Module:
     """Tiny 3D segmentation variant for CPU tests (2 levels, 4 and 8 channels)."""
     kwargs = {"channels": (4, 8), "strides": (2,), "num_res_units": 0, **kwargs}
     return SegUNet(**kwargs)
+
+
+@register_model(takes=TimmUNet3d)
+def vertebra_seg3d_timm(**kwargs: Any) -> nn.Module:
+    """3D vertebra segmentation, the 1st place's shape: timm ``resnet18d`` inflated to 3D + 4-block U-Net decoder."""
+    return TimmUNet3d(**kwargs)
+
+
+@register_model(takes=TimmUNet3d)
+def test_vertebra_seg3d_timm(**kwargs: Any) -> nn.Module:
+    """Tiny inflated-timm variant for CPU tests (timm's ``test_resnet``, 16-8 decoder channels)."""
+    kwargs = {"backbone": "test_resnet", "decoder_channels": (16, 16, 8, 8), **kwargs}
+    return TimmUNet3d(**kwargs)
+
+
+@register_model(takes=SegResNet3d)
+def vertebra_seg3d_segresnet(**kwargs: Any) -> nn.Module:
+    """3D vertebra segmentation: MONAI ``SegResNet`` (16 filters, 4 levels)."""
+    return SegResNet3d(**kwargs)
+
+
+@register_model(takes=SegResNet3d)
+def test_vertebra_seg3d_segresnet(**kwargs: Any) -> nn.Module:
+    """Tiny SegResNet variant for CPU tests (8 filters, 3 levels)."""
+    kwargs = {"init_filters": 8, "blocks_down": (1, 1, 1), "blocks_up": (1, 1), **kwargs}
+    return SegResNet3d(**kwargs)

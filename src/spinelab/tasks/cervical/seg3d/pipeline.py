@@ -1,0 +1,134 @@
+"""How the ``cervical/seg3d`` route trains (``TRAINING``, run by ``tasks.route.train_route``): cache, folds and
+derived labels as the slice route prepares them, the segmentation masks on their CT grids (``derived/masks``),
+then stage ``seg`` and its cross-validated scores (``seg/cv_scores.json``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from spinelab.config.seg3d import Seg3dConfig
+from spinelab.errors import InputError, SpinelabError
+from spinelab.io.atomic import atomic_write_csv, atomic_write_json
+from spinelab.registry import CERVICAL_TARGETS
+from spinelab.tasks.route import Step, Training
+
+__all__ = ["TRAINING", "write_masks", "write_seg_scores", "seg_stages"]
+
+log = logging.getLogger("spinelab")
+SEG_SCORES_SCHEMA_VERSION = 1
+
+
+def write_masks(cfg: Seg3dConfig, *, progress: bool = True) -> dict[str, Any]:
+    """Put every ``segmentations/<UID>.nii`` of the dataset on its CT's stored grid by world coordinates and
+    write it once as ``<derived>/masks/<UID>.nii.gz`` (source labels kept; the label scheme applies when
+    read). Studies already written are skipped; a study whose CT or segmentation cannot be used is recorded
+    in ``masks/failures.json`` and left out.
+
+    Returns:
+        ``{"written": n, "kept": n, "failed": [{study, error}, ...]}``.
+    """
+    from spinelab.data.cervical_labels import _seg_on_ct, find_segmentations
+    from spinelab.data.prepare import make_writable_folder
+    from spinelab.infer.batch import progress_bar
+    from spinelab.io.cache import load_series
+    from spinelab.io.nifti import write_nifti
+    from spinelab.tasks.cervical.seg3d.seg_stage import masks_dir
+
+    segs = find_segmentations(cfg.data.dataset_dir)
+    out = masks_dir(cfg)
+    failed: list[dict[str, str]] = []
+    written = kept = 0
+    todo = {u: p for u, p in segs.items() if not (out / f"{u}.nii.gz").is_file()}
+    kept = len(segs) - len(todo)
+    if todo:
+        make_writable_folder(out)
+    with progress_bar() as bar:
+        task = bar.add_task("segmentation masks", total=len(todo), visible=progress and bool(todo))
+        for uid, path in todo.items():
+            try:
+                ct = load_series(f"train_images/{uid}", dataset_dir=cfg.data.dataset_dir,
+                                 cache_dir=cfg.data.cache_dir)
+                on_ct, _ = _seg_on_ct(path, ct)
+                labels = np.asarray(on_ct.array)
+                write_nifti(on_ct.with_array(labels.astype(np.uint8) if labels.max() < 256 else labels,
+                                             slice_ids=None), out / f"{uid}.nii.gz")
+                written += 1
+            except SpinelabError as err:
+                failed.append({"study": uid, "error": str(err)})
+            bar.advance(task)
+    if todo:
+        atomic_write_json(out / "failures.json", failed)
+    for f in failed:
+        log.warning("segmentation of %s left out: %s", f["study"], f["error"])
+    return {"written": written, "kept": kept, "failed": failed}
+
+
+def _setup(cfg: Seg3dConfig, run_dir: Path, progress: bool) -> tuple[Seg3dConfig, None]:
+    """Data prepared (as the slice route: cache, folds, derived labels), the masks written; folds.csv,
+    targets.json and prior.json (the fallback of a failed study) in the run folder."""
+    from spinelab.tasks.cervical.pipeline import prepare_cervical_data
+    from spinelab.tasks.cervical.studies import CervicalStudies
+
+    cfg = prepare_cervical_data(cfg, run_dir, progress=progress)  # type: ignore[arg-type]
+    write_masks(cfg, progress=progress)
+    studies = CervicalStudies(cfg)  # type: ignore[arg-type]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_csv(run_dir / "folds.csv", studies.folds.rename("fold").reset_index())
+    atomic_write_json(run_dir / "targets.json", list(CERVICAL_TARGETS))
+    atomic_write_json(run_dir / "prior.json", studies.labels[list(CERVICAL_TARGETS)].mean().to_dict())
+    return cfg, None
+
+
+def write_seg_scores(run_dir: Path) -> dict[str, Any]:
+    """Concatenate the ``seg`` folds' held-out rows (``seg/oof.csv``) and write ``seg/cv_scores.json``: mean
+    Dice over C1-C7, per-vertebra Dice and centroid distances (mm), per fold."""
+    frames = [pd.read_csv(p) for p in sorted((run_dir / "seg").glob("fold_*/oof.csv"))]
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return {}
+    oof = pd.concat(frames, ignore_index=True)
+    atomic_write_csv(run_dir / "seg" / "oof.csv", oof)
+    names = [f"C{k}" for k in range(1, 8)]
+    per = {v: float(oof[f"dice_{v}"].mean()) for v in names}
+    dist = oof[[f"centroid_mm_{v}" for v in names]].to_numpy(dtype=float)
+    folds = sorted((run_dir / "seg").glob("fold_*/scores.json"))
+    scores: dict[str, Any] = {
+        "schema_version": SEG_SCORES_SCHEMA_VERSION, "studies": len(oof),
+        "dice_mean": float(np.nanmean(list(per.values()))), "dice": per,
+        "centroid_mm_mean": {v: float(oof[f"centroid_mm_{v}"].mean()) for v in names},
+        "centroid_mm_max": float(np.nanmax(dist)) if np.isfinite(dist).any() else None,
+        "folds": {p.parent.name: json.loads(p.read_text()) for p in folds},
+    }
+    atomic_write_json(run_dir / "seg" / "cv_scores.json", scores)
+    return scores
+
+
+def _finish(cfg: Seg3dConfig, run_dir: Path, context: Any, stage: str, folds: list[int | None],
+            progress: bool) -> None:
+    if stage in ("all", "seg"):
+        write_seg_scores(run_dir)
+
+
+def seg_stages(cfg: Seg3dConfig, run_dir: Path, context: Any = None) -> list[Any]:
+    """The ``seg`` step's stage (imported on use: the stage pulls in MONAI's transforms)."""
+    from spinelab.tasks.cervical.seg3d.seg_stage import SegStage
+
+    if not Path(cfg.data.dataset_dir).is_dir():
+        raise InputError(cfg.data.dataset_dir, "dataset folder does not exist")
+    return [SegStage(cfg, run_dir)]
+
+
+#: Stage ``seg`` (the vertebra stages of the 1st place follow it), then the segmentation CV scores.
+TRAINING = Training(
+    setup=_setup,
+    steps=(
+        Step("seg", stages=seg_stages),
+    ),
+    finish=_finish,
+)
