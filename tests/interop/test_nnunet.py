@@ -63,7 +63,7 @@ def test_splits_are_spinelab_folds_and_the_plans_override_the_seed_grid(seg_data
 def test_fractures_export_reads_the_pseudo_masks_by_world_position(seg_dataset: Path, tmp_path: Path) -> None:
     derived = tmp_path / "derived"
     (derived / "fracture_masks").mkdir(parents=True)
-    uid = sorted(p.name for p in (seg_dataset / "train_images").iterdir())[0]
+    uid, incomplete = sorted(p.name for p in (seg_dataset / "train_images").iterdir())[:2]
     ct = load_series(f"train_images/{uid}", dataset_dir=seg_dataset)
     mask = np.zeros(ct.shape, dtype=np.uint8)
     mask[10:14, 20:25, 18:30] = 4  # a pseudo-mask voxel carries its vertebra (here C4)
@@ -71,6 +71,9 @@ def test_fractures_export_reads_the_pseudo_masks_by_world_position(seg_dataset: 
     shift[:3, 3] = [8, 15, 10]  # the crop's voxel (0, 0, 0) is the CT's (8, 15, 10): a grid of its own
     crop = Volume(mask[8:20, 15:35, 10:40].copy(), ct.affine @ shift, is_label=True)
     write_nifti(crop, derived / "fracture_masks" / f"{uid}.nii.gz")
+    write_nifti(crop, derived / "fracture_masks" / f"{incomplete}.nii.gz")  # its index status keeps it out
+    (derived / "fracture_masks" / "index.json").write_text(json.dumps(
+        {"studies": {uid: {"status": "ok"}, incomplete: {"status": "incomplete"}}}))
     result = export_nnunet(seg_dataset, tmp_path / "raw", task="fractures", derived_dir=derived, k=2, progress=False)
     assert list(result.cases) == [uid] and result.folder.name == "Dataset201_CervicalFractures"
     assert json.loads((result.folder / "dataset.json").read_text())["labels"] == {"background": 0, "fracture": 1}

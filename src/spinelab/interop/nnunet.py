@@ -7,7 +7,8 @@ Writes ``RAW_DIR/DatasetNNN_Name/``:
   segmentations (``derived/masks`` of the seg3d set-up when present, else placed by world coordinates from
   ``segmentations/``); ``fractures``: 1 = fracture, any voxel of ``derived/fracture_masks/<UID>.nii.gz``
   (the box pseudo-masks of ``spinelab labels cervical --fracture-masks``), put on the CT grid by world
-  coordinates;
+  coordinates; where the folder's ``index.json`` exists, only the studies it marks ``ok`` (a study with a
+  fractured vertebra without voxels would teach that fracture as background);
 * ``dataset.json`` (``channel_names {"0": "CT"}``, ``labels``, ``numTraining``, ``file_ending``);
 * ``splits_final.json``: spinelab's folds (``folds.csv``, else made as ``spinelab folds`` makes them), one
   ``{"train", "val"}`` per fold over the exported cases;
@@ -138,7 +139,10 @@ def _label_sources(dataset_dir: Path, task: str, derived_dir: Path | None) -> di
         if not folder.is_dir():
             raise InputError(folder, "no fracture pseudo-masks; write them first with "
                                      "`spinelab labels cervical DATASET_DIR --fracture-masks`")
-        return {p.name[: -len(".nii.gz")]: ("mask", p) for p in sorted(folder.glob("*.nii.gz"))}
+        masks = {p.name[: -len(".nii.gz")]: ("mask", p) for p in sorted(folder.glob("*.nii.gz"))}
+        index = _read_json(folder / "index.json").get("studies", {}) if (folder / "index.json").is_file() else {}
+        # Only studies whose every fractured vertebra got voxels: elsewhere a fracture would train as background.
+        return {u: m for u, m in masks.items() if not index or index.get(u, {}).get("status") == "ok"}
     from spinelab.data.cervical_labels import find_segmentations
 
     sources: dict[str, tuple[str, Path]] = {u: ("segmentation", p) for u, p in find_segmentations(dataset_dir).items()}
