@@ -17,7 +17,7 @@ def invoke(*args: object):
 
 def test_export_prints_the_dataset_and_the_nnunet_commands(seg_dataset: Path, tmp_path: Path) -> None:
     raw = tmp_path / "nnUNet_raw"
-    result = invoke("export", "nnunet", seg_dataset, "--out", raw, "--folds", "2", "--dataset-id", "42",
+    result = invoke("export", "nnunet", seg_dataset, "--out", raw, "--k", "2", "--dataset-id", "42",
                     "--name", "Neck", "--patch", "64,96,96", "--spacing", "1,0.8,0.8")
     assert result.exit_code == 0, result.output
     folder = raw / "Dataset042_Neck"

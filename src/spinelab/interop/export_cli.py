@@ -44,7 +44,7 @@ def export_nnunet(
                      ] = None,
     folds_file: Annotated[Path | None, typer.Option(help="Folds CSV [default: DATASET_DIR/folds.csv, else made].")
                           ] = None,
-    k: Annotated[int, typer.Option("--folds", help="Folds to make when there is no folds CSV.")] = 5,
+    k: Annotated[int, typer.Option("--k", min=2, help="Folds to make when there is no folds CSV.")] = 5,
     cache: Annotated[Path | None, typer.Option(help="Volume cache to read instead of DICOM.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing DatasetNNN_Name.")] = False,
 ) -> None:

@@ -140,7 +140,7 @@ def _label_sources(dataset_dir: Path, task: str, derived_dir: Path | None) -> di
             raise InputError(folder, "no fracture pseudo-masks; write them first with "
                                      "`spinelab labels cervical DATASET_DIR --fracture-masks`")
         masks = {p.name[: -len(".nii.gz")]: ("mask", p) for p in sorted(folder.glob("*.nii.gz"))}
-        index = _read_json(folder / "index.json").get("studies", {}) if (folder / "index.json").is_file() else {}
+        index = read_json(folder / "index.json").get("studies", {}) if (folder / "index.json").is_file() else {}
         # Only studies whose every fractured vertebra got voxels: elsewhere a fracture would train as background.
         return {u: m for u, m in masks.items() if not index or index.get(u, {}).get("status") == "ok"}
     from spinelab.data.cervical_labels import find_segmentations
@@ -324,7 +324,7 @@ def install_plans(dataset_folder: str | Path, preprocessed: str | Path) -> Path:
     dataset_folder, preprocessed = Path(dataset_folder), Path(preprocessed)
     override_path = dataset_folder / "spinelab_plans.json"
     plans_path = preprocessed / "nnUNetPlans.json"
-    override, plans = _read_json(override_path), _read_json(plans_path)
+    override, plans = read_json(override_path), read_json(plans_path)
     if "3d_fullres" not in plans.get("configurations", {}):
         raise InputError(plans_path, "has no 3d_fullres configuration (run nnUNetv2_plan_and_preprocess -c 3d_fullres)")
     plans["configurations"].update(override["configurations"])
@@ -335,7 +335,8 @@ def install_plans(dataset_folder: str | Path, preprocessed: str | Path) -> Path:
     return plans_path
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from disk; missing or unreadable -> one ``InputError`` naming the file."""
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:

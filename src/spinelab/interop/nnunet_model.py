@@ -17,7 +17,6 @@ This module is the only one that imports ``nnunetv2`` (an optional extra), and o
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from spinelab import __version__
 from spinelab.errors import ConfigError, InputError
 from spinelab.infer.batch import weights_sha256
 from spinelab.infer.runtime import Runtime
+from spinelab.interop.nnunet import read_json
 from spinelab.io.volume import Volume
 from spinelab.registry import VERTEBRAE
 from spinelab.tasks.cervical.seg3d.segment import Segmenter, SegmentResult
@@ -79,8 +79,10 @@ class NnunetModel:
         missing = [p for p in paths if not p.is_file()]
         if missing:
             raise InputError(missing[0], "checkpoint not found (train this fold with nnUNetv2_train first)")
-        self.labels: dict[str, int] = {str(k): int(v) for k, v in
-                                       json.loads((self.folder / "dataset.json").read_text())["labels"].items()}
+        meta = read_json(self.folder / "dataset.json")
+        if not isinstance(meta.get("labels"), dict):
+            raise InputError(self.folder / "dataset.json", "has no labels mapping")
+        self.labels: dict[str, int] = {str(k): int(v) for k, v in meta["labels"].items()}
         self.runtime = runtime or Runtime()
         self.tta = tta
         import torch
