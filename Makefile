@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TASK ?= all
 
-.PHONY: setup test demo bench bench-accuracy lint clean
+.PHONY: setup nnunet test demo bench bench-accuracy lint clean
 
 setup: $(STAMP)
 
@@ -19,6 +19,15 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt torch torchvision
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
+
+# The optional extra spinelab[nnunet]: constraints.txt's last block, with --no-deps (its timm note says why).
+NNUNET_STAMP := $(VENV)/.nnunet-installed
+NNUNET_PKGS = $(shell sed -n '/^\# --- extra nnunet/,$$p' constraints.txt | grep -v '^\#' | cut -d= -f1)
+nnunet: $(NNUNET_STAMP)
+
+$(NNUNET_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -c constraints.txt --no-deps $(NNUNET_PKGS)
+	touch $(NNUNET_STAMP)
 
 test: setup
 	$(BIN)/ruff check src tests bench

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata as md
+import os
 import re
 import sys
 import tomllib
@@ -31,9 +32,14 @@ MODULE_OF = {"iterative-stratification": "iterstrat", "python-gdcm": "gdcm", "py
              "scikit-learn": "sklearn", "simpleitk": "SimpleITK"}
 
 
-def _constraints() -> dict[str, str]:
+EXTRA_MARK = "# --- extra nnunet"
+
+
+def _constraints(block: str = "main") -> dict[str, str]:
+    """The pins of spinelab[dev]'s tree (``main``) or of the nnunet extra's block (``nnunet``, after its mark)."""
+    main, extra = (REPO / "constraints.txt").read_text().split(EXTRA_MARK, 1)
     pins = {}
-    for line in (REPO / "constraints.txt").read_text().splitlines():
+    for line in (main if block == "main" else extra.split("\n", 1)[1]).splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
             name, version = line.split("==")
@@ -101,7 +107,8 @@ def test_every_dependency_is_imported_and_every_import_is_declared() -> None:
         declared[MODULE_OF.get(name, name.replace("-", "_"))] = name
     unused = {mod for mod, name in declared.items() if mod not in imports and name not in USED_WITHOUT_IMPORT}
     assert unused == set()
-    assert imports - set(declared) == set(), "imported by spinelab but not a runtime dependency"
+    optional = {canonicalize_name(r.name).replace("-", "_") for r in _requirements("nnunet")}
+    assert imports - set(declared) - optional == set(), "imported by spinelab but not a runtime dependency"
 
 
 def test_make_setup_applies_the_constraints_and_reinstalls_when_they_change() -> None:
@@ -122,3 +129,28 @@ def test_version_entry_point_and_shipped_recipes() -> None:
     assert list_recipes() == on_disk and len(on_disk) >= 8
     assert not (REPO / "configs").exists()  # one home for the recipes
     assert spinelab.__version__ == md.version("spinelab")  # the installed metadata reads the same attribute
+
+
+def test_the_nnunet_extra_is_pinned_in_its_own_block_and_installable_without_the_main_tree() -> None:
+    main, extra = _constraints(), _constraints("nnunet")
+    assert "nnunetv2" in extra and set(main).isdisjoint(extra)
+    (req,) = _requirements("nnunet")
+    assert canonicalize_name(req.name) == "nnunetv2" and req.specifier.contains(extra["nnunetv2"])
+    makefile = (REPO / "Makefile").read_text()
+    assert EXTRA_MARK.replace("#", "\\#") in makefile and "make nnunet" in (REPO / ".ci" / "run").read_text()
+    try:
+        md.distribution("nnunetv2")
+    except md.PackageNotFoundError:
+        if os.environ.get("CI") == "true":
+            raise AssertionError("CI runs with spinelab[nnunet] (make nnunet); nnunetv2 is not installed") from None
+        return
+    needed: set[str] = set()
+    stack = [Requirement(f"nnunetv2=={extra['nnunetv2']}")]
+    while stack:  # nnunetv2's tree: every package it pulls in is pinned in one of the two blocks
+        name = canonicalize_name(stack.pop().name)
+        if name in needed or name in main or name == "argparse":
+            continue
+        needed.add(name)
+        stack += [r for r in map(Requirement, md.distribution(name).requires or []) if r.marker is None]
+    assert needed - set(extra) - {"timm"} == set()
+    assert {n: v for n, v in extra.items() if md.version(n) != v} == {}, "extra pins that differ from what is installed"

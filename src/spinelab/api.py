@@ -8,7 +8,7 @@ from typing import Any
 
 from spinelab.errors import ConfigError
 
-__all__ = ["train", "set_keep", "predict", "fit_ensemble", "segment", "report", "default_run_dir"]
+__all__ = ["train", "set_keep", "predict", "fit_ensemble", "segment", "report", "export_nnunet", "default_run_dir"]
 
 
 def default_run_dir(cfg: Any) -> Path:
@@ -111,7 +111,8 @@ def fit_ensemble(model: Sequence[str | Path], out: str | Path) -> Path:
 def segment(input: str | Path, output: str | Path, model: str | Path, *, device: str | None = None,
             precision: str | None = None, compile: bool | None = None, tta: bool | None = None,
             folds: list[int] | None = None, series: str | None = None, progress: bool = True) -> dict[str, Any]:
-    """Segment C1-C7 (and T1) in one CT study or every study of a folder with a ``cervical/seg3d`` run; see
+    """Segment C1-C7 (and T1) in one CT study or every study of a folder with a ``cervical/seg3d`` run, or
+    with a trained nnU-Net v2 model folder (``interop.nnunet_model``; needs ``spinelab[nnunet]``); see
     ``spinelab segment --help``.
 
     One study (a DICOM folder or file, a NIfTI file) writes ``vertebrae.nii.gz``, ``vertebrae.json`` and
@@ -124,15 +125,25 @@ def segment(input: str | Path, output: str | Path, model: str | Path, *, device:
         ``vertebrae.json``), ``folders`` and ``manifest`` (``None`` for one study).
     """
     from spinelab.infer.runtime import run_inference_options
+    from spinelab.interop.nnunet_model import is_nnunet_model_folder
     from spinelab.tasks.cervical.seg3d.segment import Segmenter, segment_studies
 
     def build() -> Any:
+        if is_nnunet_model_folder(model):
+            from spinelab.infer.runtime import Runtime
+            from spinelab.interop.nnunet_model import NnunetSegmenter
+
+            return NnunetSegmenter(model, folds=folds, runtime=Runtime(device=device or "auto"),
+                                   tta=True if tta is None else tta)
         runtime, use_tta = run_inference_options(model, device=device, precision=precision, compile=compile,
                                                  tta=tta)
         return Segmenter(model, folds=folds, runtime=runtime, tta=use_tta)
 
+    if is_nnunet_model_folder(model):
+        return segment_studies(build, input, output, series=series, progress=progress)
     if not (Path(model) / "config.yaml").is_file():  # before the input is searched: the cheaper mistake first
-        raise ConfigError(f"{model}: not a run folder (no config.yaml); give --model a run of `spinelab train`")
+        raise ConfigError(f"{model}: not a run folder (no config.yaml) nor an nnU-Net model folder (plans.json); "
+                          "give --model a run of `spinelab train`")
     return segment_studies(build, input, output, series=series, progress=progress)
 
 
@@ -142,3 +153,22 @@ def report(task: str, *, predictions: str | Path, input: str | Path, out: str | 
     from spinelab.tasks.catalog import report_function
 
     return report_function(task)(predictions=predictions, input=input, out=out, model=model)
+
+
+def export_nnunet(dataset_dir: str | Path, out: str | Path, *, task: str = "vertebrae", dataset_id: int | None = None,
+                  name: str | None = None, spacing: Sequence[float] | None = None,
+                  patch_size: Sequence[int] | None = None, folds_file: str | Path | None = None, k: int = 5,
+                  cache_dir: str | Path | None = None, overwrite: bool = False, progress: bool = True) -> Any:
+    """Write an nnU-Net v2 raw dataset ``out/DatasetNNN_Name`` from a Kaggle-layout RSNA 2022 dataset
+    (``spinelab export nnunet``; see ``spinelab.interop.nnunet.export_nnunet``). Needs no nnU-Net install.
+
+    Returns:
+        An ``NnunetExport``: ``folder``, ``dataset_id``, ``cases``, ``skipped``, ``folds`` and ``commands`` (the
+        nnU-Net commands to run next).
+    """
+    from spinelab.interop.nnunet import export_nnunet as export
+
+    return export(dataset_dir, out, task=task, dataset_id=dataset_id, name=name,
+                  spacing=list(spacing) if spacing is not None else None,
+                  patch_size=list(patch_size) if patch_size is not None else None, folds_file=folds_file, k=k,
+                  cache_dir=cache_dir, overwrite=overwrite, progress=progress)

@@ -34,6 +34,7 @@ from typer.exceptions import Abort, Exit, TyperException
 
 from spinelab import __version__
 from spinelab.errors import SpinelabError, describe_os_error
+from spinelab.interop.export_cli import export_app
 
 __all__ = ["app", "main", "configure_logging"]
 
@@ -107,6 +108,7 @@ app.add_typer(cache_app, name="cache")
 app.add_typer(ensemble_app, name="ensemble")
 app.add_typer(synth_app, name="synth")
 app.add_typer(labels_app, name="labels")
+app.add_typer(export_app, name="export")
 
 
 def _task_name(value: str | None) -> str | None:
@@ -487,7 +489,8 @@ def segment(
         "--input", "-i", help="A CT study folder, a DICOM or NIfTI file, a folder of studies, or a dataset.")],
     out: Annotated[Path, typer.Option(*_OUT, help="Output folder (one sub-folder per study for a dataset).",
                                       callback=_out_folder)],
-    model: Annotated[Path, typer.Option("--model", help="Run folder of a cervical/seg3d `spinelab train`.")],
+    model: Annotated[Path, typer.Option(
+        "--model", help="Run folder of a cervical/seg3d `spinelab train`, or a trained nnU-Net v2 model folder.")],
     device: Annotated[str | None, typer.Option(help="cpu, cuda or auto [default: the run's infer.device]")] = None,
     precision: Annotated[str | None, typer.Option(
         help="fp32, bf16 or fp16 (GPU) autocast [default: the run's infer.precision]",
