@@ -37,11 +37,12 @@ INPUTS = {
     "seg3d_vertebra_sequence": lambda: ((torch.rand(2, 4, 6, 32, 32),), {}),
     "seg3d_patient_sequence": lambda: ((torch.rand(2, 7, 3, 6, 32, 32),),
                                        {"mask": torch.tensor([[True] * 7, [True] * 5 + [False] * 2])}),
+    "fracture_dynunet": lambda: ((torch.rand(2, 1, 16, 16, 16),), {}),
 }
 # Small settings for the seed-sized models (the ``test_*`` ones are small already); each model gets
 # the keys it takes.
 SMALL = {"backbone": "test_resnet", "hidden": 16, "channels": (4, 8, 16), "strides": (2, 2), "num_res_units": 1,
-         "init_filters": 8, "decoder_channels": (16, 16, 8, 8)}
+         "init_filters": 8, "decoder_channels": (16, 16, 8, 8), "pools": 2, "features": 8, "deep_levels": 1}
 
 
 def _family(name: str) -> str:

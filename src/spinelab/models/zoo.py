@@ -14,6 +14,7 @@ from torch import nn
 
 from spinelab.models.backbones import verify_weights
 from spinelab.models.cervical import FractureClassifier, FrameClassifier, SliceLocalizer
+from spinelab.models.dynunet import FractureDynUNet
 from spinelab.models.lumbar import PointHeatmapNet, RoiGrader
 from spinelab.models.registry import register_model
 from spinelab.models.segmentation import SegResNet3d, SegUNet, TimmUNet3d
@@ -40,6 +41,8 @@ __all__ = [
     "test_seg3d_vertebra_sequence",
     "seg3d_patient_sequence",
     "test_seg3d_patient_sequence",
+    "fracture_dynunet",
+    "test_fracture_dynunet",
 ]
 
 
@@ -181,3 +184,16 @@ def test_seg3d_patient_sequence(pretrained_sha256: str | None = None, **kwargs: 
     """Tiny type-2 variant for CPU tests."""
     kwargs = {"backbone": "test_resnet", "hidden": 16, **kwargs}
     return PatientSequenceNet(**_checked(kwargs, pretrained_sha256))
+
+
+@register_model(takes=FractureDynUNet)
+def fracture_dynunet(**kwargs: Any) -> nn.Module:
+    """3D fracture segmentation (the 7th place): MONAI ``DynUNet``, 5 pools, 32-320 features."""
+    return FractureDynUNet(**kwargs)
+
+
+@register_model(takes=FractureDynUNet)
+def test_fracture_dynunet(**kwargs: Any) -> nn.Module:
+    """Tiny DynUNet for CPU tests (2 pools, 8-32 features, one deep-supervision head)."""
+    kwargs = {"pools": 2, "features": 8, "deep_levels": 1, **kwargs}
+    return FractureDynUNet(**kwargs)
