@@ -20,7 +20,7 @@ def test_the_route_key_selects_the_seg3d_config_and_its_defaults() -> None:
 
 
 @pytest.mark.parametrize(("name", "grid", "roi", "model"), [
-    ("cervical/seg3d_tiny", "fixed", (32, 32, 32), "test_vertebra_seg3d_segresnet"),
+    ("cervical/seg3d_tiny", "fixed", (32, 32, 32), "test_vertebra_seg3d_unet"),
     ("cervical/seg3d_1st", "fixed", (128, 128, 128), "vertebra_seg3d_timm"),
     ("cervical/seg3d_7th", "isotropic", (160, 128, 128), "vertebra_seg3d_segresnet"),
 ])

@@ -114,7 +114,7 @@ class Seg3dSegConfig(SegInputConfig):
     training patches centred on a vertebra voxel (nnU-Net's foreground oversampling).
     """
 
-    model: ModelConfig = Field(default_factory=lambda: ModelConfig(name="vertebra_seg3d_segresnet"))
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig(name="vertebra_seg3d_unet"))
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=100, batch_size=2, ema=None))
     include_t1: bool = False
     label_scheme: LabelScheme = "rsna"
