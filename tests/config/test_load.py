@@ -107,3 +107,14 @@ def test_keep_and_folds_file_fields() -> None:
     assert str(cfg.data.folds_file) == "/tmp/f.csv"
     with pytest.raises(ConfigError, match="stage1.train.keep"):
         load_config("lumbar", [], ["stage1.train.keep=some"])
+
+
+def test_a_partial_section_keeps_the_fields_own_defaults() -> None:
+    # frames.train defaults to batches of 32 without EMA; TrainConfig's class defaults are batch 4 and EMA.
+    cfg = load_config("cervical", [], ["frames.train.epochs=2"])
+    assert (cfg.frames.train.epochs, cfg.frames.train.batch_size, cfg.frames.train.ema) == (2, 32, None)
+    cfg = load_config("cervical", [], ["stage2.model.hidden=32"])
+    assert (cfg.stage2.model.name, cfg.stage2.model.hidden) == ("cervical_fracture_classifier", 32)
+    # a saved config (every field set) loads back unchanged
+    again = type(cfg).model_validate(cfg.model_dump())
+    assert again == cfg

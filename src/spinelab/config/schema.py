@@ -32,9 +32,38 @@ __all__ = [
 
 
 class StrictModel(BaseModel):
-    """Base: unknown keys are errors, assignments are validated."""
+    """Base: unknown keys are errors, assignments are validated.
+
+    A section given in part (``frames.train.epochs=2`` on the command line, or ``train: {epochs: 2}`` in a
+    recipe) keeps the other values of the field's own default: ``frames.train`` defaults to batches of 32
+    without EMA, and a partial mapping must not fall back to ``TrainConfig``'s class defaults instead.
+    """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _partial_sections_keep_field_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        merged = dict(data)
+        for name, field in cls.model_fields.items():
+            value = merged.get(name)
+            if not isinstance(value, dict) or field.default_factory is None:
+                continue
+            default = field.default_factory()  # type: ignore[call-arg]
+            if isinstance(default, BaseModel):
+                merged[name] = _merged_onto(default.model_dump(exclude_unset=True), value)
+        return merged
+
+
+def _merged_onto(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """``new`` deep-merged onto ``base`` (both plain mappings; ``new`` wins)."""
+    out = dict(base)
+    for key, value in new.items():
+        out[key] = _merged_onto(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
+            else value
+    return out
 
 
 class ModelConfig(StrictModel):
