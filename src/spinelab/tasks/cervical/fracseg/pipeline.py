@@ -1,0 +1,94 @@
+"""How the ``cervical/fracseg`` route trains (``TRAINING``, run by ``tasks.route.train_route``).
+
+Setup: cache, folds and derived labels as the slice route prepares them, the vertebra masks on their CT grids
+(``derived/masks``, seg3d's ``write_masks``), then the box pseudo-masks on the crop grid
+(``derived/fracture_masks``, ``pseudo_masks.write_fracture_masks``). Then the rounds: stage ``fracture_seg`` on
+the box pseudo-masks; for ``k = 2 .. rounds`` the step ``labels_r<k>`` (round ``k - 1``'s out-of-fold maps,
+thresholded and kept on the vertebrae labelled fractured) and stage ``fracture_seg_r<k>`` on them. Each round
+is a stage of the route: ``--stage fracture_seg_r2`` trains that round alone and ``--resume`` continues it.
+Finish: each trained round's held-out fracture Dice (``<stage>/cv_scores.json``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from spinelab.config.fracseg import MAX_ROUNDS, FracsegConfig
+from spinelab.errors import InputError
+from spinelab.io.atomic import atomic_write_csv, atomic_write_json
+from spinelab.registry import CERVICAL_TARGETS
+from spinelab.tasks.route import Step, Training
+
+__all__ = ["TRAINING", "round_name", "round_stages"]
+
+
+def round_name(k: int) -> str:
+    """Stage name of pseudo-labelling round ``k`` (``fracture_seg``, ``fracture_seg_r2``, ...)."""
+    return "fracture_seg" if k == 1 else f"fracture_seg_r{k}"
+
+
+def _setup(cfg: FracsegConfig, run_dir: Path, progress: bool) -> tuple[FracsegConfig, None]:
+    """Data prepared, vertebra masks and box pseudo-masks written; folds.csv, targets.json and prior.json in
+    the run folder."""
+    from spinelab.tasks.cervical.fracseg.pseudo_masks import write_fracture_masks
+    from spinelab.tasks.cervical.pipeline import prepare_cervical_data
+    from spinelab.tasks.cervical.seg3d.pipeline import write_masks
+    from spinelab.tasks.cervical.studies import CervicalStudies
+
+    cfg = prepare_cervical_data(cfg, run_dir, progress=progress)  # type: ignore[arg-type]
+    write_masks(cfg, progress=progress)  # type: ignore[arg-type]
+    write_fracture_masks(cfg, progress=progress)
+    studies = CervicalStudies(cfg)  # type: ignore[arg-type]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_csv(run_dir / "folds.csv", studies.folds.rename("fold").reset_index())
+    atomic_write_json(run_dir / "targets.json", list(CERVICAL_TARGETS))
+    atomic_write_json(run_dir / "prior.json", studies.labels[list(CERVICAL_TARGETS)].mean().to_dict())
+    return cfg, None
+
+
+def round_stages(k: int) -> Any:
+    """The stage builder of round ``k`` (imported on use: the stage pulls in MONAI's transforms)."""
+
+    def build(cfg: FracsegConfig, run_dir: Path, context: Any = None) -> list[Any]:
+        from spinelab.tasks.cervical.fracseg.fracture_stage import FractureSegStage
+
+        if not Path(cfg.data.dataset_dir).is_dir():
+            raise InputError(cfg.data.dataset_dir, "dataset folder does not exist")
+        return [FractureSegStage(cfg, run_dir, round=k)]
+
+    return build
+
+
+def _round_labels(k: int) -> Any:
+    """The between-round step before round ``k``: round ``k - 1``'s out-of-fold maps and labels."""
+
+    def run(cfg: FracsegConfig, run_dir: Path, context: Any, progress: bool) -> Any:
+        from spinelab.tasks.cervical.fracseg.fracture_stage import write_round_labels
+
+        if cfg.rounds < k:
+            return None
+        return write_round_labels(cfg, run_dir, k, progress=progress)
+
+    return run
+
+
+def _finish(cfg: FracsegConfig, run_dir: Path, context: Any, stage: str, folds: list[int | None],
+            progress: bool) -> None:
+    from spinelab.tasks.cervical.fracseg.fracture_stage import write_round_scores
+
+    for k in range(1, MAX_ROUNDS + 1):
+        if stage in ("all", round_name(k)):
+            write_round_scores(run_dir, round_name(k))
+
+
+def _steps() -> tuple[Step, ...]:
+    steps = [Step(round_name(1), stages=round_stages(1))]
+    for k in range(2, MAX_ROUNDS + 1):
+        steps.append(Step(f"labels_r{k}", run=_round_labels(k), needed_by=(round_name(k),)))
+        steps.append(Step(round_name(k), stages=round_stages(k), optional=lambda cfg, k=k: cfg.rounds >= k))
+    return tuple(steps)
+
+
+#: Stage ``fracture_seg`` (round 1), then ``fracture_seg_r2`` .. ``fracture_seg_r<rounds>``, each after its labels.
+TRAINING = Training(setup=_setup, steps=_steps(), finish=_finish)
