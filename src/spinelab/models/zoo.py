@@ -15,6 +15,7 @@ from torch import nn
 from spinelab.models.backbones import verify_weights
 from spinelab.models.cervical import FractureClassifier, FrameClassifier, SliceLocalizer
 from spinelab.models.lumbar import PointHeatmapNet, RoiGrader
+from spinelab.models.overall3d import fracture_overall3d, test_fracture_overall3d  # noqa: F401  (registered there)
 from spinelab.models.registry import register_model
 from spinelab.models.segmentation import SegResNet3d, SegUNet, TimmUNet3d
 
