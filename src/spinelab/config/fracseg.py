@@ -16,14 +16,19 @@ from pydantic import Field, model_validator
 
 from spinelab.config.fracseg_post import OverallConfig, PercentileFitConfig
 from spinelab.config.schema import DataConfig, InferConfig, ModelConfig, StrictModel, TrainConfig, TrainerConfig
-from spinelab.config.seg3d import SegAugmentConfig
+from spinelab.config.seg3d import Seg3dSegConfig, SegAugmentConfig
 
-__all__ = ["MAX_ROUNDS", "FracGridConfig", "PseudoMaskConfig", "FakeFracture3dConfig", "FractureSegConfig",
-           "FracsegConfig"]
+__all__ = ["MAX_ROUNDS", "round_name", "FracGridConfig", "PseudoMaskConfig", "FakeFracture3dConfig",
+           "FractureSegConfig", "FracsegConfig"]
 
 Triple = tuple[int, int, int]
 #: The most pseudo-labelling rounds a recipe may ask for (each round is a stage of the route).
 MAX_ROUNDS = 5
+
+
+def round_name(k: int) -> str:
+    """Stage name of pseudo-labelling round ``k`` (``fracture_seg``, ``fracture_seg_r2``, ...)."""
+    return "fracture_seg" if k == 1 else f"fracture_seg_r{k}"
 
 
 class FracGridConfig(StrictModel):
@@ -106,18 +111,28 @@ class FractureSegConfig(StrictModel):
         """Background and fracture."""
         return 2
 
+    @property
+    def roi(self) -> Triple:
+        """The window the network sees (the augmentation sizes its dropout holes by it)."""
+        return self.patch
+
 
 class FracsegConfig(StrictModel):
     """RSNA 2022 cervical, the 7th place's shape: fracture segmentation on the vertebra crop.
 
     ``rounds``: 1 trains on the box pseudo-masks only; ``k`` adds the stages ``fracture_seg_r2`` ..
     ``fracture_seg_r<k>``, each on the previous round's out-of-fold probability above ``threshold``.
+
+    ``seg`` (optional): the vertebra segmentation stage of ``cervical/seg3d``, trained first in the same run,
+    so that the run segments the vertebrae it needs at inference (``Segmenter`` on this run folder) and
+    ``spinelab segment`` writes both the vertebrae and the fracture probability.
     """
 
     task: Literal["cervical"] = "cervical"
     route: Literal["fracseg"] = "fracseg"
     experiment: str = "fracseg"
     data: DataConfig = Field(default_factory=DataConfig)
+    seg: Seg3dSegConfig | None = None
     grid: FracGridConfig = Field(default_factory=FracGridConfig)
     pseudo: PseudoMaskConfig = Field(default_factory=PseudoMaskConfig)
     fracture_seg: FractureSegConfig = Field(default_factory=FractureSegConfig)

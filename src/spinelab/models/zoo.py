@@ -14,6 +14,7 @@ from torch import nn
 
 from spinelab.models.backbones import verify_weights
 from spinelab.models.cervical import FractureClassifier, FrameClassifier, SliceLocalizer
+from spinelab.models.dynunet import FractureDynUNet
 from spinelab.models.lumbar import PointHeatmapNet, RoiGrader
 from spinelab.models.overall3d import fracture_overall3d, test_fracture_overall3d  # noqa: F401  (registered there)
 from spinelab.models.registry import register_model
@@ -36,6 +37,8 @@ __all__ = [
     "test_vertebra_seg3d_timm",
     "vertebra_seg3d_segresnet",
     "test_vertebra_seg3d_segresnet",
+    "fracture_dynunet",
+    "test_fracture_dynunet",
 ]
 
 
@@ -152,3 +155,16 @@ def test_vertebra_seg3d_segresnet(**kwargs: Any) -> nn.Module:
     """Tiny SegResNet variant for CPU tests (8 filters, 3 levels)."""
     kwargs = {"init_filters": 8, "blocks_down": (1, 1, 1), "blocks_up": (1, 1), **kwargs}
     return SegResNet3d(**kwargs)
+
+
+@register_model(takes=FractureDynUNet)
+def fracture_dynunet(**kwargs: Any) -> nn.Module:
+    """3D fracture segmentation (the 7th place): MONAI ``DynUNet``, 5 pools, 32-320 features."""
+    return FractureDynUNet(**kwargs)
+
+
+@register_model(takes=FractureDynUNet)
+def test_fracture_dynunet(**kwargs: Any) -> nn.Module:
+    """Tiny DynUNet for CPU tests (2 pools, 8-32 features, one deep-supervision head)."""
+    kwargs = {"pools": 2, "features": 8, "deep_levels": 1, **kwargs}
+    return FractureDynUNet(**kwargs)

@@ -6,7 +6,8 @@ Setup: cache, folds and derived labels as the slice route prepares them, the ver
 the box pseudo-masks; for ``k = 2 .. rounds`` the step ``labels_r<k>`` (round ``k - 1``'s out-of-fold maps,
 thresholded and kept on the vertebrae labelled fractured) and stage ``fracture_seg_r<k>`` on them. Each round
 is a stage of the route: ``--stage fracture_seg_r2`` trains that round alone and ``--resume`` continues it.
-Finish: each trained round's held-out fracture Dice (``<stage>/cv_scores.json``).
+With a ``seg`` section, seg3d's vertebra stage ``seg`` trains first (the run then segments the vertebrae it needs
+at inference). Finish: each trained round's held-out fracture Dice (``<stage>/cv_scores.json``).
 """
 
 from __future__ import annotations
@@ -14,18 +15,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from spinelab.config.fracseg import MAX_ROUNDS, FracsegConfig
+from spinelab.config.fracseg import MAX_ROUNDS, FracsegConfig, round_name
 from spinelab.errors import InputError
 from spinelab.io.atomic import atomic_write_csv, atomic_write_json
 from spinelab.registry import CERVICAL_TARGETS
 from spinelab.tasks.route import Step, Training
 
-__all__ = ["TRAINING", "round_name", "round_stages"]
-
-
-def round_name(k: int) -> str:
-    """Stage name of pseudo-labelling round ``k`` (``fracture_seg``, ``fracture_seg_r2``, ...)."""
-    return "fracture_seg" if k == 1 else f"fracture_seg_r{k}"
+__all__ = ["TRAINING", "round_stages"]
 
 
 def _setup(cfg: FracsegConfig, run_dir: Path, progress: bool) -> tuple[FracsegConfig, None]:
@@ -76,7 +72,10 @@ def _round_labels(k: int) -> Any:
 def _finish(cfg: FracsegConfig, run_dir: Path, context: Any, stage: str, folds: list[int | None],
             progress: bool) -> None:
     from spinelab.tasks.cervical.fracseg.fracture_stage import write_round_scores
+    from spinelab.tasks.cervical.seg3d.pipeline import write_seg_scores
 
+    if cfg.seg is not None and stage in ("all", "seg"):
+        write_seg_scores(run_dir)
     for k in range(1, MAX_ROUNDS + 1):
         if stage in ("all", round_name(k)):
             write_round_scores(run_dir, round_name(k))
@@ -85,8 +84,16 @@ def _finish(cfg: FracsegConfig, run_dir: Path, context: Any, stage: str, folds: 
     finish_post(cfg, run_dir, stage)
 
 
+def _seg_stages(cfg: FracsegConfig, run_dir: Path, context: Any = None) -> list[Any]:
+    """seg3d's vertebra stage ``seg`` on this run's ``seg`` section."""
+    from spinelab.tasks.cervical.seg3d.pipeline import seg_stages
+
+    return seg_stages(cfg, run_dir, context)  # type: ignore[arg-type]
+
+
 def _steps() -> tuple[Step, ...]:
-    steps = [Step(round_name(1), stages=round_stages(1))]
+    steps = [Step("seg", stages=_seg_stages, optional=lambda cfg: cfg.seg is not None),
+             Step(round_name(1), stages=round_stages(1))]
     for k in range(2, MAX_ROUNDS + 1):
         steps.append(Step(f"labels_r{k}", run=_round_labels(k), needed_by=(round_name(k),)))
         steps.append(Step(round_name(k), stages=round_stages(k), optional=lambda cfg, k=k: cfg.rounds >= k))
