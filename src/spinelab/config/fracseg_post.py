@@ -33,7 +33,8 @@ class OverallConfig(StrictModel):
     model: ModelConfig = Field(default_factory=lambda: ModelConfig(name="fracture_overall3d"))
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=30, batch_size=4, ema=None))
     size: Triple = (96, 96, 96)
-    vertebrae: bool = True
+    #: also predict C1..C7 (the seed's classifier predicts the patient only; the rule gives the vertebrae)
+    vertebrae: bool = False
     #: weight of the 7 vertebra terms against the patient term in the loss (the metric weighs the patient 7:1)
     vertebra_weight: float = Field(default=1.0, ge=0.0)
     flip_prob: float = Field(default=0.5, ge=0.0, le=1.0)

@@ -1,10 +1,12 @@
 """The last round's out-of-fold fracture maps, and the percentile rule fitted on them (step ``percentile``).
 
-Every labelled study that has a vertebra mask and whose fold was trained in the last pseudo-labelling round
-gets that fold's fracture probability on its crop (the model that held it out; no flip TTA), written as
-``RUN/<last round>/oof_maps/<UID>.nii.gz`` (float32, the crop's affine: the folder the rounds' labels use) and
-its vertebra labels on the same crop as ``RUN/<last round>/oof_vertebrae/<UID>.nii.gz``. A map already written
-with the same weights and crop settings is kept (``oof_vertebrae/index.json``), so a killed step resumes.
+Every labelled study whose fold was trained in the last pseudo-labelling round gets that fold's fracture
+probability on its crop (the model that held it out; no flip TTA). Its vertebrae: its mask
+(``pseudo_masks.vertebra_mask_path``), else the run's own ``seg`` stage segments it (those models never trained
+on a study without a mask). The map is written as ``RUN/<last round>/oof_maps/<UID>.nii.gz`` (float32, the
+crop's affine: the folder the rounds' labels use), its vertebra labels on the same crop as
+``RUN/<last round>/oof_vertebrae/<UID>.nii.gz``. A map already written with the same weights and crop settings
+is kept (``oof_vertebrae/index.json``), so a killed step resumes.
 
 The rule is then fitted on those maps (``percentile.fit_percentile_rule``, section ``percentile``) and written as
 ``RUN/percentile_rule.json``; its out-of-fold probabilities go to ``RUN/percentile/oof.csv`` (the stage
@@ -21,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from spinelab.config.fracseg import FracsegConfig, round_name
-from spinelab.errors import InputError
+from spinelab.errors import InputError, SpinelabError
 from spinelab.io.atomic import atomic_write_csv, atomic_write_json
 from spinelab.registry import CERVICAL_TARGETS
 
@@ -98,11 +100,16 @@ def write_oof_maps(cfg: FracsegConfig, run_dir: Path, *, progress: bool = True) 
     verts.mkdir(parents=True, exist_ok=True)
     models: dict[int, Any] = {}
     runtime = Runtime(device="cpu" if cfg.trainer.accelerator == "cpu" else "auto", channels_last=False)
+    segmenter = None
+    if cfg.seg is not None and trained_folds(run_dir, "seg"):  # the run's own vertebrae where no mask exists
+        from spinelab.tasks.cervical.seg3d.segment import Segmenter
+
+        segmenter = Segmenter(run_dir, runtime=runtime, tta=False)
     with progress_bar() as bar:
         task = bar.add_task(f"out-of-fold maps of {stage.name}", total=len(todo), visible=progress and bool(todo))
         for uid in todo:
             fold, path = studies.folds.get(uid), vertebra_mask_path(cfg, uid)
-            if path is None:
+            if path is None and segmenter is None:
                 rec: dict[str, Any] = {"status": "no_vertebra_mask"}
             elif fold not in folds:
                 rec = {"status": "no_oof_model"}
@@ -110,11 +117,18 @@ def write_oof_maps(cfg: FracsegConfig, run_dir: Path, *, progress: bool = True) 
                 if fold not in models:
                     models[fold] = load_stage_models(stage, [fold])[0]
                 ct = studies.volume(uid)
-                crop = prepare_crop(ct, study_vertebrae(path, ct), cfg.grid)
+                try:
+                    vertebrae = study_vertebrae(path, ct) if path is not None else \
+                        np.asarray(segmenter.segment(ct).labels.array)  # type: ignore[union-attr]
+                    crop = prepare_crop(ct, vertebrae, cfg.grid)
+                except SpinelabError as err:  # e.g. a segmentation without any cervical vertebra
+                    done[uid] = {"status": "failed", "error": str(err)}
+                    bar.advance(task)
+                    continue
                 prob = crop_probability([models[fold]], crop.image, cfg.fracture_seg, runtime, tta=False)
                 write_nifti(crop.grid.volume(crop.vertebrae.astype(np.uint8), is_label=True), verts / f"{uid}.nii.gz")
                 write_nifti(crop.grid.volume(prob.astype(np.float32), is_label=False), maps / f"{uid}.nii.gz")
-                rec = {"status": "ok", "fold": int(fold)}
+                rec = {"status": "ok", "fold": int(fold), "vertebrae": "mask" if path is not None else "segmented"}
             done[uid] = rec
             bar.advance(task)
             atomic_write_json(verts / "index.json", {"settings": settings, "studies": done})  # resumable per study

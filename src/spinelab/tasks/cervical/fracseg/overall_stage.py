@@ -63,7 +63,7 @@ class OverallDataset(SeededDataset, Dataset):
                  flip_prob: float = 0.0, seed: int = 0) -> None:
         self.ids = list(pairs)
         self.pairs, self.size, self.flip_prob, self.seed = pairs, size, flip_prob, int(seed)
-        self.targets = labels.loc[self.ids, list(CERVICAL_TARGETS)].to_numpy(np.float32)
+        self.targets = np.array(labels.loc[self.ids, list(CERVICAL_TARGETS)].to_numpy(np.float32))  # writable
         self._cache: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
