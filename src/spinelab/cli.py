@@ -346,6 +346,10 @@ def labels_cervical(
     out: Annotated[Path | None, typer.Option(*_OUT, help="Output folder (default DATASET_DIR/derived).",
                                              callback=_out_folder)] = None,
     cache: Annotated[Path | None, typer.Option(help="Volume cache to read instead of DICOM.")] = None,
+    fracture_masks: Annotated[bool, typer.Option(
+        "--fracture-masks", help="Also write the box pseudo-masks of the fracture route (fracture_masks/, on "
+                                 "the cervical/fracseg default crop grid) and the vertebra masks they use "
+                                 "(masks/).")] = False,
 ) -> None:
     """Per-slice vertebra ratios and C1-C7 boxes from segmentations, and per-slice fracture boxes."""
     from spinelab.data.cervical_labels import derive_cervical_labels
@@ -353,6 +357,10 @@ def labels_cervical(
     paths = derive_cervical_labels(dataset_dir, out=out, cache_dir=cache)
     for p in paths:
         typer.echo(f"wrote {p}")
+    if fracture_masks:
+        from spinelab.tasks.cervical.fracseg.pseudo_masks import derive_fracture_masks
+
+        typer.echo(f"wrote {derive_fracture_masks(dataset_dir, out=out, cache_dir=cache)}")
 
 
 @app.command()
@@ -487,7 +495,8 @@ def segment(
         "--input", "-i", help="A CT study folder, a DICOM or NIfTI file, a folder of studies, or a dataset.")],
     out: Annotated[Path, typer.Option(*_OUT, help="Output folder (one sub-folder per study for a dataset).",
                                       callback=_out_folder)],
-    model: Annotated[Path, typer.Option("--model", help="Run folder of a cervical/seg3d `spinelab train`.")],
+    model: Annotated[Path, typer.Option("--model", help="Run folder of a cervical/seg3d `spinelab train` (or of "
+                                        "cervical/fracseg with a seg section: adds fracture_prob.nii.gz).")],
     device: Annotated[str | None, typer.Option(help="cpu, cuda or auto [default: the run's infer.device]")] = None,
     precision: Annotated[str | None, typer.Option(
         help="fp32, bf16 or fp16 (GPU) autocast [default: the run's infer.precision]",

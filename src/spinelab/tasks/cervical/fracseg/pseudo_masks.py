@@ -36,7 +36,7 @@ from spinelab.tasks.cervical.fracseg.crop import N_CERVICAL, CropGrid, crop_grid
 
 __all__ = ["PSEUDO_SCHEMA_VERSION", "fracture_masks_dir", "vertebra_mask_path", "study_vertebrae", "box_volume",
            "nearest_vertebra", "pseudo_mask", "write_fracture_masks", "read_mask_index", "usable_studies",
-           "fractured_vertebrae"]
+           "fractured_vertebrae", "derive_fracture_masks"]
 
 log = logging.getLogger("spinelab")
 PSEUDO_SCHEMA_VERSION = 1
@@ -120,8 +120,15 @@ def pseudo_mask(volume: Volume, vertebrae: np.ndarray, boxes: pd.DataFrame, frac
     """
     crop = crop_grid(volume, vertebrae, cfg.grid)
     painted = crop.labels(box_volume(boxes, volume.shape), pool="max")
-    grown = nearest_vertebra(crop.labels(vertebrae), crop.spacing, cfg.pseudo.dilate_mm)
-    mask = np.where(painted > 0, grown, 0).astype(np.uint8)
+    mask = np.zeros(crop.shape, dtype=np.uint8)
+    if painted.any():
+        # The dilation only matters near the boxes: grow the vertebrae inside the boxes' reach alone (a whole
+        # crop at 0.4 mm holds tens of millions of voxels).
+        reach = np.ceil(cfg.pseudo.dilate_mm / np.asarray(crop.spacing)).astype(int) + 1
+        hit = [np.flatnonzero(painted.any(axis=tuple(b for b in range(3) if b != a))) for a in range(3)]
+        block = tuple(slice(max(int(h[0]) - r, 0), int(h[-1]) + r + 1) for h, r in zip(hit, reach, strict=True))
+        grown = nearest_vertebra(crop.labels(vertebrae)[block], crop.spacing, cfg.pseudo.dilate_mm)
+        mask[block] = np.where(painted[block] > 0, grown, 0)
     if cfg.pseudo.fractured_only:
         mask[~np.isin(mask, sorted(fractured))] = 0
     return crop, mask
@@ -222,3 +229,25 @@ def write_fracture_masks(cfg: FracsegConfig, *, progress: bool = True) -> dict[s
     if todo or index != result:
         atomic_write_json(out / "index.json", result)
     return result
+
+
+def derive_fracture_masks(dataset_dir: str | Path, *, out: Path | None = None, cache_dir: Path | None = None,
+                          cfg: FracsegConfig | None = None, progress: bool = True) -> Path:
+    """``spinelab labels cervical DATASET --fracture-masks``: the vertebra masks on their CT grids
+    (``<out>/masks``, seg3d's ``write_masks``) and the box pseudo-masks (``<out>/fracture_masks``) with the grid
+    of ``cfg`` (default: the route's defaults, the seed's grid). ``out`` defaults to ``DATASET/derived`` and must
+    already hold ``fracture_boxes.csv`` (the CLI derives the labels first).
+
+    Returns:
+        The ``index.json`` written.
+    """
+    from spinelab.config.schema import DataConfig
+    from spinelab.tasks.cervical.seg3d.pipeline import write_masks
+
+    base = cfg or FracsegConfig()
+    data = DataConfig(dataset_dir=Path(dataset_dir), derived_dir=Path(out) if out else Path(dataset_dir) / "derived",
+                      cache_dir=cache_dir)
+    cfg = base.model_copy(update={"data": data})
+    write_masks(cfg, progress=progress)  # type: ignore[arg-type]
+    write_fracture_masks(cfg, progress=progress)
+    return fracture_masks_dir(cfg) / "index.json"

@@ -131,6 +131,11 @@ class Segmenter:
         self.folds = select_folds(self.run_dir, STAGE, folds)
         self.models = load_stage_models(SegStage(self.cfg, self.run_dir), self.folds)
         self.weights = weights_sha256(self.run_dir, [fold_dir(self.run_dir, STAGE, f) / "model.pt" for f in self.folds])
+        # A cervical/fracseg run trains its own vertebra stage: then the fracture map comes along.
+        from spinelab.tasks.cervical.fracseg.fracture_map import FractureMapper, has_fracture_stage
+
+        self.fracture = (FractureMapper(self.run_dir, folds=folds, runtime=self.runtime, tta=tta)
+                         if has_fracture_stage(self.run_dir) else None)
 
     @property
     def model_info(self) -> dict[str, Any]:
@@ -207,7 +212,13 @@ def _write_outputs(segmenter: Segmenter, volume: Volume, result: SegmentResult, 
     write_nifti(result.labels, out_dir / MASK_FILE)
     write_segmentation_preview(volume, result.labels, out_dir / PREVIEW_FILE, names=segmenter.names, title=study,
                                warnings=result.warnings)
-    return {**result.to_json(study, segmenter.model_info), "outputs": {"mask": MASK_FILE, "preview": PREVIEW_FILE}}
+    outputs = {"mask": MASK_FILE, "preview": PREVIEW_FILE}
+    if segmenter.fracture is not None:  # a fracseg run: the fracture probability on the same grid
+        from spinelab.tasks.cervical.fracseg.fracture_map import FRACTURE_FILE
+
+        write_nifti(segmenter.fracture.map(volume, result.labels).on(volume), out_dir / FRACTURE_FILE)
+        outputs["fracture_prob"] = FRACTURE_FILE
+    return {**result.to_json(study, segmenter.model_info), "outputs": outputs}
 
 
 def _segment_one(segmenter: Segmenter, study: str, path: Path, out_dir: Path, series: str | None) -> dict[str, Any]:
@@ -232,7 +243,7 @@ def _segment_one(segmenter: Segmenter, study: str, path: Path, out_dir: Path, se
         record = {"status": "failed", "error": f"{type(err).__name__}: {err}",
                   "traceback": traceback.format_exc(limit=5)}
     if record["status"] in ("refused", "failed"):
-        for name in (MASK_FILE, PREVIEW_FILE):  # never leave an older run's mask beside this study's failure
+        for name in (MASK_FILE, PREVIEW_FILE, "fracture_prob.nii.gz"):  # never leave an older run's outputs
             (out_dir / name).unlink(missing_ok=True)
         record = {"schema_version": SEGMENT_SCHEMA_VERSION, "study": study, **record, "model": segmenter.model_info}
     record["source"] = str(path)
