@@ -34,6 +34,7 @@ INPUTS = {
     "vertebra_seg3d_unet": lambda: ((torch.rand(2, 1, 8, 16, 12),), {}),
     "vertebra_seg3d_segresnet": lambda: ((torch.rand(2, 1, 8, 16, 16),), {}),
     "vertebra_seg3d_timm": lambda: ((torch.rand(2, 1, 32, 32, 64),), {}),
+    "fracture_overall3d": lambda: ((torch.rand(2, 2, 8, 8, 8),), {}),
 }
 # Small settings for the seed-sized models (the ``test_*`` ones are small already); each model gets
 # the keys it takes.

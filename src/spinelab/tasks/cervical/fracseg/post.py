@@ -4,7 +4,8 @@ nothing heavy at import time).
 * ``percentile`` (between-stage, runs for ``--stage all`` and ``--stage overall``): the last round's out-of-fold
   maps (``oof_maps.write_oof_maps``), then the percentile rule fitted on them (``oof_maps.fit_rule_on_oof``). A
   run whose last round has no cross-validated fold keeps the seed's hand-tuned rule (written, marked unfitted).
-* ``overall``: the post-processing classifier (``overall_stage.OverallStage``), when ``overall.enabled``.
+* ``overall``: the post-processing classifier (``overall_stage.OverallStage``), when ``overall.enabled`` and the
+  out-of-fold maps come from two folds or more (else skipped with a warning: the route is the rule alone).
 
 ``finish_post`` writes the route's ``oof.csv`` and ``cv_scores.json`` (``overall_stage.write_route_scores``).
 """
@@ -40,9 +41,21 @@ def percentile_step(cfg: FracsegConfig, run_dir: Path, context: Any, progress: b
 
 
 def overall_stages(cfg: FracsegConfig, run_dir: Path, context: Any = None) -> list[Any]:
-    """Stage ``overall`` (imported on use)."""
+    """Stage ``overall`` (imported on use); none, with a warning, when the last round's out-of-fold maps come
+    from fewer than two folds (a fold's classifier would have no held-out map to train on)."""
+    import json
+
+    from spinelab.tasks.cervical.fracseg.oof_maps import vertebrae_dir
     from spinelab.tasks.cervical.fracseg.overall_stage import OverallStage
 
+    index = vertebrae_dir(run_dir, cfg.rounds) / "index.json"
+    studies = json.loads(index.read_text()).get("studies", {}) if index.is_file() else {}
+    folds = sorted({r["fold"] for r in studies.values() if r.get("status") == "ok"})
+    if len(folds) < 2:
+        log.warning("stage overall skipped: the out-of-fold maps of %s come from %s; train every fold "
+                    "(--fold all) for the classifier", round_name(cfg.rounds),
+                    f"fold {folds[0]} only" if folds else "no fold")
+        return []
     return [OverallStage(cfg, run_dir)]
 
 
