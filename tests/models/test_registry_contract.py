@@ -34,12 +34,13 @@ INPUTS = {
     "vertebra_seg3d_unet": lambda: ((torch.rand(2, 1, 8, 16, 12),), {}),
     "vertebra_seg3d_segresnet": lambda: ((torch.rand(2, 1, 8, 16, 16),), {}),
     "vertebra_seg3d_timm": lambda: ((torch.rand(2, 1, 32, 32, 64),), {}),
+    "fracture_dynunet": lambda: ((torch.rand(2, 1, 16, 16, 16),), {}),
     "fracture_overall3d": lambda: ((torch.rand(2, 2, 8, 8, 8),), {}),
 }
 # Small settings for the seed-sized models (the ``test_*`` ones are small already); each model gets
 # the keys it takes.
 SMALL = {"backbone": "test_resnet", "hidden": 16, "channels": (4, 8, 16), "strides": (2, 2), "num_res_units": 1,
-         "init_filters": 8, "decoder_channels": (16, 16, 8, 8)}
+         "init_filters": 8, "decoder_channels": (16, 16, 8, 8), "pools": 2, "features": 8, "deep_levels": 1}
 
 
 def _family(name: str) -> str:

@@ -93,6 +93,8 @@ class FractureSegConfig(StrictModel):
     samples_per_volume: int = Field(default=1, ge=1)
     fg_ratio: float = Field(default=0.5, ge=0.0, le=1.0)
     use_negatives: bool = True
+    #: crops kept in memory per dataset (least recently used dropped): one at the seed's grid is ~100 MB
+    cache_studies: int = Field(default=64, ge=1)
     augment: SegAugmentConfig = Field(default_factory=SegAugmentConfig)
     fake_fracture: FakeFracture3dConfig = Field(default_factory=FakeFracture3dConfig)
     dice_weight: float = Field(default=1.0, ge=0.0)

@@ -59,9 +59,18 @@ class FractureDynUNet(nn.Module):
         """Every input size must be a multiple of this."""
         return 2 ** self.pools
 
-    def forward(self, x: torch.Tensor) -> dict[str, Any]:
-        out = self.body(x)
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, D, H, W)`` -> full-resolution decoder features ``(B, features, D, H, W)`` (while training with
+        deep supervision, the coarser heads' logits are kept for ``forward_head``)."""
+        return self.body.skip_layers(x)
+
+    def forward_head(self, feats: torch.Tensor) -> dict[str, Any]:
+        out = self.body.output_block(feats)
         if self.training and self.deep_supervision:
-            # (B, 1 + deep_levels, C, D, H, W): the full-resolution head first.
-            return {"mask": out[:, 0], "deep": out[:, 1:]}
+            # (B, deep_levels, C, D, H, W), each head upsampled to the input size as DynUNet does.
+            deep = torch.stack([nn.functional.interpolate(h, out.shape[2:]) for h in self.body.heads], dim=1)
+            return {"mask": out, "deep": deep}
         return {"mask": out}
+
+    def forward(self, x: torch.Tensor) -> dict[str, Any]:
+        return self.forward_head(self.forward_features(x))

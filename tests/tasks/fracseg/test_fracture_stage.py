@@ -148,3 +148,23 @@ def test_fracture_dice() -> None:
     assert fracture_stage.round_metrics(pd.DataFrame({"dice": [0.5, np.nan], "true_voxels": [3, 0],
                                                       "pred_voxels": [2, 4], "voxels": [64, 64]}))[
         "negative_fp_share"] == pytest.approx(4 / 64)
+
+
+def test_the_dataset_keeps_only_cache_studies_crops(monkeypatch: pytest.MonkeyPatch) -> None:
+    from spinelab.config.fracseg import FracsegConfig
+    from spinelab.tasks.cervical.fracseg.fracture_stage import FracCase, FractureDataset
+
+    made: list[str] = []
+
+    def fake(case: FracCase, cfg: FracsegConfig) -> dict:
+        made.append(case.id)
+        return {"image": np.zeros((1, 2, 2, 2), np.float32), "mask": np.zeros((1, 2, 2, 2), np.uint8),
+                "vert": np.zeros((1, 2, 2, 2), np.uint8), "spacing": np.ones(3)}
+
+    monkeypatch.setattr(fracture_stage, "case_arrays", fake)
+    cfg = FracsegConfig.model_validate({"fracture_seg": {"cache_studies": 2}})
+    ds = FractureDataset([FracCase(c, None) for c in "abc"], cfg, train=False)
+    for i in (0, 1, 0, 2, 0, 1):
+        ds.arrays(i)
+    assert made == ["a", "b", "c", "b"]  # "a" stayed (used last before "c"), "b" was dropped for "c"
+    assert len(ds._arrays) == 2

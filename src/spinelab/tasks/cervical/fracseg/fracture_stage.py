@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,16 +135,22 @@ class FractureDataset(SeededDataset, Dataset):
 
         self.cases, self.cfg, self.train, self.seed = cases, cfg, train, int(seed)
         self.sec: FractureSegConfig = cfg.fracture_seg
-        self._arrays: dict[int, dict[str, Any]] = {}
+        self._arrays: OrderedDict[int, dict[str, Any]] = OrderedDict()
         self._augment = seg_augment(self.sec) if train else None  # type: ignore[arg-type]
 
     def __len__(self) -> int:
         return len(self.cases) * (self.sec.samples_per_volume if self.train else 1)
 
     def arrays(self, i: int) -> dict[str, Any]:
-        if i not in self._arrays:
-            a = case_arrays(self.cases[i], self.cfg)
-            self._arrays[i] = {**a, "image": a["image"].astype(np.float16)}
+        """Case ``i`` on its crop: the ``cache_studies`` most recently used are kept (a crop at the seed's grid
+        holds tens of millions of voxels), the others prepared again when drawn."""
+        if i in self._arrays:
+            self._arrays.move_to_end(i)
+            return self._arrays[i]
+        a = case_arrays(self.cases[i], self.cfg)
+        self._arrays[i] = {**a, "image": a["image"].astype(np.float16)}
+        while len(self._arrays) > self.sec.cache_studies:
+            self._arrays.popitem(last=False)
         return self._arrays[i]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
