@@ -19,9 +19,9 @@ def test_tiny_recipe_is_the_fracseg_route_with_one_stage_per_round() -> None:
     cfg = load_config("cervical", [REPO / "src/spinelab/configs/cervical/fracseg_tiny.yaml"], ["rounds=3"])
     assert isinstance(cfg, FracsegConfig) and cfg.route == "fracseg" and cfg.rounds == 3
     training = resolve(get_route("cervical", "fracseg").training)
-    assert training.stage_names == ["seg", *(round_name(k) for k in range(1, MAX_ROUNDS + 1))]
+    assert training.stage_names == ["seg", *(round_name(k) for k in range(1, MAX_ROUNDS + 1)), "overall"]
     run_all = [s.name for s in training.steps if s.selected("all", cfg) and s.stages is not None]
-    assert run_all == ["seg", "fracture_seg", "fracture_seg_r2", "fracture_seg_r3"]
+    assert run_all == ["seg", "fracture_seg", "fracture_seg_r2", "fracture_seg_r3", "overall"]
     assert FracsegConfig().grid.spacing_mm == (0.8, 0.4, 0.4) and FracsegConfig().grid.margin_mm == 5.0
 
 

@@ -38,6 +38,7 @@ INPUTS = {
     "seg3d_patient_sequence": lambda: ((torch.rand(2, 7, 3, 6, 32, 32),),
                                        {"mask": torch.tensor([[True] * 7, [True] * 5 + [False] * 2])}),
     "fracture_dynunet": lambda: ((torch.rand(2, 1, 16, 16, 16),), {}),
+    "fracture_overall3d": lambda: ((torch.rand(2, 2, 8, 8, 8),), {}),
 }
 # Small settings for the seed-sized models (the ``test_*`` ones are small already); each model gets
 # the keys it takes.

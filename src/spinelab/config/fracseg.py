@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from spinelab.config.fracseg_post import OverallConfig, PercentileFitConfig
 from spinelab.config.schema import DataConfig, InferConfig, ModelConfig, StrictModel, TrainConfig, TrainerConfig
 from spinelab.config.seg3d import Seg3dSegConfig, SegAugmentConfig
 
@@ -140,5 +141,7 @@ class FracsegConfig(StrictModel):
     rounds: int = Field(default=1, ge=1, le=MAX_ROUNDS)
     #: probability above which a voxel counts as fracture (the validation Dice, the next round's labels)
     threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+    percentile: PercentileFitConfig = Field(default_factory=PercentileFitConfig)
+    overall: OverallConfig = Field(default_factory=OverallConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     infer: InferConfig = Field(default_factory=InferConfig)

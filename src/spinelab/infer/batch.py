@@ -136,6 +136,8 @@ def predict_dataset(predictor: Predictor | Callable[[], Predictor], input: str |
         output.check_input(input, split, studies)
     if callable(predictor) and not hasattr(predictor, "predict_study"):
         predictor = predictor()
+    if hasattr(predictor, "set_output_dir"):  # a route that writes files per study (fracseg: fracture maps)
+        predictor.set_output_dir(out)
     for_dataset = getattr(predictor, "for_dataset", None)
     if for_dataset is not None:
         one = for_dataset(input, split, **options)

@@ -116,6 +116,12 @@ class EnsemblePredictor:
         """Every member (run folder, route, weight, folds, weights' SHA-256), then the shared settings."""
         return self._info
 
+    def set_output_dir(self, out: str | Path) -> None:
+        """Hand the prediction folder to the members that write files per study."""
+        for m in self.members:
+            if hasattr(m, "set_output_dir"):
+                m.set_output_dir(out)
+
     def predict_study(self, study: str | Path, study_id: str | None = None, **options: Any) -> StudyResult:
         """Every member's ``predict_study``, combined (``combine_results``)."""
         return self._combine(study_id, [lambda m=m: m.predict_study(study, study_id, **options)

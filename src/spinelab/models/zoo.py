@@ -16,6 +16,7 @@ from spinelab.models.backbones import verify_weights
 from spinelab.models.cervical import FractureClassifier, FrameClassifier, SliceLocalizer
 from spinelab.models.dynunet import FractureDynUNet
 from spinelab.models.lumbar import PointHeatmapNet, RoiGrader
+from spinelab.models.overall3d import fracture_overall3d, test_fracture_overall3d  # noqa: F401  (registered there)
 from spinelab.models.registry import register_model
 from spinelab.models.segmentation import SegResNet3d, SegUNet, TimmUNet3d
 from spinelab.models.vertebra_sequence import PatientSequenceNet, VertebraSequenceNet

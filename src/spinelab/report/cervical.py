@@ -284,6 +284,22 @@ def _evaluation_section(evaluation: dict[str, Any], out: Path) -> tuple[str, lis
     return html, figures
 
 
+def _fracture_overlay(volume: Volume, result: dict[str, Any], out: Path, sid: str) -> list[str]:
+    """The fracture-probability overlay PNG of a result that carries a fracture map (``cervical/fracseg``)."""
+    from spinelab.io.nifti import read_nifti
+    from spinelab.report.fracture_overlay import write_fracture_overlay
+
+    path = result.get("fracture_map")
+    if not path or not Path(path).is_file():
+        return []
+    verts = result.get("fracture_vertebrae")
+    image = Path("studies") / f"{sid}_fracture.png"
+    write_fracture_overlay(volume, read_nifti(path), out / image, probabilities=result.get("probabilities"),
+                           vertebrae=read_nifti(verts, is_label=True) if verts and Path(verts).is_file() else None,
+                           title=sid)
+    return [image.as_posix()]
+
+
 def write_cervical_report(*, predictions: str | Path, input: str | Path, out: str | Path,
                           model: str | Path | None = None, progress: bool = True) -> Path:
     """Per-study PNGs and ``index.html`` sorted by patient-level risk; training curves when ``model`` is given.
@@ -317,8 +333,9 @@ def write_cervical_report(*, predictions: str | Path, input: str | Path, out: st
             elif sid in folders:
                 image = Path("studies") / f"{sid}.png"
                 try:
-                    plot_cervical_study(read_study_volume(folders[sid]), r, out / image, truth=truth.get(sid))
-                    row["image"] = image.as_posix()
+                    volume = read_study_volume(folders[sid])
+                    plot_cervical_study(volume, r, out / image, truth=truth.get(sid))
+                    row["images"] = [image.as_posix(), *_fracture_overlay(volume, r, out, sid)]
                 except SpinelabError as err:
                     row["warnings"].append(f"no picture: {err}")
             else:

@@ -126,7 +126,8 @@ def write_index(path: str | Path, *, title: str, columns: Sequence[Column], rows
         path: output file.
         title: page title.
         columns: the table columns.
-        rows: one dict per study; ``image`` (relative PNG path) is shown in a full-width row under it,
+        rows: one dict per study; ``image`` (relative PNG path), or each of ``images``, is shown in a full-width
+            row under it,
             ``truth`` (``{key: 0/1}``) puts a ● after probabilities labelled positive.
         intro: paragraphs of plain text (escaped) above the table.
         summary: HTML made by ``metric_table`` (scores), shown above the table.
@@ -139,8 +140,7 @@ def write_index(path: str | Path, *, title: str, columns: Sequence[Column], rows
     body = []
     for row in rows:
         body.append("<tr>" + "".join(_cell(c, row) for c in columns) + "</tr>")
-        image = row.get("image")
-        if image:
+        for image in row.get("images") or ([row["image"]] if row.get("image") else []):
             src, alt = html.escape(image), html.escape(f"picture of study {row.get('study', '')}")
             body.append(f'<tr class="picture"><td colspan="{len(columns)}"><a href="{src}">'
                         f'<img src="{src}" alt="{alt}"></a></td></tr>')

@@ -79,6 +79,9 @@ def _finish(cfg: FracsegConfig, run_dir: Path, context: Any, stage: str, folds: 
     for k in range(1, MAX_ROUNDS + 1):
         if stage in ("all", round_name(k)):
             write_round_scores(run_dir, round_name(k))
+    from spinelab.tasks.cervical.fracseg.post import finish_post
+
+    finish_post(cfg, run_dir, stage)
 
 
 def _seg_stages(cfg: FracsegConfig, run_dir: Path, context: Any = None) -> list[Any]:
@@ -94,7 +97,9 @@ def _steps() -> tuple[Step, ...]:
     for k in range(2, MAX_ROUNDS + 1):
         steps.append(Step(f"labels_r{k}", run=_round_labels(k), needed_by=(round_name(k),)))
         steps.append(Step(round_name(k), stages=round_stages(k), optional=lambda cfg, k=k: cfg.rounds >= k))
-    return tuple(steps)
+    from spinelab.tasks.cervical.fracseg.post import POST_STEPS  # the rule and the classifier (issue 13 section 3)
+
+    return (*steps, *POST_STEPS)
 
 
 #: Stage ``fracture_seg`` (round 1), then ``fracture_seg_r2`` .. ``fracture_seg_r<rounds>``, each after its labels.
