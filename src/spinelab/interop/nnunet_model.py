@@ -140,6 +140,7 @@ class NnunetSegmenter(Segmenter):
             raise ConfigError(f"{folder}: an nnU-Net model with labels {sorted(self.model.labels)}; spinelab segment "
                               "needs one trained on C1..C7 = 1..7 (spinelab export nnunet --task vertebrae)")
         self.run_dir, self.runtime, self.tta = self.model.folder, self.model.runtime, tta
+        self.fracture = None  # a vertebra model: `spinelab segment` writes no fracture map beside it
 
     @property
     def model_info(self) -> dict[str, Any]:
