@@ -19,7 +19,6 @@ from spinelab.infer.batch import weights_sha256
 from spinelab.infer.checks import InputCheck, check_cervical_input, check_cervical_localization
 from spinelab.infer.result import SCHEMA_VERSION, StudyResult
 from spinelab.infer.runtime import Runtime, run_inference_options
-from spinelab.infer.studies import read_study_volume
 from spinelab.infer.tta import flip_outputs
 from spinelab.io.atomic import atomic_write_csv, atomic_write_json
 from spinelab.io.volume import Volume
@@ -27,6 +26,7 @@ from spinelab.registry import CERVICAL_TARGETS, VERTEBRAE
 from spinelab.tasks.cervical.fracture import FractureStage, fracture_inputs
 from spinelab.tasks.cervical.localization import LocalizerStage, localize, summarize_localization
 from spinelab.tasks.cervical.studies import prepare_cervical_volume
+from spinelab.tasks.cervical.study_predictor import CervicalStudyPredictor
 from spinelab.tasks.route import TaskOutput
 from spinelab.train.run_folder import fold_dir, load_stage_models, read_run_config, select_folds
 
@@ -45,7 +45,7 @@ CONVENTIONS = {
 }
 
 
-class CervicalPredictor:
+class CervicalPredictor(CervicalStudyPredictor):
     """Loads a run folder's stage-1 and stage-2 models once; predicts studies.
 
     Args:
@@ -132,30 +132,6 @@ class CervicalPredictor:
             conventions=CONVENTIONS,
             model=self.model_info,
         )
-
-    def predict_study(self, study: str | Path, study_id: str | None = None, *,
-                      series: str | None = None) -> StudyResult:
-        """Read a study (a DICOM folder, a DICOM file or a NIfTI file of CT in HU) and predict it.
-
-        Args:
-            series: SeriesInstanceUID or SeriesDescription when a folder holds several series.
-        """
-        from spinelab.infer.studies import study_id_of_file
-
-        study = Path(study)
-        sid = study_id or (study_id_of_file(study) if study.is_file() else study.name)
-        return self.predict_volume(read_study_volume(study, series=series), sid)
-
-    def for_dataset(self, input: Path, split: str, *, series: str | None = None) -> Any:
-        """The per-study function of ``predict_dataset`` (``series`` picks the series in every study)."""
-        return lambda sid, path: self.predict_study(path, sid, series=series)
-
-    def fallback(self, study_id: str, error: str) -> StudyResult:
-        """A valid prediction for a study that could not be processed: the training prevalence."""
-        return StudyResult(schema_version=SCHEMA_VERSION, study=study_id,
-                           probabilities={t: float(self.prior[t]) for t in CERVICAL_TARGETS}, status="failed",
-                           error=error, warnings=[f"prediction failed, prior used: {error}"], model=self.model_info)
-
 
 def predict_cervical(study_dir: str | Path, model_dir: str | Path, *, device: str | None = None,
                      precision: str | None = None, compile: bool | None = None, tta: bool | None = None,

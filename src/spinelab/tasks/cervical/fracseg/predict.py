@@ -27,12 +27,12 @@ from spinelab.errors import ConfigError
 from spinelab.infer.checks import InputCheck, check_cervical_input
 from spinelab.infer.result import SCHEMA_VERSION, StudyResult
 from spinelab.infer.runtime import Runtime
-from spinelab.infer.studies import read_study_volume
 from spinelab.infer.tta import flip_outputs
 from spinelab.io.geometry import resample_to
 from spinelab.io.volume import Volume
 from spinelab.registry import CERVICAL_TARGETS, VERTEBRAE
 from spinelab.tasks.cervical.studies import prepare_cervical_volume
+from spinelab.tasks.cervical.study_predictor import CervicalStudyPredictor
 from spinelab.train.run_folder import read_run_config, select_folds, trained_folds
 
 __all__ = ["FracsegPredictor", "CONVENTIONS", "MAP_FOLDER"]
@@ -49,7 +49,7 @@ CONVENTIONS = {
 }
 
 
-class FracsegPredictor:
+class FracsegPredictor(CervicalStudyPredictor):
     """A ``cervical/fracseg`` run folder's models, loaded once; ``predict_study`` per study.
 
     Args:
@@ -182,22 +182,3 @@ class FracsegPredictor:
             probabilities=probs, vertebra_ranges=ranges, missing_vertebrae=[v for v in VERTEBRAE if v not in ranges],
             fracture_peaks=peaks, suspicious_vertebra=max(peaks, key=lambda v: (probs[v], peaks[v])) if peaks else None,
             warnings=warnings, input=check.facts, conventions=CONVENTIONS, model=self.model_info, **own)
-
-    def predict_study(self, study: str | Path, study_id: str | None = None, *,
-                      series: str | None = None) -> StudyResult:
-        """Read a study (a DICOM folder or file, or a NIfTI file of CT in HU) and predict it."""
-        from spinelab.infer.studies import study_id_of_file
-
-        study = Path(study)
-        sid = study_id or (study_id_of_file(study) if study.is_file() else study.name)
-        return self.predict_volume(read_study_volume(study, series=series), sid)
-
-    def for_dataset(self, input: Path, split: str, *, series: str | None = None) -> Any:
-        """The per-study function of ``predict_dataset``."""
-        return lambda sid, path: self.predict_study(path, sid, series=series)
-
-    def fallback(self, study_id: str, error: str) -> StudyResult:
-        """A valid prediction for a study that could not be processed: the training prevalence."""
-        return StudyResult(schema_version=SCHEMA_VERSION, study=study_id,
-                           probabilities={t: float(self.prior[t]) for t in CERVICAL_TARGETS}, status="failed",
-                           error=error, warnings=[f"prediction failed, prior used: {error}"], model=self.model_info)

@@ -23,7 +23,6 @@ from spinelab.infer.batch import SCHEMA_VERSION, weights_sha256
 from spinelab.infer.checks import InputCheck, check_cervical_input
 from spinelab.infer.result import StudyResult
 from spinelab.infer.runtime import Runtime
-from spinelab.infer.studies import read_study_volume
 from spinelab.infer.tta import flip_outputs
 from spinelab.io.volume import Volume
 from spinelab.registry import CERVICAL_TARGETS, VERTEBRAE
@@ -32,6 +31,7 @@ from spinelab.tasks.cervical.seg3d.crops import VertebraCrops, describe_crops, v
 from spinelab.tasks.cervical.seg3d.patient_stage import PatientStage
 from spinelab.tasks.cervical.seg3d.vertebra_stage import VertebraStage
 from spinelab.tasks.cervical.studies import prepare_cervical_volume
+from spinelab.tasks.cervical.study_predictor import CervicalStudyPredictor
 from spinelab.train.run_folder import fold_dir, load_stage_models, read_run_config, select_folds, trained_folds
 
 __all__ = ["Seg3dPredictor", "ensemble_types", "type1_overall", "mask_sections"]
@@ -79,7 +79,7 @@ def mask_sections(labels: np.ndarray, box: list[float]) -> dict[str, Any]:
             "coronal": {"row": cy, "shape": list(cor.shape), "rle": _rle(cor.ravel())}}
 
 
-class Seg3dPredictor:
+class Seg3dPredictor(CervicalStudyPredictor):
     """Loads a seg3d run folder's segmentation and classifier models once; predicts studies.
 
     Args:
@@ -188,26 +188,6 @@ class Seg3dPredictor:
             conventions=CONVENTIONS,
             model=self.model_info,
         )
-
-    def predict_study(self, study: str | Path, study_id: str | None = None, *,
-                      series: str | None = None) -> StudyResult:
-        """Read a study (a DICOM folder or file, or a NIfTI file of CT in HU) and predict it."""
-        from spinelab.infer.studies import study_id_of_file
-
-        study = Path(study)
-        sid = study_id or (study_id_of_file(study) if study.is_file() else study.name)
-        return self.predict_volume(read_study_volume(study, series=series), sid)
-
-    def for_dataset(self, input: Path, split: str, *, series: str | None = None) -> Any:
-        """The per-study function of ``predict_dataset`` (``series`` picks the series in every study)."""
-        return lambda sid, path: self.predict_study(path, sid, series=series)
-
-    def fallback(self, study_id: str, error: str) -> StudyResult:
-        """A valid prediction for a study that could not be processed: the training prevalence."""
-        return StudyResult(schema_version=SCHEMA_VERSION, study=study_id,
-                           probabilities={t: float(self.prior[t]) for t in CERVICAL_TARGETS}, status="failed",
-                           error=error, warnings=[f"prediction failed, prior used: {error}"], model=self.model_info)
-
 
 def _union_box(crops: VertebraCrops, volume: Volume) -> list[float]:
     """The box around every found vertebra's crop box, inside the image (the whole image when none was found)."""
