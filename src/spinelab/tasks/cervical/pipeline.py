@@ -40,15 +40,20 @@ def prepare_cervical_data(cfg: CervicalConfig, run_dir: Path, *, progress: bool 
     return cfg
 
 
-def _setup(cfg: CervicalConfig, run_dir: Path, progress: bool) -> tuple[CervicalConfig, None]:
-    """Data prepared; folds.csv, targets.json and prior.json (the fallback of a failed study) written."""
-    cfg = prepare_cervical_data(cfg, run_dir, progress=progress)
+def write_cervical_run_files(cfg: Any, run_dir: Path) -> None:
+    """folds.csv, targets.json and prior.json (the fallback of a failed study) in the run folder; every cervical
+    route writes the same three."""
     studies = CervicalStudies(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_csv(run_dir / "folds.csv", studies.folds.rename("fold").reset_index())
     atomic_write_json(run_dir / "targets.json", list(CERVICAL_TARGETS))
-    prior = studies.labels[list(CERVICAL_TARGETS)].mean().to_dict()
-    atomic_write_json(run_dir / "prior.json", prior)
+    atomic_write_json(run_dir / "prior.json", studies.labels[list(CERVICAL_TARGETS)].mean().to_dict())
+
+
+def _setup(cfg: CervicalConfig, run_dir: Path, progress: bool) -> tuple[CervicalConfig, None]:
+    """Data prepared; the run folder's files written (``write_cervical_run_files``)."""
+    cfg = prepare_cervical_data(cfg, run_dir, progress=progress)
+    write_cervical_run_files(cfg, run_dir)
     return cfg, None
 
 

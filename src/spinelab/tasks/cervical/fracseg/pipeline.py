@@ -17,8 +17,6 @@ from typing import Any
 
 from spinelab.config.fracseg import MAX_ROUNDS, FracsegConfig, round_name
 from spinelab.errors import InputError
-from spinelab.io.atomic import atomic_write_csv, atomic_write_json
-from spinelab.registry import CERVICAL_TARGETS
 from spinelab.tasks.route import Step, Training
 
 __all__ = ["TRAINING", "round_stages"]
@@ -28,18 +26,13 @@ def _setup(cfg: FracsegConfig, run_dir: Path, progress: bool) -> tuple[FracsegCo
     """Data prepared, vertebra masks and box pseudo-masks written; folds.csv, targets.json and prior.json in
     the run folder."""
     from spinelab.tasks.cervical.fracseg.pseudo_masks import write_fracture_masks
-    from spinelab.tasks.cervical.pipeline import prepare_cervical_data
+    from spinelab.tasks.cervical.pipeline import prepare_cervical_data, write_cervical_run_files
     from spinelab.tasks.cervical.seg3d.pipeline import write_masks
-    from spinelab.tasks.cervical.studies import CervicalStudies
 
     cfg = prepare_cervical_data(cfg, run_dir, progress=progress)  # type: ignore[arg-type]
     write_masks(cfg, progress=progress)  # type: ignore[arg-type]
     write_fracture_masks(cfg, progress=progress)
-    studies = CervicalStudies(cfg)  # type: ignore[arg-type]
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_csv(run_dir / "folds.csv", studies.folds.rename("fold").reset_index())
-    atomic_write_json(run_dir / "targets.json", list(CERVICAL_TARGETS))
-    atomic_write_json(run_dir / "prior.json", studies.labels[list(CERVICAL_TARGETS)].mean().to_dict())
+    write_cervical_run_files(cfg, run_dir)
     return cfg, None
 
 

@@ -16,7 +16,6 @@ import pandas as pd
 from spinelab.config.seg3d import Seg3dConfig
 from spinelab.errors import InputError, SpinelabError
 from spinelab.io.atomic import atomic_write_csv, atomic_write_json
-from spinelab.registry import CERVICAL_TARGETS
 from spinelab.tasks.route import Step, Training
 
 __all__ = ["TRAINING", "write_masks", "write_seg_scores", "seg_stages", "write_crops", "vertebra_stages",
@@ -74,16 +73,11 @@ def write_masks(cfg: Seg3dConfig, *, progress: bool = True) -> dict[str, Any]:
 def _setup(cfg: Seg3dConfig, run_dir: Path, progress: bool) -> tuple[Seg3dConfig, None]:
     """Data prepared (as the slice route: cache, folds, derived labels), the masks written; folds.csv,
     targets.json and prior.json (the fallback of a failed study) in the run folder."""
-    from spinelab.tasks.cervical.pipeline import prepare_cervical_data
-    from spinelab.tasks.cervical.studies import CervicalStudies
+    from spinelab.tasks.cervical.pipeline import prepare_cervical_data, write_cervical_run_files
 
     cfg = prepare_cervical_data(cfg, run_dir, progress=progress)  # type: ignore[arg-type]
     write_masks(cfg, progress=progress)
-    studies = CervicalStudies(cfg)  # type: ignore[arg-type]
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_csv(run_dir / "folds.csv", studies.folds.rename("fold").reset_index())
-    atomic_write_json(run_dir / "targets.json", list(CERVICAL_TARGETS))
-    atomic_write_json(run_dir / "prior.json", studies.labels[list(CERVICAL_TARGETS)].mean().to_dict())
+    write_cervical_run_files(cfg, run_dir)
     return cfg, None
 
 
