@@ -192,3 +192,29 @@ def test_overfit_on_the_real_tptbox_crop_segments_it_back(realdata: Path, tmp_pa
            f"label: '{tpt / 'sub-ct_seg-vert_label-22_msk.nii.gz'}', label_scheme: 'verse:L2'}}")
     dice = _overfit_and_segment_back(tmp_path, ext, "[32, 48, 48]", epochs=30, channels="[8, 16, 32, 64]")
     assert len(dice) == 3 and dice.mean() > 0.8, dice
+
+
+@pytest.mark.parametrize("grid", ["fixed", "isotropic"])
+def test_a_synthetic_study_mask_sits_on_its_bone_on_the_network_grid(tiny_cervical_dataset: Path, tmp_path: Path,
+                                                                     grid: str) -> None:
+    # The dataset path (segmentations/*.nii -> derived/masks on the CT grid -> the network grid) must keep the
+    # mask on the vertebrae: a flip or shift on any axis would move it off the bright bone.
+    from spinelab.data.cervical_labels import find_segmentations
+    from spinelab.tasks.cervical.seg3d.pipeline import write_masks
+    from spinelab.tasks.cervical.seg3d.seg_stage import case_arrays, dataset_cases
+
+    cfg = load_config("cervical", [], [
+        "route=seg3d", f"data.dataset_dir={tiny_cervical_dataset}", f"data.derived_dir={tmp_path / 'derived'}",
+        f"data.cache_dir={tmp_path / 'cache'}", f"seg.grid={grid}", "seg.size=[32, 32, 32]", "seg.spacing_mm=3.0"])
+    assert write_masks(cfg, progress=False)["failed"] == []
+    (case, *_) = dataset_cases(cfg, sorted(find_segmentations(tiny_cervical_dataset)))
+    arrays = case_arrays(case, cfg)
+    image, mask = arrays["image"][0], arrays["mask"][0]
+    assert set(np.unique(mask)) == set(range(8))
+    on_bone = image[mask > 0].mean()
+    for axis in range(3):
+        for shift in (-2, 2):
+            assert on_bone > image[np.roll(mask, shift, axis) > 0].mean() + 0.03, (axis, shift)
+    # canonical: D runs head to feet, so C1 .. C7 follow one another along D
+    centres = [np.argwhere(mask == c)[:, 0].mean() for c in range(1, 8)]
+    assert centres == sorted(centres)
