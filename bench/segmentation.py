@@ -137,7 +137,7 @@ def main() -> None:
         overrides = variant_overrides(network, normalize, epochs, args)
         cfg = load_config("cervical", [], [f"data.dataset_dir={data}", f"data.derived_dir={derived}", *overrides])
         run = args.work / f"run_{cfg.experiment}"
-        api.train(cfg, run_dir=run, fold="0", resume=True, progress=False)
+        api.train(cfg, run_dir=run, fold="0", stage="seg", resume=True, progress=False)
         scores = json.loads((run / "seg/fold_0/scores.json").read_text())
         key = f"{network}, {normalize}, {epochs} epochs"
         results[key] = {**evaluate_held_out(run), "train_s": scores["seconds"], "steps": scores["global_step"]}
