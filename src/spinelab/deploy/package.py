@@ -65,6 +65,37 @@ def _check_state_dict(path: Path) -> None:
                                "model.pt weights only")
 
 
+def _clear_pretrained(node: Any, where: str = "") -> list[str]:
+    """Set every ``model.pretrained_path`` / ``pretrained_sha256`` of a config mapping to ``None``, in place;
+    returns the dotted keys cleared."""
+    cleared: list[str] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            here = f"{where}.{key}" if where else str(key)
+            if key in ("pretrained_path", "pretrained_sha256") and where.endswith("model") and value is not None:
+                node[key] = None
+                cleared.append(here)
+            else:
+                cleared += _clear_pretrained(value, here)
+    return cleared
+
+
+def _inference_config(src: Path, dst: Path) -> list[str]:
+    """Write the package's ``config.yaml``: the run's, without the ImageNet starting weights' paths (the backbone
+    would load them before ``model.pt`` replaces every weight, and they are not on the machine a package goes
+    to). Returns the keys cleared."""
+    import yaml
+
+    from spinelab.config.load import read_yaml
+    from spinelab.io.atomic import atomic_write_text
+
+    data = read_yaml(src)
+    cleared = _clear_pretrained(data)
+    if cleared:
+        atomic_write_text(dst, yaml.safe_dump(data, sort_keys=False))
+    return cleared
+
+
 def export_model(run_dir: str | Path, out: str | Path, *, folds: list[int] | None = None,
                  licence: str | None = None, overwrite: bool = False) -> Path:
     """Write the package of ``run_dir`` into ``out``; returns ``out``.
@@ -109,6 +140,7 @@ def export_model(run_dir: str | Path, out: str | Path, *, folds: list[int] | Non
         for name in TOP_FILES:
             if (run_dir / name).is_file():
                 shutil.copy2(run_dir / name, tmp / name)
+        cleared = _inference_config(run_dir / "config.yaml", tmp / "config.yaml")
         for rel in weights:
             src = run_dir / rel
             _check_state_dict(src)
@@ -117,7 +149,7 @@ def export_model(run_dir: str | Path, out: str | Path, *, folds: list[int] | Non
         record = {
             "task": route.task, "route": route.key, "experiment": getattr(predictor.cfg, "experiment", None),
             "source_run": str(run_dir.resolve()), "folds": info.get("folds"),
-            "licence": licence or DEFAULT_LICENCE,
+            "licence": licence or DEFAULT_LICENCE, "config_cleared": cleared,
         }
         from spinelab.deploy.model_card import write_model_card
 
