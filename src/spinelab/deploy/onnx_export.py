@@ -138,6 +138,9 @@ def _export_network(model: nn.Module, calls: list[Any], path: Path, opset: int) 
                           dynamic_axes={**{n: {i: f"{n}_{i}" for i in range(t.dim())} for n, t in
                                            zip(names, tensors, strict=True)},
                                         **{k: {i: f"{k}_{i}" for i in range(outputs[k].dim())} for k in keys}})
+    import onnx
+
+    onnx.checker.check_model(str(path))  # a well-formed graph of the opset asked for, before it is trusted
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()
     opts.log_severity_level = 3
