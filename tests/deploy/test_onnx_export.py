@@ -105,3 +105,19 @@ def test_a_route_without_2d_networks_records_bf16_only(cervical_package: Path, t
 def test_an_opset_under_17_is_refused(cervical_package: Path) -> None:
     with pytest.raises(ConfigError, match="17 or newer"):
         export_onnx(cervical_package, opset=13)
+
+
+def test_loading_a_package_on_onnxruntime_imports_no_training_code(onnx_package: Path) -> None:
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    code = ("import sys\nfrom spinelab.infer.ensemble import load_predictor\n"
+            f"p = load_predictor('cervical', {str(onnx_package)!r}, device='cpu', runtime='onnx')\n"
+            "assert type(p.runtime).__name__ == 'OnnxRuntime'\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('lightning', 'pytorch_lightning', "
+            "'spinelab.train.run', 'spinelab.train.module', 'spinelab.deploy.package', 'spinelab.deploy.onnx_export'"
+            ")) and m != 'spinelab.train.run_folder'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo,
+                         env={"PYTHONPATH": f"{repo / 'src'}:{repo}", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    assert out.stdout.strip().splitlines()[-1] == "[]"
