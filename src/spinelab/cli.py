@@ -507,8 +507,8 @@ def segment(
     out: Annotated[Path, typer.Option(*_OUT, help="Output folder (one sub-folder per study for a dataset).",
                                       callback=_out_folder)],
     model: Annotated[Path, typer.Option(
-        "--model", help="Run folder of a cervical/seg3d `spinelab train` (or of cervical/fracseg with a seg "
-                        "section: adds fracture_prob.nii.gz), or a trained nnU-Net v2 model folder.")],
+        "--model", help="Run folder (or model package) of a cervical/seg3d `spinelab train` (or of cervical/fracseg "
+                        "with a seg section: adds fracture_prob.nii.gz), or a trained nnU-Net v2 model folder.")],
     device: Annotated[str | None, typer.Option(help="cpu, cuda or auto [default: the run's infer.device]")] = None,
     precision: Annotated[str | None, typer.Option(
         help="fp32, bf16 or fp16 (GPU) autocast [default: the run's infer.precision]",

@@ -37,7 +37,8 @@ def _scores(run_dir: Path) -> list[str]:
     path = run_dir / "cv_scores.json"
     if path.is_file():
         data = json.loads(path.read_text())
-        lines.append(f"Out-of-fold over {data.get('studies', '?')} studies (`cv_scores.json`):")
+        n = data.get("studies", "?")
+        lines.append(f"Out-of-fold over {n} stud{'y' if n == 1 else 'ies'} (`cv_scores.json`):")
         lines.append("")
         lines += [f"- {k}: {v:.4f}" for k, v in data.items()
                   if isinstance(v, int | float) and k not in ("schema_version", "studies")]
@@ -91,7 +92,9 @@ def model_card(run_dir: str | Path, cfg: Any, record: dict[str, Any]) -> str:
         "## Licence", "", f"{record.get('licence')}", "",
         "## Use", "",
         f"    spinelab predict {task} --model PKG -i STUDY -o OUT   # verified against manifest.json first",
-        "    spinelab export onnx PKG                              # optional: the 2D networks on onnxruntime", "",
+        "    spinelab export onnx PKG                              # optional: the 2D networks on onnxruntime",
+        *(["    spinelab segment --model PKG -i STUDY -o OUT          # the vertebra masks"]
+          if record["route"] in ("cervical/seg3d", "cervical/fracseg") else []), "",
     ]
     return "\n".join(lines)
 

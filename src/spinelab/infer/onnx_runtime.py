@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +25,16 @@ from spinelab.infer.runtime import Runtime
 __all__ = ["OnnxRuntime", "state_fingerprint", "call_layout", "split_call"]
 
 log = logging.getLogger("spinelab")
-_FINGERPRINTS: dict[int, tuple[torch.nn.Module, str]] = {}
+#: Fingerprints of live models (weak keys: a service that drops a predictor frees its models).
+_FINGERPRINTS: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
 
 
 def state_fingerprint(state: torch.nn.Module | dict[str, torch.Tensor]) -> str:
     """SHA-256 of a model's state dict (names, dtypes, shapes and values; not the memory layout), cached per
     live model object."""
     model = state if isinstance(state, torch.nn.Module) else None
-    if model is not None and id(model) in _FINGERPRINTS and _FINGERPRINTS[id(model)][0] is model:
-        return _FINGERPRINTS[id(model)][1]
+    if model is not None and model in _FINGERPRINTS:
+        return _FINGERPRINTS[model]
     items = model.state_dict() if model is not None else state
     digest = hashlib.sha256()
     for key in sorted(items):
@@ -41,7 +43,7 @@ def state_fingerprint(state: torch.nn.Module | dict[str, torch.Tensor]) -> str:
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     value = digest.hexdigest()
     if model is not None:
-        _FINGERPRINTS[id(model)] = (model, value)
+        _FINGERPRINTS[model] = value
     return value
 
 
