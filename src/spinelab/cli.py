@@ -448,7 +448,8 @@ def train(
 def predict(
     task: Annotated[str, _task_argument()],
     model: Annotated[list[Path], typer.Option(
-        "--model", help="Run folder written by `spinelab train`; repeat it for an ensemble (any routes of TASK).")],
+        "--model", help="Run folder of `spinelab train` or model package of `spinelab export model`; repeat it "
+                        "for an ensemble (any routes of TASK).")],
     input: Annotated[Path, typer.Option(
         "--input", "-i", help="A dataset folder, a folder of studies, one study folder, or a NIfTI/DICOM file.")],
     out: Annotated[Path, typer.Option(*_OUT, help="Output folder.", callback=_out_folder)],
@@ -470,6 +471,8 @@ def predict(
         help="Cervical: the SeriesInstanceUID or SeriesDescription to read when a study holds several.")] = None,
     strict: Annotated[bool, typer.Option(
         "--strict", help="Refuse a study on any input warning, not only on a refusal rule.")] = False,
+    runtime: Annotated[str, typer.Option(help="torch, or onnx: a package's exported 2D networks on onnxruntime "
+                                              "(`spinelab export onnx`).", callback=_runtime_choice)] = "torch",
 ) -> None:
     """Predict every study: submission.csv, one JSON per study, manifest.json, and an evaluation when labels
     exist. Several --model runs are an ensemble: their probabilities are averaged per study. Exit 0 when every
@@ -481,7 +484,7 @@ def predict(
     result = api_predict(task, model=model, input=input, out=out, labels=labels, weights=weights, device=device,
                          precision=precision, compile=compile, tta=tta,
                          folds=[int(f) for f in folds.split(",")] if folds else None,
-                         series=series, strict=strict)
+                         series=series, strict=strict, runtime=runtime)
     typer.echo(f"submission: {result['submission']}")
     if result.get("evaluation"):
         typer.echo(f"evaluation: {result['evaluation']}")
@@ -491,6 +494,12 @@ def predict(
         raise typer.Exit(code=3)
 
 
+def _runtime_choice(value: str) -> str:
+    if value not in ("torch", "onnx"):
+        raise typer.BadParameter(f"choose torch or onnx, got {value!r}")
+    return value
+
+
 @app.command()
 def segment(
     input: Annotated[Path, typer.Option(
@@ -498,8 +507,8 @@ def segment(
     out: Annotated[Path, typer.Option(*_OUT, help="Output folder (one sub-folder per study for a dataset).",
                                       callback=_out_folder)],
     model: Annotated[Path, typer.Option(
-        "--model", help="Run folder of a cervical/seg3d `spinelab train` (or of cervical/fracseg with a seg "
-                        "section: adds fracture_prob.nii.gz), or a trained nnU-Net v2 model folder.")],
+        "--model", help="Run folder (or model package) of a cervical/seg3d `spinelab train` (or of cervical/fracseg "
+                        "with a seg section: adds fracture_prob.nii.gz), or a trained nnU-Net v2 model folder.")],
     device: Annotated[str | None, typer.Option(help="cpu, cuda or auto [default: the run's infer.device]")] = None,
     precision: Annotated[str | None, typer.Option(
         help="fp32, bf16 or fp16 (GPU) autocast [default: the run's infer.precision]",
