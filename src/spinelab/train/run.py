@@ -89,13 +89,19 @@ def train_stage(stage: Stage, *, trainer_cfg: TrainerConfig, fold: int | None, r
     Raises:
         InputError: ``checkpoint_last.ckpt`` holds more than tensors and plain data, or cannot be read.
     """
+    from spinelab.train.ranks import is_global_zero, on_rank_zero
+
     tc = stage.train_config
     out = fold_dir(stage.run_dir, stage.name, fold)
-    if resume and (done := _finished(out, tc.epochs)) is not None:
+    # Under DDP rank 0 decides what --resume does (its node reads the shared run folder) and every process
+    # follows: a process that saw another state would wait forever in a collective the others never join.
+    if resume and (done := on_rank_zero(_finished, out, tc.epochs)) is not None:
+        if not is_global_zero():
+            return {"dir": out, "scores": {}, "seconds": float(done.get("seconds", 0.0))}
         log.info("%s: already trained (%s epochs); --resume leaves it as it is", out, done.get("epochs"))
         return {"dir": out, "scores": done, "seconds": float(done.get("seconds", 0.0))}
     last = out / "checkpoint_last.ckpt"
-    resuming = resume and last.is_file()
+    resuming = resume and on_rank_zero(last.is_file)
     if resuming:
         # Lightning loads it again below, also with weights_only=True; this load gives the one-line error.
         safe_torch_load(last)
@@ -105,7 +111,7 @@ def train_stage(stage: Stage, *, trainer_cfg: TrainerConfig, fold: int | None, r
 
     from spinelab.train.module import SpineModule
 
-    out.mkdir(parents=True, exist_ok=True)
+    on_rank_zero(out.mkdir, parents=True, exist_ok=True)
     L.seed_everything(tc.seed + (0 if fold is None else fold), workers=True, verbose=False)
     train_ds, val_ds = stage.datasets(fold)
     collate = stage.collate_fn()
