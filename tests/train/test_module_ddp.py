@@ -62,3 +62,27 @@ def test_ddp_validation_metrics_equal_single_process(tmp_path: Path) -> None:
         assert logged["val/logloss"] == float(np.float32(expected["logloss"]))
         assert logged["val/n_rows"] == 7.0
         assert result["val_metrics"] == expected  # the Python floats: exactly
+
+
+def test_one_sample_of_a_collated_batch_keeps_the_batch_axis() -> None:
+    import torch
+
+    from spinelab.train.module import _take
+
+    batch = {"x": torch.arange(6).reshape(3, 2), "uid": ["a", "b", "c"], "meta": {"shape": torch.ones(3, 3)},
+             "scalar": torch.tensor(7.0), "other": 5}
+    one = _take(batch, 1, 3)
+    assert one["x"].tolist() == [[2, 3]] and one["uid"] == ["b"] and one["meta"]["shape"].shape == (1, 3)
+    assert one["scalar"].item() == 7.0 and one["other"] == 5  # not per sample: left as it is
+
+
+def test_the_batches_indices_come_from_the_loaders_batch_sampler() -> None:
+    from torch.utils.data import DataLoader
+    from torch.utils.data.distributed import DistributedSampler
+
+    from spinelab.train.module import _batch_indices
+    from tests.train.ddp_worker import ValSet
+
+    sampler = DistributedSampler(ValSet(), num_replicas=2, rank=1, shuffle=False)
+    assert _batch_indices(DataLoader(ValSet(), batch_size=2, sampler=sampler)) == [[1, 3], [5, 0]]  # 0: padding
+    assert _batch_indices([DataLoader(ValSet(), batch_size=4)]) == [[0, 1, 2, 3], [4, 5, 6]]

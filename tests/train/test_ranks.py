@@ -108,3 +108,22 @@ def test_spinelab_train_under_torchrun_writes_one_run_folder_and_resumes(tmp_pat
     assert again.returncode == 0, again.stderr[-4000:]
     assert "already trained" in again.stderr
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # the finished folds are left as they are
+
+
+def test_other_ranks_wait_for_rank_zero_and_never_run_the_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    sent: list[object] = []
+
+    def broadcast(box: list, src: int) -> None:  # what rank 0 sends
+        box[0] = sent[0]
+
+    monkeypatch.setattr(ranks, "is_distributed", lambda: True)
+    monkeypatch.setattr(ranks.dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(ranks.dist, "broadcast_object_list", broadcast)
+    sent[:] = [("ok", {"cfg": 1})]
+    assert ranks.on_rank_zero(lambda: calls.append("ran")) == {"cfg": 1}
+    assert calls == []  # the step (a write) ran on rank 0 only
+    sent[:] = [("error", "InputError: /data: missing")]
+    with pytest.raises(Exception, match="rank 0 stopped: InputError: /data: missing"):
+        ranks.on_rank_zero(lambda: calls.append("ran"))
+    assert calls == []
