@@ -160,6 +160,9 @@ def train_stage(stage: Stage, *, trainer_cfg: TrainerConfig, fold: int | None, r
     with warnings.catch_warnings():
         # The fold folder holds logs/ (and, on --resume, the checkpoints being continued) by design.
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+        # Under DDP the stage's metrics are computed once from every rank's rows and logged unreduced on
+        # purpose (spinelab.train.module); the epoch means of the training losses are rank 0's shard.
+        warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\(")
         trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resuming else None,
                     weights_only=True)
     seconds = time.perf_counter() - start + earlier
