@@ -94,3 +94,11 @@ def test_predict_on_ray_gives_the_local_outputs(ray_instance, dataset: Path, tmp
     assert changed == ["1.2.826.0.1.3680043.99999.json"]  # the failed study is tried again
     assert again["counts"] == remote["counts"]
     assert pd.read_csv(again["submission"]).equals(b)
+
+
+def test_an_unknown_engine_is_refused_before_any_work(tmp_path: Path) -> None:
+    from spinelab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown engine 'spark'"):
+        build_cache(tmp_path, tmp_path / "c", engine="spark")
+    assert not (tmp_path / "c").exists()

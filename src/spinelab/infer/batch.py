@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from spinelab.errors import InputError, SpinelabError
+from spinelab.errors import ConfigError, InputError, SpinelabError
 from spinelab.infer.checks import STATUSES, StudyRefusedError
 from spinelab.infer.result import SCHEMA_VERSION, StudyResult
 from spinelab.io.atomic import atomic_write_csv, atomic_write_json
@@ -156,7 +156,7 @@ def predict_dataset(predictor: Predictor | Callable[[], Predictor], input: str |
     from spinelab.infer.studies import find_input_studies, label_file
 
     if engine not in ENGINES:
-        raise InputError(engine, f"unknown engine; choose {' or '.join(ENGINES)}")
+        raise ConfigError(f"unknown engine {engine!r}; choose {' or '.join(ENGINES)}")
     input, out = Path(input), Path(out)
     split, studies = find_input_studies(input, nested=output.nested)
     if output.check_input is not None:

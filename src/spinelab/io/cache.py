@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from spinelab.errors import InputError, SpinelabError
+from spinelab.errors import ConfigError, InputError, SpinelabError
 from spinelab.io._workers import new_pool, run_isolated
 from spinelab.io.atomic import atomic_save_npy, atomic_write_json
 from spinelab.io.files import is_dicom_file
@@ -164,7 +164,7 @@ def build_cache(dataset_dir: str | Path, out_dir: str | Path, *, workers: int = 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     if engine not in ("local", "ray"):
-        raise InputError(engine, "unknown engine; choose local or ray")
+        raise ConfigError(f"unknown engine {engine!r}; choose local or ray")
     dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
     series = find_series_folders(dataset_dir)
     if not series:
