@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
+from spinelab.train.ranks import on_rank_zero
 from spinelab.train.stage import Stage
 
 __all__ = ["SpineModule", "warmup_cosine"]
@@ -73,7 +74,10 @@ class SpineModule(L.LightningModule):
         if _world_size() == 1:
             self._val_frames.append(self.stage.predictions(outputs, batch))
             return
-        samples = self._val_batches[batch_idx] if self._val_batches is not None else [None] * bs
+        samples = self._val_batches[batch_idx] if self._val_batches is not None else None
+        if samples is None or len(samples) != bs:  # indices unknown, or a collate that changes the batch size
+            self._val_frames.append(self.stage.predictions(outputs, batch).assign(_sample=None, _slot=0))
+            return
         for b, sample in enumerate(samples):
             rows = self.stage.predictions(_take(outputs, b, bs), _take(batch, b, bs))
             self._val_frames.append(rows.assign(_sample=sample, _slot=_slot(self.global_rank, batch_idx, b)))
@@ -83,15 +87,15 @@ class SpineModule(L.LightningModule):
         self._val_frames.clear()
         if _world_size() > 1:
             frame = self._gather_rows(frame)
-        metrics: dict[str, float] = {}
-        if self.global_rank == 0 and len(frame):
-            metrics = {k: float(v) for k, v in self.stage.evaluate(frame).items()}
-        if _world_size() > 1:
-            metrics = self.trainer.strategy.broadcast(metrics, src=0)
+        # once, on rank 0; the others get its numbers (or its error, instead of waiting for ever)
+        metrics = on_rank_zero(self._evaluate, frame)
         self.val_metrics = metrics
         if metrics:
             # Every rank logs the same numbers (the checkpoint callbacks of all ranks agree); no reduction.
             self.log_dict({f"val/{k}": v for k, v in metrics.items()}, prog_bar=True, sync_dist=False)
+
+    def _evaluate(self, frame: pd.DataFrame) -> dict[str, float]:
+        return {k: float(v) for k, v in self.stage.evaluate(frame).items()} if len(frame) else {}
 
     def _gather_rows(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Every rank's prediction rows, the sampler's padding dropped, in dataset order (all ranks)."""
@@ -101,7 +105,8 @@ class SpineModule(L.LightningModule):
         if not len(rows):
             return rows
         if rows["_sample"].isna().any():
-            # An iterable dataset or a custom batch sampler: the indices are not known, so nothing is dropped.
+            # An iterable dataset, a custom batch sampler or collate: the indices are not known, so nothing
+            # is dropped.
             if self.global_rank == 0:
                 import logging
 
