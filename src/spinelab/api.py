@@ -58,7 +58,7 @@ def predict(task: str, *, model: str | Path | Sequence[str | Path], input: str |
             labels: str | Path | None = None, weights: str | Path | Sequence[float] | None = None,
             device: str | None = None, precision: str | None = None, compile: bool | None = None,
             tta: bool | None = None, folds: list[int] | None = None, series: str | None = None,
-            strict: bool = False, progress: bool = True) -> dict[str, Any]:
+            strict: bool = False, dicom_out: bool = False, progress: bool = True) -> dict[str, Any]:
     """Predict a dataset, a study folder or one NIfTI/DICOM file with a run folder, or with several (an
     ensemble, ``spinelab.infer.ensemble``); see ``spinelab predict --help``.
 
@@ -66,7 +66,8 @@ def predict(task: str, *, model: str | Path | Sequence[str | Path], input: str |
     study with ``weights`` (numbers, ``"0.7,0.3"`` or a ``weights.json`` of ``spinelab ensemble fit``; equal
     when ``None``). ``device``, ``precision``, ``compile`` and ``tta`` left ``None`` come from each run's
     ``infer`` section. ``series`` picks a series by SeriesInstanceUID or description in every cervical study;
-    ``strict`` refuses a study on any input warning.
+    ``strict`` refuses a study on any input warning; ``dicom_out`` also writes each DICOM study's SEG and SR
+    (``spinelab.infer.dicom_results``) into ``out/dicom/<study id>/``.
 
     Returns:
         The submission, predictions, manifest and evaluation paths, ``studies`` and ``counts``
@@ -98,7 +99,7 @@ def predict(task: str, *, model: str | Path | Sequence[str | Path], input: str |
         return load_ensemble(task, models, weights, **settings)
 
     return predict_dataset(build, input, out, task=task, output=output, labels=labels, progress=progress,
-                           **options)
+                           dicom_out=dicom_out, **options)
 
 
 def fit_ensemble(model: Sequence[str | Path], out: str | Path) -> Path:

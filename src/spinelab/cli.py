@@ -470,6 +470,8 @@ def predict(
         help="Cervical: the SeriesInstanceUID or SeriesDescription to read when a study holds several.")] = None,
     strict: Annotated[bool, typer.Option(
         "--strict", help="Refuse a study on any input warning, not only on a refusal rule.")] = False,
+    dicom_out: Annotated[bool, typer.Option("--dicom-out", help="Also write each DICOM study's SEG and SR: "
+                                                                "OUT/dicom/<study>/seg.dcm, sr.dcm.")] = False,
 ) -> None:
     """Predict every study: submission.csv, one JSON per study, manifest.json, and an evaluation when labels
     exist. Several --model runs are an ensemble: their probabilities are averaged per study. Exit 0 when every
@@ -481,7 +483,7 @@ def predict(
     result = api_predict(task, model=model, input=input, out=out, labels=labels, weights=weights, device=device,
                          precision=precision, compile=compile, tta=tta,
                          folds=[int(f) for f in folds.split(",")] if folds else None,
-                         series=series, strict=strict)
+                         series=series, strict=strict, dicom_out=dicom_out)
     typer.echo(f"submission: {result['submission']}")
     if result.get("evaluation"):
         typer.echo(f"evaluation: {result['evaluation']}")

@@ -112,7 +112,8 @@ def predict_studies(studies: Sequence[tuple[str, Path]], predict_one: Callable[[
 
 def predict_dataset(predictor: Predictor | Callable[[], Predictor], input: str | Path, out: str | Path, *, task: str,
                     output: TaskOutput,
-                    labels: str | Path | None = None, progress: bool = True, **options: Any) -> dict[str, Any]:
+                    labels: str | Path | None = None, progress: bool = True, dicom_out: bool = False,
+                    **options: Any) -> dict[str, Any]:
     """Predict every study under ``input`` with any route's predictor: ``submission.csv``, ``predictions.csv``,
     ``studies/<id>.json``, ``manifest.json`` and ``evaluation.json`` when labels exist.
 
@@ -122,6 +123,8 @@ def predict_dataset(predictor: Predictor | Callable[[], Predictor], input: str |
             **options)``, when it has one, gives the per-study function (e.g. with the dataset's series
             descriptions), else ``predict_study(path, study_id, **options)`` is called.
         output: the task's discovery, submission format and metric.
+        dicom_out: also write each predicted DICOM study's SEG and SR into ``out/dicom/<study id>/``
+            (``infer.dicom_results``); the files are listed in the study JSON under ``dicom_files``.
         options: per-study options of the task (cervical: ``series``).
 
     Returns:
@@ -144,6 +147,8 @@ def predict_dataset(predictor: Predictor | Callable[[], Predictor], input: str |
     else:
         def one(sid: str, path: Path) -> dict[str, Any]:
             return predictor.predict_study(path, sid, **options)
+    if dicom_out:
+        one = _with_dicom_results(one, out, series=options.get("series"))
     results = predict_studies(studies, one, predictor.fallback, out_dir=out, progress=progress,
                               description=f"{task} predict", task=task, model=predictor.model_info)
     submission_frame, wide = output.frames(results)
@@ -154,6 +159,28 @@ def predict_dataset(predictor: Predictor | Callable[[], Predictor], input: str |
     evaluation = output.evaluate(results, label_path, out) if label_path is not None else None
     return {"submission": submission, "predictions": predictions, "manifest": out / MANIFEST,
             "evaluation": evaluation, "studies": len(results), "failed": counts["failed"], "counts": counts}
+
+
+def _with_dicom_results(one: Callable[[str, Path], StudyResult], out: Path, *,
+                        series: str | None) -> Callable[[str, Path], StudyResult]:
+    """``one`` followed by the study's DICOM SEG and SR; a writer's failure is a warning of the study, never
+    a failed prediction."""
+    from spinelab.infer.dicom_results import DICOM_DIR, write_dicom_results
+
+    def wrapped(sid: str, path: Path) -> StudyResult:
+        result = _as_result(one(sid, path))
+        try:
+            files = write_dicom_results(result, path, out / DICOM_DIR / sid, series=series)
+        except Exception as err:  # noqa: BLE001 - the prediction stands; the reason goes into its JSON
+            message = f"no DICOM results: {type(err).__name__}: {err}"
+            log.warning("study %s: %s", sid, message)
+            result.warnings = [*result.warnings, message]
+            result.status = "warning" if result.status == "ok" else result.status
+            return result
+        result.dicom_files = [f.relative_to(out).as_posix() for f in files]
+        return result
+
+    return wrapped
 
 
 def _as_result(result: Any) -> StudyResult:
