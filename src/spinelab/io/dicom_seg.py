@@ -37,12 +37,13 @@ MANUFACTURER = "spinelab"
 _TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
                  "StudyID", "AccessionNumber", "ReferringPhysicianName")
 #: pydicom's ``codes.SCT`` keyword of each vertebra name (values listed in the module docstring)
-VERTEBRA_CODES: dict[str, str] = {**{f"C{i}": f"C{i}Vertebra" for i in range(1, 8)}, "T1": "T1Vertebra",
+VERTEBRA_CODES: dict[str, str] = {**{f"C{i}": f"C{i}Vertebra" for i in range(1, 8)},
+                                  **{f"T{i}": f"T{i}Vertebra" for i in range(1, 13)},
                                   **{f"L{i}": f"L{i}Vertebra" for i in range(1, 6)}}
 
 
 def vertebra_code(name: str) -> Any:
-    """The SNOMED CT code of a vertebra (``"C1"`` .. ``"C7"``, ``"T1"``, ``"L1"`` .. ``"L5"``)."""
+    """The SNOMED CT code of a vertebra (``"C1"`` .. ``"C7"``, ``"T1"`` .. ``"T12"``, ``"L1"`` .. ``"L5"``)."""
     from pydicom.sr.codedict import codes
 
     return getattr(codes.SCT, VERTEBRA_CODES[name])
@@ -76,7 +77,8 @@ def read_source_series(folder: str | Path, series_uid: str | None = None) -> Sou
 
     An empty SOPInstanceUID or SOPClassUID is taken from the file meta (MediaStorageSOPInstanceUID /
     MediaStorageSOPClassUID), which by definition hold the same values; missing type 2 patient and study
-    attributes (PatientBirthDate, StudyID, ...) are added empty, as the standard allows (in memory only).
+    attributes (PatientBirthDate, StudyID, ...) are added empty, as the standard allows, and a missing
+    SliceThickness is the step between slices (in memory only).
 
     Raises:
         InputError: no image of that series, or an empty StudyInstanceUID / SeriesInstanceUID (a SEG or SR
@@ -110,11 +112,27 @@ def read_source_series(folder: str | Path, series_uid: str | None = None) -> Sou
         paths.append(path)
     if not datasets:
         raise InputError(folder, f"no DICOM image of series {series_uid or '<any>'} to reference")
+    _fill_slice_thickness(datasets)
     for key in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
         empty = [p for p, ds in zip(paths, datasets, strict=True) if not str(ds.get(key, "") or "")]
         if empty:
             raise InputError(empty[0], f"empty {key}: a DICOM SEG or SR cannot reference this series")
     return SourceSeries(folder, datasets, paths)
+
+
+def _fill_slice_thickness(datasets: list[Any]) -> None:
+    """A missing SliceThickness (the SEG's pixel measures need one) becomes the median step between slice
+    positions along the normal, as ``read_series`` measures it (1 mm for a single slice)."""
+    if all(str(ds.get("SliceThickness", "") or "") for ds in datasets):
+        return
+    iop = np.asarray([float(v) for v in datasets[0].ImageOrientationPatient])
+    normal = np.cross(iop[:3], iop[3:])
+    along = np.sort([float(np.dot(normal, [float(v) for v in ds.ImagePositionPatient])) for ds in datasets])
+    steps = np.diff(along)
+    step = float(np.median(steps[steps > 1e-3])) if np.any(steps > 1e-3) else 1.0
+    for ds in datasets:
+        if not str(ds.get("SliceThickness", "") or ""):
+            ds.SliceThickness = round(step, 4)
 
 
 def _frame_world(ds: Any) -> np.ndarray:
