@@ -30,9 +30,15 @@ from spinelab.registry import (
     VERTEBRAE,
 )
 
-__all__ = ["build_cervical_sr", "build_lumbar_sr", "private_code", "PRIVATE_SCHEME"]
+__all__ = ["build_cervical_sr", "build_lumbar_sr", "private_code", "PRIVATE_SCHEME", "CONDITION_CODES",
+           "GRADE_CODES"]
 
 PRIVATE_SCHEME = "99SPINELAB"
+#: short code values (SH, at most 16 characters) of the private concepts; the meanings spell them out
+CONDITION_CODES = {"left_neural_foraminal_narrowing": "LNFN", "left_subarticular_stenosis": "LSS",
+                   "right_neural_foraminal_narrowing": "RNFN", "right_subarticular_stenosis": "RSS",
+                   "spinal_canal_stenosis": "SCS"}
+GRADE_CODES = {"normal_mild": "NM", "moderate": "MOD", "severe": "SEV"}
 _DISC_KEYWORDS = {"l1_l2": "L1L2Disc", "l2_l3": "L2L3Disc", "l3_l4": "L3L4Disc", "l4_l5": "L4L5Disc",
                   "l5_s1": "L5S1Disc"}
 
@@ -135,7 +141,7 @@ def build_cervical_sr(result: Any, source: SourceSeries, seg: Any | None = None,
 def _grade_codes() -> dict[str, Any]:
     from pydicom.sr.codedict import codes
 
-    return {"normal_mild": private_code("normal_mild", "Normal/Mild"), "moderate": codes.SCT.Moderate,
+    return {"normal_mild": private_code(GRADE_CODES["normal_mild"], "Normal/Mild"), "moderate": codes.SCT.Moderate,
             "severe": codes.SCT.Severe}
 
 
@@ -156,7 +162,7 @@ def build_lumbar_sr(result: Any, sources: Sequence[SourceSeries], *, algorithm: 
     grade_codes = _grade_codes()
     groups = []
     for condition in LUMBAR_CONDITIONS:
-        finding = private_code(condition, LUMBAR_CONDITION_TITLES[condition])
+        finding = private_code(CONDITION_CODES[condition], LUMBAR_CONDITION_TITLES[condition])
         side = codes.SCT.Left if condition.startswith("left") else codes.SCT.Right \
             if condition.startswith("right") else None
         for level in LUMBAR_LEVELS:
@@ -164,8 +170,9 @@ def build_lumbar_sr(result: Any, sources: Sequence[SourceSeries], *, algorithm: 
             probs = result.grades[key]
             site = hd.sr.FindingSite(getattr(codes.SCT, _DISC_KEYWORDS[level]), laterality=side)
             measurements = [hd.sr.Measurement(
-                name=private_code(f"p_{grade}", f"Probability of {title}"), value=float(probs[grade]), unit=c["unit"],
-                algorithm_id=algo) for grade, title in zip(LUMBAR_GRADES, LUMBAR_GRADE_NAMES, strict=True)]
+                name=private_code(f"P-{GRADE_CODES[grade]}", f"Probability of {title}"),
+                value=float(probs[grade]), unit=c["unit"], algorithm_id=algo)
+                for grade, title in zip(LUMBAR_GRADES, LUMBAR_GRADE_NAMES, strict=True)]
             best = max(LUMBAR_GRADES, key=lambda g: probs[g])
             groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(
