@@ -68,13 +68,14 @@ class PacsNode:
 
     def start(self) -> None:
         """Listen for C-STORE and C-ECHO (non-blocking) and start the worker that predicts quiet studies."""
-        from pynetdicom import AE, AllStoragePresentationContexts, evt
+        from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
         from pynetdicom.sop_class import Verification
 
         if self._server is not None:
             return
         ae = AE(ae_title=self.config.ae_title)
-        ae.supported_contexts = AllStoragePresentationContexts
+        for context in AllStoragePresentationContexts:  # any transfer syntax: studies arrive compressed too
+            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification)
         ae.maximum_pdu_size = 0
         self._server = ae.start_server((self.config.host, self.config.port), block=False,

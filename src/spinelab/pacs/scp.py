@@ -15,9 +15,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["StudySpool", "is_uid", "storage_handler"]
+__all__ = ["StudySpool", "is_uid", "is_source_image", "storage_handler", "DERIVED_MODALITIES"]
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+#: derived objects a node receives but never predicts (SEG carries pixel data too)
+DERIVED_MODALITIES = frozenset({"SEG", "SR", "KO", "PR", "RTSTRUCT", "REG", "DOC"})
+_DERIVED_CLASS_PREFIXES = ("1.2.840.10008.5.1.4.1.1.66", "1.2.840.10008.5.1.4.1.1.88.")
+
+
+def is_source_image(dataset: Any) -> bool:
+    """An image a model can read: pixel data, not a derived object (SEG, SR, presentation state, ...)."""
+    if "PixelData" not in dataset or "Rows" not in dataset:
+        return False
+    sop_class = str(dataset.get("SOPClassUID", "") or "")
+    return (str(dataset.get("Modality", "") or "").upper() not in DERIVED_MODALITIES
+            and not sop_class.startswith(_DERIVED_CLASS_PREFIXES))
 
 
 def is_uid(value: str) -> bool:
@@ -47,7 +59,7 @@ class StudySpool:
         Raises:
             ValueError: a Study/Series/SOP Instance UID that is not a UID.
         """
-        if "PixelData" not in dataset or "Rows" not in dataset:
+        if not is_source_image(dataset):
             return None
         uids = [str(dataset.get(k, "") or "") for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")]
         bad = [u for u in uids if not is_uid(u)]
