@@ -33,7 +33,7 @@ class Collector:
     """A C-STORE SCP that keeps every dataset it receives (a stand-in PACS)."""
 
     def __init__(self, ae_title: str = "PACS") -> None:
-        from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
+        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 
         self.received: list[Any] = []
         self.arrived = threading.Condition()

@@ -68,7 +68,7 @@ class PacsNode:
 
     def start(self) -> None:
         """Listen for C-STORE and C-ECHO (non-blocking) and start the worker that predicts quiet studies."""
-        from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
+        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
         from pynetdicom.sop_class import Verification
 
         if self._server is not None:
