@@ -155,3 +155,20 @@ def test_lumbar_predict_dicom_out_writes_the_grades_sr(tmp_path: Path) -> None:
     evidence = {str(r.SeriesInstanceUID) for s in sr.CurrentRequestedProcedureEvidenceSequence
                 for r in s.ReferencedSeriesSequence}
     assert evidence == series and len(series) >= 3
+
+
+def test_the_ranges_seg_of_a_flipped_series_lands_on_the_right_pixels(tmp_path: Path) -> None:
+    """Rows running anterior and columns to the patient's right: the canonical grid reverses both, so the
+    canonical crop box's top-left corner is the source frames' bottom-right one; canonical slice 0 (the most
+    cranial) is the highest z."""
+    folder = tiny_ct_series(tmp_path, rows=6, cols=5, slices=4, iop=(-1, 0, 0, 0, -1, 0))
+    result = StudyResult(schema_version=1, study="s", probabilities=PROBS,
+                         vertebra_ranges={"C1": {"start_index": 0, "end_index": 0}}, crop_box=[0.0, 0.0, 2.0, 3.0])
+    seg = pydicom.dcmread(write_dicom_results(result, folder, tmp_path / "out")[0])
+    assert int(seg.NumberOfFrames) == 1
+    item = seg.PerFrameFunctionalGroupsSequence[0]
+    assert float(item.PlanePositionSequence[0].ImagePositionPatient[2]) == 6.0  # z of the top slice
+    frame = seg.pixel_array.reshape(6, 5).astype(bool)
+    expected = np.zeros((6, 5), bool)
+    expected[3:, 3:] = True  # the last 3 rows and the last 2 columns
+    assert np.array_equal(frame, expected)

@@ -8,8 +8,10 @@ import numpy as np
 import pydicom
 
 
-def tiny_ct_series(tmp_path: Path, *, rows: int = 6, cols: int = 5, slices: int = 4, reverse: bool = False) -> Path:
-    """A small CT series written slice by slice (file order head to feet when ``reverse``)."""
+def tiny_ct_series(tmp_path: Path, *, rows: int = 6, cols: int = 5, slices: int = 4, reverse: bool = False,
+                   iop: tuple[float, ...] = (1, 0, 0, 0, 1, 0)) -> Path:
+    """A small CT series written slice by slice (file order head to feet when ``reverse``; ``iop``: the
+    ImageOrientationPatient of every slice)."""
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
@@ -28,7 +30,7 @@ def tiny_ct_series(tmp_path: Path, *, rows: int = 6, cols: int = 5, slices: int 
         ds.Modality, ds.PatientID, ds.PatientName = "CT", "P1", "Test^Patient"
         ds.InstanceNumber = k + 1
         ds.ImagePositionPatient = [-10.0, -20.0, z]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImageOrientationPatient = list(iop)
         ds.PixelSpacing = [1.5, 1.0]
         ds.Rows, ds.Columns = rows, cols
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"

@@ -16,7 +16,9 @@ C6 36054005, C7 87391001, T1 64864005), the category is "Anatomical Structure" (
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ from spinelab.errors import InputError
 from spinelab.io.volume import Volume
 
 __all__ = ["SourceSeries", "read_source_series", "labels_on_frames", "vertebra_code", "build_vertebra_seg",
-           "ranges_label_map", "MANUFACTURER", "VERTEBRA_CODES"]
+           "ranges_label_map", "quiet_name_warning", "MANUFACTURER", "VERTEBRA_CODES"]
 
 log = logging.getLogger("spinelab")
 
@@ -135,6 +137,15 @@ def _fill_slice_thickness(datasets: list[Any]) -> None:
             ds.SliceThickness = round(step, 4)
 
 
+@contextmanager
+def quiet_name_warning() -> Iterator[None]:
+    """highdicom warns about a one-part PatientName it copies from the source (e.g. an anonymised ``12345``):
+    not ours to fix, and said once per file it would drown the log."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"The string .* is unlikely to represent the intended person name")
+        yield
+
+
 def _frame_world(ds: Any) -> np.ndarray:
     """``(Rows, Columns, 3)`` LPS mm of every pixel centre of one single-frame image."""
     ipp = np.asarray([float(v) for v in ds.ImagePositionPatient])
@@ -213,9 +224,11 @@ def build_vertebra_seg(labels: Volume, source: SourceSeries, names: dict[int, st
             segmented_property_category=codes.SCT.AnatomicalStructure,
             segmented_property_type=vertebra_code(name), algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algo, tracking_uid=hd.UID(), tracking_id=f"{name} ({algorithm})"))
-    return hd.seg.Segmentation(
-        source_images=source.datasets, pixel_array=lut[frames], segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=series_number,
-        sop_instance_uid=hd.UID(), instance_number=1, manufacturer=MANUFACTURER,
-        manufacturer_model_name=f"spinelab {algorithm}", software_versions=__version__, device_serial_number="0",
-        content_description=description[:64], content_label="VERTEBRAE", series_description=description[:64])
+    with quiet_name_warning():
+        return hd.seg.Segmentation(
+            source_images=source.datasets, pixel_array=lut[frames],
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descriptions,
+            series_instance_uid=hd.UID(), series_number=series_number, sop_instance_uid=hd.UID(), instance_number=1,
+            manufacturer=MANUFACTURER, manufacturer_model_name=f"spinelab {algorithm}",
+            software_versions=__version__, device_serial_number="0", content_description=description[:64],
+            content_label="VERTEBRAE", series_description=description[:64])

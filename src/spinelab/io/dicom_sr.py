@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from spinelab import __version__
-from spinelab.io.dicom_seg import MANUFACTURER, SourceSeries, vertebra_code
+from spinelab.io.dicom_seg import MANUFACTURER, SourceSeries, quiet_name_warning, vertebra_code
 from spinelab.registry import (
     LUMBAR_CONDITION_TITLES,
     LUMBAR_CONDITIONS,
@@ -86,10 +86,11 @@ def _report(evidence: Sequence[Any], groups: list[Any], *, title: str,
     report = hd.sr.MeasurementReport(observation_context=_observation_context(algorithm),
                                      procedure_reported=procedure, imaging_measurements=groups,
                                      title=codes.cid7021.ImagingMeasurementReport)
-    return hd.sr.Comprehensive3DSR(
-        evidence=list(evidence), content=report, series_instance_uid=hd.UID(), series_number=series_number,
-        sop_instance_uid=hd.UID(), instance_number=1, manufacturer=MANUFACTURER, is_complete=True,
-        series_description=title[:64])
+    with quiet_name_warning():
+        return hd.sr.Comprehensive3DSR(
+            evidence=list(evidence), content=report, series_instance_uid=hd.UID(), series_number=series_number,
+            sop_instance_uid=hd.UID(), instance_number=1, manufacturer=MANUFACTURER, is_complete=True,
+            series_description=title[:64])
 
 
 def build_cervical_sr(result: Any, source: SourceSeries, seg: Any | None = None, *, algorithm: str = "cervical",
