@@ -450,7 +450,8 @@ def train(
 def predict(
     task: Annotated[str, _task_argument()],
     model: Annotated[list[Path], typer.Option(
-        "--model", help="Run folder written by `spinelab train`; repeat it for an ensemble (any routes of TASK).")],
+        "--model", help="Run folder of `spinelab train` or model package of `spinelab export model`; repeat it "
+                        "for an ensemble (any routes of TASK).")],
     input: Annotated[Path, typer.Option(
         "--input", "-i", help="A dataset folder, a folder of studies, one study folder, or a NIfTI/DICOM file.")],
     out: Annotated[Path, typer.Option(*_OUT, help="Output folder.", callback=_out_folder)],
@@ -472,6 +473,8 @@ def predict(
         help="Cervical: the SeriesInstanceUID or SeriesDescription to read when a study holds several.")] = None,
     strict: Annotated[bool, typer.Option(
         "--strict", help="Refuse a study on any input warning, not only on a refusal rule.")] = False,
+    runtime: Annotated[str, typer.Option(help="torch, or onnx: a package's exported 2D networks on onnxruntime "
+                                              "(`spinelab export onnx`).", callback=_runtime_choice)] = "torch",
     dicom_out: Annotated[bool, typer.Option("--dicom-out", help="Also write each DICOM study's SEG and SR: "
                                                                 "OUT/dicom/<study>/seg.dcm, sr.dcm.")] = False,
 ) -> None:
@@ -485,7 +488,8 @@ def predict(
     result = api_predict(task, model=model, input=input, out=out, labels=labels, weights=weights, device=device,
                          precision=precision, compile=compile, tta=tta,
                          folds=[int(f) for f in folds.split(",")] if folds else None,
-                         series=series, strict=strict, dicom_out=dicom_out)
+                         series=series, strict=strict, runtime=runtime,
+                         dicom_out=dicom_out)
     typer.echo(f"submission: {result['submission']}")
     if result.get("evaluation"):
         typer.echo(f"evaluation: {result['evaluation']}")
@@ -495,6 +499,12 @@ def predict(
         raise typer.Exit(code=3)
 
 
+def _runtime_choice(value: str) -> str:
+    if value not in ("torch", "onnx"):
+        raise typer.BadParameter(f"choose torch or onnx, got {value!r}")
+    return value
+
+
 @app.command()
 def segment(
     input: Annotated[Path, typer.Option(
@@ -502,8 +512,8 @@ def segment(
     out: Annotated[Path, typer.Option(*_OUT, help="Output folder (one sub-folder per study for a dataset).",
                                       callback=_out_folder)],
     model: Annotated[Path, typer.Option(
-        "--model", help="Run folder of a cervical/seg3d `spinelab train` (or of cervical/fracseg with a seg "
-                        "section: adds fracture_prob.nii.gz), or a trained nnU-Net v2 model folder.")],
+        "--model", help="Run folder (or model package) of a cervical/seg3d `spinelab train` (or of cervical/fracseg "
+                        "with a seg section: adds fracture_prob.nii.gz), or a trained nnU-Net v2 model folder.")],
     device: Annotated[str | None, typer.Option(help="cpu, cuda or auto [default: the run's infer.device]")] = None,
     precision: Annotated[str | None, typer.Option(
         help="fp32, bf16 or fp16 (GPU) autocast [default: the run's infer.precision]",
