@@ -36,6 +36,7 @@ from spinelab import __version__
 from spinelab.errors import SpinelabError, describe_os_error
 from spinelab.interop.export_cli import export_app
 from spinelab.pacs.pacs_cli import pacs_app
+from spinelab.scale_cli import Engine, EngineOption, NumNodesOption, RayAddressOption
 
 __all__ = ["app", "main", "configure_logging"]
 
@@ -299,11 +300,12 @@ def cache_build(
     dataset_dir: Annotated[Path, typer.Argument(help="Kaggle-layout dataset (or any tree of DICOM series).")],
     out: Annotated[Path, typer.Option(*_OUT, help="Cache folder to write.", callback=_out_folder)],
     workers: Annotated[int, typer.Option(min=1, help="Parallel worker processes.")] = 2,
+    engine: EngineOption = Engine.local, ray_address: RayAddressOption = None,
 ) -> None:
     """Decode every series once into int16 .npy + JSON sidecar; resumable; failures go to a report."""
     from spinelab.io.cache import build_cache
 
-    summary = build_cache(dataset_dir, out, workers=workers)
+    summary = build_cache(dataset_dir, out, workers=workers, engine=engine.value, ray_address=ray_address)
     typer.echo(f"cache: {summary['done']} series ready, {summary['failed']} failed -> {out}")
     if summary["failed"]:
         logging.getLogger("spinelab").warning("failures listed in %s", summary["report"])
@@ -420,6 +422,7 @@ def train(
              "[default: each stage's train.keep, last]")] = None,
     devices: Annotated[str | None, typer.Option(help="Devices for Lightning (e.g. 1, 2, auto).")] = None,
     strategy: Annotated[str | None, typer.Option(help="Lightning strategy, e.g. ddp.")] = None,
+    num_nodes: NumNodesOption = None,
     precision: Annotated[str | None, typer.Option(
         help="bf16, fp16 or fp32 (= trainer.precision; Lightning spellings such as bf16-mixed too).",
         callback=_precision("training"))] = None,
@@ -435,6 +438,8 @@ def train(
         cfg.trainer.devices = devices
     if strategy is not None:
         cfg.trainer.strategy = strategy
+    if num_nodes is not None:
+        cfg.trainer.num_nodes = num_nodes
     if precision is not None:
         cfg.trainer.precision = precision  # the schema maps bf16 to Lightning's bf16-mixed
     if print_config:
@@ -475,6 +480,7 @@ def predict(
         "--strict", help="Refuse a study on any input warning, not only on a refusal rule.")] = False,
     runtime: Annotated[str, typer.Option(help="torch, or onnx: a package's exported 2D networks on onnxruntime "
                                               "(`spinelab export onnx`).", callback=_runtime_choice)] = "torch",
+    engine: EngineOption = Engine.local, ray_address: RayAddressOption = None,
     dicom_out: Annotated[bool, typer.Option("--dicom-out", help="Also write each DICOM study's SEG and SR: "
                                                                 "OUT/dicom/<study>/seg.dcm, sr.dcm.")] = False,
 ) -> None:
@@ -488,8 +494,8 @@ def predict(
     result = api_predict(task, model=model, input=input, out=out, labels=labels, weights=weights, device=device,
                          precision=precision, compile=compile, tta=tta,
                          folds=[int(f) for f in folds.split(",")] if folds else None,
-                         series=series, strict=strict, runtime=runtime,
-                         dicom_out=dicom_out)
+                         series=series, strict=strict, runtime=runtime, engine=engine.value,
+                         ray_address=ray_address, dicom_out=dicom_out)
     typer.echo(f"submission: {result['submission']}")
     if result.get("evaluation"):
         typer.echo(f"evaluation: {result['evaluation']}")
