@@ -168,12 +168,11 @@ def predict_dataset(predictor: Predictor | Callable[[], Predictor], input: str |
         from spinelab.ray_engine import predict_studies_on_ray
 
         results = predict_studies_on_ray(studies, functools.partial(study_function, predictor, input, split, out,
-                                                                    options),
+                                                                    options, dicom_out=dicom_out),
                                          out_dir=out, progress=progress, description=f"{task} predict (ray)",
                                          task=task, address=ray_address)
     else:
-        one, fallback, model_info = study_function(predictor, input, split, out, options,
-                                                      dicom_out=dicom_out)
+        one, fallback, model_info = study_function(predictor, input, split, out, options, dicom_out=dicom_out)
         results = predict_studies(studies, one, fallback, out_dir=out, progress=progress,
                                   description=f"{task} predict", task=task, model=model_info)
     submission_frame, wide = output.frames(results)
