@@ -102,3 +102,13 @@ def test_an_unknown_engine_is_refused_before_any_work(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown engine 'spark'"):
         build_cache(tmp_path, tmp_path / "c", engine="spark")
     assert not (tmp_path / "c").exists()
+
+
+def test_predict_on_ray_writes_the_dicom_results_too(ray_instance, dataset: Path, tmp_path: Path) -> None:
+    run = materialize("cervical", tmp_path / "run")
+    good = sorted((dataset / "test_images").iterdir())[0]
+    api.predict("cervical", model=run, input=good, out=tmp_path / "ray", engine="ray", dicom_out=True,
+                tta=False, progress=False)
+    record = json.loads((tmp_path / "ray" / "studies" / f"{good.name}.json").read_text())
+    assert record["dicom_files"] == [f"dicom/{good.name}/seg.dcm", f"dicom/{good.name}/sr.dcm"]
+    assert all((tmp_path / "ray" / f).stat().st_size > 0 for f in record["dicom_files"])

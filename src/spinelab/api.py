@@ -59,7 +59,7 @@ def predict(task: str, *, model: str | Path | Sequence[str | Path], input: str |
             device: str | None = None, precision: str | None = None, compile: bool | None = None,
             tta: bool | None = None, folds: list[int] | None = None, series: str | None = None,
             strict: bool = False, runtime: str = "torch", progress: bool = True, engine: str = "local",
-            ray_address: str | None = None) -> dict[str, Any]:
+            ray_address: str | None = None, dicom_out: bool = False) -> dict[str, Any]:
     """Predict a dataset, a study folder or one NIfTI/DICOM file with a run folder, or with several (an
     ensemble, ``spinelab.infer.ensemble``); see ``spinelab predict --help``.
 
@@ -71,6 +71,8 @@ def predict(task: str, *, model: str | Path | Sequence[str | Path], input: str |
     a run folder does (verified against its manifest first); ``runtime="onnx"`` runs its exported 2D networks
     on onnxruntime (``spinelab export onnx``). ``engine="ray"`` runs the studies in Ray actors (each builds the
     predictor once) on the cluster at ``ray_address`` (``spinelab.ray_engine``); the outputs are the same.
+    ``dicom_out`` also writes each DICOM study's SEG and SR (``spinelab.infer.dicom_results``) into
+    ``out/dicom/<study id>/``.
 
     Returns:
         The submission, predictions, manifest and evaluation paths, ``studies`` and ``counts``
@@ -102,7 +104,7 @@ def predict(task: str, *, model: str | Path | Sequence[str | Path], input: str |
         return load_ensemble(task, models, weights, **settings)
 
     return predict_dataset(build, input, out, task=task, output=output, labels=labels, progress=progress,
-                           engine=engine, ray_address=ray_address, **options)
+                           engine=engine, ray_address=ray_address, dicom_out=dicom_out, **options)
 
 
 def fit_ensemble(model: Sequence[str | Path], out: str | Path) -> Path:

@@ -35,6 +35,7 @@ from typer.exceptions import Abort, Exit, TyperException
 from spinelab import __version__
 from spinelab.errors import SpinelabError, describe_os_error
 from spinelab.interop.export_cli import export_app
+from spinelab.pacs.pacs_cli import pacs_app
 from spinelab.scale_cli import Engine, EngineOption, NumNodesOption, RayAddressOption
 
 __all__ = ["app", "main", "configure_logging"]
@@ -110,6 +111,7 @@ app.add_typer(ensemble_app, name="ensemble")
 app.add_typer(synth_app, name="synth")
 app.add_typer(labels_app, name="labels")
 app.add_typer(export_app, name="export")
+app.add_typer(pacs_app, name="pacs")
 
 
 def _task_name(value: str | None) -> str | None:
@@ -479,6 +481,8 @@ def predict(
     runtime: Annotated[str, typer.Option(help="torch, or onnx: a package's exported 2D networks on onnxruntime "
                                               "(`spinelab export onnx`).", callback=_runtime_choice)] = "torch",
     engine: EngineOption = Engine.local, ray_address: RayAddressOption = None,
+    dicom_out: Annotated[bool, typer.Option("--dicom-out", help="Also write each DICOM study's SEG and SR: "
+                                                                "OUT/dicom/<study>/seg.dcm, sr.dcm.")] = False,
 ) -> None:
     """Predict every study: submission.csv, one JSON per study, manifest.json, and an evaluation when labels
     exist. Several --model runs are an ensemble: their probabilities are averaged per study. Exit 0 when every
@@ -491,7 +495,7 @@ def predict(
                          precision=precision, compile=compile, tta=tta,
                          folds=[int(f) for f in folds.split(",")] if folds else None,
                          series=series, strict=strict, runtime=runtime, engine=engine.value,
-                         ray_address=ray_address)
+                         ray_address=ray_address, dicom_out=dicom_out)
     typer.echo(f"submission: {result['submission']}")
     if result.get("evaluation"):
         typer.echo(f"evaluation: {result['evaluation']}")

@@ -134,7 +134,8 @@ def write_manifest(out_dir: Path, results: list[dict[str, Any]], ids: Sequence[s
 
 def predict_dataset(predictor: Predictor | Callable[[], Predictor], input: str | Path, out: str | Path, *, task: str,
                     output: TaskOutput, labels: str | Path | None = None, progress: bool = True,
-                    engine: str = "local", ray_address: str | None = None, **options: Any) -> dict[str, Any]:
+                    engine: str = "local", ray_address: str | None = None, dicom_out: bool = False,
+                    **options: Any) -> dict[str, Any]:
     """Predict every study under ``input`` with any route's predictor: ``submission.csv``, ``predictions.csv``,
     ``studies/<id>.json``, ``manifest.json`` and ``evaluation.json`` when labels exist.
 
@@ -147,6 +148,8 @@ def predict_dataset(predictor: Predictor | Callable[[], Predictor], input: str |
         engine: ``local`` (this process) or ``ray``: the same per-study function in Ray actors (one predictor
             per actor, built by ``predictor``, which must then be picklable), on the cluster at ``ray_address``
             (``None``: the running Ray instance, else a new local one); see ``spinelab.ray_engine``.
+        dicom_out: also write each predicted DICOM study's SEG and SR into ``out/dicom/<study id>/``
+            (``infer.dicom_results``); the files are listed in the study JSON under ``dicom_files``.
         options: per-study options of the task (cervical: ``series``).
 
     Returns:
@@ -165,11 +168,11 @@ def predict_dataset(predictor: Predictor | Callable[[], Predictor], input: str |
         from spinelab.ray_engine import predict_studies_on_ray
 
         results = predict_studies_on_ray(studies, functools.partial(study_function, predictor, input, split, out,
-                                                                    options),
+                                                                    options, dicom_out=dicom_out),
                                          out_dir=out, progress=progress, description=f"{task} predict (ray)",
                                          task=task, address=ray_address)
     else:
-        one, fallback, model_info = study_function(predictor, input, split, out, options)
+        one, fallback, model_info = study_function(predictor, input, split, out, options, dicom_out=dicom_out)
         results = predict_studies(studies, one, fallback, out_dir=out, progress=progress,
                                   description=f"{task} predict", task=task, model=model_info)
     submission_frame, wide = output.frames(results)
@@ -183,10 +186,11 @@ def predict_dataset(predictor: Predictor | Callable[[], Predictor], input: str |
 
 
 def study_function(predictor: Predictor | Callable[[], Predictor], input: Path, split: str, out: Path,
-                   options: dict[str, Any]) -> tuple[Callable[[str, Path], StudyResult],
-                                                     Callable[[str, str], StudyResult], dict[str, Any]]:
+                   options: dict[str, Any], *, dicom_out: bool = False
+                   ) -> tuple[Callable[[str, Path], StudyResult], Callable[[str, str], StudyResult], dict[str, Any]]:
     """``(predict_one(study_id, path), fallback(study_id, error), model_info)`` of a predictor (built here when
-    given as a function): what the local loop and every Ray worker run per study."""
+    given as a function): what the local loop and every Ray worker run per study; with ``dicom_out`` each
+    study's SEG and SR are written after its prediction."""
     if callable(predictor) and not hasattr(predictor, "predict_study"):
         predictor = predictor()
     if hasattr(predictor, "set_output_dir"):  # a route that writes files per study (fracseg: fracture maps)
@@ -197,7 +201,31 @@ def study_function(predictor: Predictor | Callable[[], Predictor], input: Path, 
     else:
         def one(sid: str, path: Path) -> StudyResult:
             return predictor.predict_study(path, sid, **options)
+    if dicom_out:
+        one = _with_dicom_results(one, out, series=options.get("series"))
     return one, predictor.fallback, predictor.model_info
+
+
+def _with_dicom_results(one: Callable[[str, Path], StudyResult], out: Path, *,
+                        series: str | None) -> Callable[[str, Path], StudyResult]:
+    """``one`` followed by the study's DICOM SEG and SR; a writer's failure is a warning of the study, never
+    a failed prediction."""
+    from spinelab.infer.dicom_results import DICOM_DIR, write_dicom_results
+
+    def wrapped(sid: str, path: Path) -> StudyResult:
+        result = _as_result(one(sid, path))
+        try:
+            files = write_dicom_results(result, path, out / DICOM_DIR / sid, series=series)
+        except Exception as err:  # noqa: BLE001 - the prediction stands; the reason goes into its JSON
+            message = f"no DICOM results: {type(err).__name__}: {err}"
+            log.warning("study %s: %s", sid, message)
+            result.warnings = [*result.warnings, message]
+            result.status = "warning" if result.status == "ok" else result.status
+            return result
+        result.dicom_files = [f.relative_to(out).as_posix() for f in files]
+        return result
+
+    return wrapped
 
 
 def _as_result(result: Any) -> StudyResult:
