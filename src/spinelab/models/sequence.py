@@ -51,6 +51,9 @@ class SliceWindowNet(nn.Module):
         """Per-slice CNN features ``(B, T, F)`` (what the study stage caches)."""
         return self.encoder.image_features(x)
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embed(x)
+
     def forward_head(self, feats: torch.Tensor) -> dict[str, torch.Tensor]:
         out, _ = self.encoder.gru(self.encoder.dropout(feats))
         return {"ratio": self.ratio_head(out), "fracture": self.fracture_head(out)}
@@ -74,10 +77,13 @@ class StudyHead(nn.Module):
         self.weight = nn.Parameter(torch.randn(n, 2 * hidden) * (2 * hidden) ** -0.5)
         self.bias = nn.Parameter(torch.full((n,), float(torch.logit(torch.tensor(prior)))))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        b, t = x.shape[:2]
-        mask = torch.ones(b, t, dtype=torch.bool, device=x.device) if mask is None else mask.bool()
-        h = self.proj(x)
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-step projection ``(B, T, hidden)`` of the embeddings."""
+        return self.proj(x)
+
+    def forward_head(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        b, t = h.shape[:2]
+        mask = torch.ones(b, t, dtype=torch.bool, device=h.device) if mask is None else mask.bool()
         lengths = mask.sum(1).clamp(min=1).cpu()
         packed = pack_padded_sequence(h, lengths, batch_first=True, enforce_sorted=False)
         out, _ = self.gru(packed)
@@ -88,3 +94,6 @@ class StudyHead(nn.Module):
         logits = (pooled * self.weight).sum(-1) + self.bias
         return {"vertebra": logits[:, :self.n_vertebrae], "overall": logits[:, self.n_vertebrae],
                 "attention": attn}
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        return self.forward_head(self.forward_features(x), mask)

@@ -67,7 +67,8 @@ class EmbeddingCache:
         """``(T, F)`` fp16, memory-mapped."""
         return np.load(self.path(uid), mmap_mode="r")
 
-    def build(self, uids: Iterable[str], embed: Callable[[str], np.ndarray], *, progress: bool = True) -> dict[str, Any]:
+    def build(self, uids: Iterable[str], embed: Callable[[str], np.ndarray], *,
+              progress: bool = True) -> dict[str, Any]:
         """Compute and write the studies not cached yet under this key; remove caches of other keys.
 
         Args:
@@ -99,7 +100,8 @@ class EmbeddingCache:
         meta_path = self.dir / "meta.json"
         meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {"build_seconds": 0.0, "built": 0}
         meta.update({"key": self.key, **self.parts, "studies": len(uids)})
-        meta["build_seconds"] = round(float(meta.get("build_seconds", 0.0)) + seconds, 3)
+        if todo:  # the time spent building, summed over the (killed and resumed) builds
+            meta["build_seconds"] = round(float(meta.get("build_seconds", 0.0)) + seconds, 3)
         meta["built"] = int(meta.get("built", 0)) + len(todo)
         atomic_write_json(meta_path, meta)
         return {"built": len(todo), "kept": len(uids) - len(todo), "seconds": seconds}
