@@ -123,3 +123,16 @@ def test_seeds_belong_to_the_sequence_route(tiny_cervical_dataset: Path, tmp_pat
                               "--seeds", "0,0", f"data.dataset_dir={tiny_cervical_dataset}"])
     assert res.exit_code == 2 and "distinct" in res.output
     assert not (tmp_path / "r").exists()
+
+
+def test_the_route_joins_an_ensemble_with_the_slice_route(tiny_sequence_run: Path, tiny_cervical_run: Path,
+                                                           tiny_cervical_dataset: Path, tmp_path: Path) -> None:
+    weights = api.fit_ensemble([tiny_cervical_run, tiny_sequence_run], tmp_path / "weights.json")
+    fitted = json.loads(Path(weights).read_text())
+    assert [m["route"] for m in fitted["members"]] == ["cervical/slices", "cervical/sequence"]
+    out = api.predict("cervical", model=[tiny_cervical_run, tiny_sequence_run], weights=[0.5, 0.5],
+                      input=tiny_cervical_dataset, out=tmp_path / "ens", progress=False, tta=False)
+    assert out["counts"]["failed"] == 0
+    result = json.loads(next((tmp_path / "ens" / "studies").glob("*.json")).read_text())
+    members = result["model"]["ensemble"]
+    assert [m["route"] for m in members] == ["cervical/slices", "cervical/sequence"]
