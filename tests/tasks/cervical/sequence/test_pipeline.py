@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,8 @@ from spinelab.cli import app
 from spinelab.registry import CERVICAL_TARGETS, VERTEBRAE
 from spinelab.tasks.cervical.sequence.study_stage import StudyHeadStage
 from spinelab.train.run_folder import read_run_config, read_training_log
+
+REPO = Path(__file__).resolve().parents[4]
 
 
 def _cache_meta(run: Path, stage: str = "slices_s0") -> list[dict]:
@@ -136,3 +140,14 @@ def test_the_route_joins_an_ensemble_with_the_slice_route(tiny_sequence_run: Pat
     result = json.loads(next((tmp_path / "ens" / "studies").glob("*.json")).read_text())
     members = result["model"]["ensemble"]
     assert [m["route"] for m in members] == ["cervical/slices", "cervical/sequence"]
+
+
+def test_loading_the_predictor_imports_no_training_code(tiny_sequence_run: Path) -> None:
+    code = ("import sys\nfrom spinelab.infer.ensemble import load_predictor\n"
+            f"load_predictor('cervical', {str(tiny_sequence_run)!r})\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('lightning', 'pytorch_lightning', "
+            "'spinelab.train.run', 'spinelab.train.module', 'spinelab.tasks.cervical.sequence.pipeline')) "
+            "and m != 'spinelab.train.run_folder'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO,
+                         env={"PYTHONPATH": f"{REPO / 'src'}:{REPO}", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    assert out.stdout.strip().splitlines()[-1] == "[]"
