@@ -102,6 +102,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=REPO / "bench/_work/cervical_accuracy")
     parser.add_argument("--note", default="", help="a paragraph added under the table (what the numbers mean)")
     parser.add_argument("--write", action="store_true")
+    parser.add_argument("--block", default="cervical_routes",
+                        help="the BENCHMARKS.md block --write replaces (a partial comparison can keep its own)")
     args = parser.parse_args()
     routes = [r.strip() for r in args.routes.split(",") if r.strip()]
     unknown = set(routes) - {"slices", "seg3d", "sequence"}
@@ -198,7 +200,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.write:
-        replace_block("cervical_routes", text)
+        replace_block(args.block, text)
 
 
 if __name__ == "__main__":
