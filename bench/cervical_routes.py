@@ -172,7 +172,8 @@ def main() -> None:
         names = list(oofs)
         rows[f"all routes ({' + '.join(names)}, equal weights)"] = mean_of(names, [1 / len(names)] * len(names))
     lines = [
-        "## Cervical routes side by side (`bench/cervical_routes.py`)",
+        "## Cervical routes side by side (`bench/cervical_routes.py`)" if len(runs) == 3 else
+        f"## Cervical routes: {', '.join(runs)} (`bench/cervical_routes.py --routes {','.join(runs)}`)",
         "",
         f"Machine: {machine_description()}. Dataset: {args.studies} synthetic studies at {args.size} px (seed "
         f"{args.seed}), fold 0 held out ({len(ids)} studies scored by every route); recipes "

@@ -151,3 +151,36 @@ def test_loading_the_predictor_imports_no_training_code(tiny_sequence_run: Path)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO,
                          env={"PYTHONPATH": f"{REPO / 'src'}:{REPO}", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_killed_labels_step_keeps_what_it_saved(tiny_sequence_run: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from spinelab.tasks.cervical import localization
+    from spinelab.tasks.cervical.sequence import labels
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_sequence_run, run, ignore=shutil.ignore_patterns("slices_s*", "study_s*", "embeddings"))
+    shutil.rmtree(run / "slice_labels")
+    (run / "localization.json").unlink()
+    cfg = read_run_config(run)
+    monkeypatch.setattr(labels, "_SAVE_EVERY", 1)
+    original, calls = localization.localize, {"n": 0}
+
+    def dying(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise RuntimeError("simulated kill")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(localization, "localize", dying)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        labels.write_slice_labels(cfg, run, progress=False)
+    saved = json.loads((run / "slice_labels" / "index.json").read_text())["studies"]
+    assert len(saved) == 3
+    calls["n"] = -100  # no more kills
+    labels.write_slice_labels(cfg, run, progress=False)
+    total = len(pd.read_csv(run / "folds.csv"))
+    assert calls["n"] == -100 + total - 3  # only the studies not saved were localised again
+    assert len(json.loads((run / "slice_labels" / "index.json").read_text())["studies"]) == total
+    assert set(json.loads((run / "localization.json").read_text())) == set(saved) | set(
+        json.loads((run / "slice_labels" / "index.json").read_text())["studies"])

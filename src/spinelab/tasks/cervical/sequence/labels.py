@@ -10,7 +10,8 @@ later stages see.
 
 Written per study to ``RUN/slice_labels/<uid>.npz`` (``ratio``, ``fracture`` ``(D, 7)`` float16 on the canonical
 grid, ``z_range``) with ``index.json`` (the key: stage-1 weights and settings); studies done with the same key
-are kept, so a killed step resumes. ``localization.json`` holds the stage-1 summaries, as in the slice route.
+are kept, so a killed step resumes (from its last save, every 16 studies). ``localization.json`` holds the stage-1
+summaries, as in the slice route.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from spinelab.registry import VERTEBRAE
 __all__ = ["pseudo_labels", "z_range", "write_slice_labels", "read_slice_labels", "labels_dir"]
 
 log = logging.getLogger("spinelab")
+#: studies between two saves of ``index.json`` and ``localization.json`` (each save rewrites both files whole)
+_SAVE_EVERY = 16
 
 
 def labels_dir(run_dir: str | Path) -> Path:
@@ -107,6 +110,7 @@ def write_slice_labels(cfg: Any, run_dir: Path, context: Any = None, progress: b
     loc = json.loads(loc_path.read_text()) if loc_path.is_file() and index["studies"] else {}
     segmented = set(studies.segmented_ids())
     runtime = Runtime(device="auto", precision="fp32", channels_last=False)
+    done = 0
     with progress_bar() as bar:
         task = bar.add_task("slice labels (stage 1)", total=len(studies.labels), visible=progress)
         for uid in studies.labels.index:
@@ -130,10 +134,13 @@ def write_slice_labels(cfg: Any, run_dir: Path, context: Any = None, progress: b
                          z_range=np.array([z0, z1], np.int64))
             loc[uid] = summary
             index["studies"][uid] = {"z_range": [z0, z1], "boxes": bool(boxes), "depth": int(vol.shape[0])}
-            # both written after each study: a killed step keeps what it finished
-            atomic_write_json(loc_path, loc)
-            atomic_write_json(index_path, index)
+            done += 1
+            if done % _SAVE_EVERY == 0:  # a killed step keeps what it finished (up to the last save)
+                atomic_write_json(loc_path, loc)
+                atomic_write_json(index_path, index)
             bar.advance(task)
+    atomic_write_json(loc_path, loc)
+    atomic_write_json(index_path, index)
     return index_path
 
 
