@@ -35,9 +35,10 @@ class SequenceLabelConfig(StrictModel):
 
 
 class SequenceSlicesConfig(StrictModel):
-    """Stage ``slices``: windows of ``window_len`` consecutive slices (every ``slice_step``-th inside the z-range)
-    as 2.5D images (``span`` adjacent slices per HU window) cropped to the stage-1 box; CNN per slice, BiGRU over
-    the window, heads for the 7 vertebra ratios and the 7 fracture pseudo-labels per slice."""
+    """Stage ``slices`` (defaults: the seed's): windows of ``window_len`` consecutive slices (every
+    ``slice_step``-th inside the z-range) as 2.5D images (``span`` adjacent slices per HU window) cropped to the
+    stage-1 box; CNN per slice, BiGRU over the window, heads for the 7 vertebra ratios and the 7 fracture
+    pseudo-labels per slice."""
 
     model: ModelConfig = Field(default_factory=lambda: ModelConfig(name="sequence_slice_model"))
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=10, batch_size=4))
@@ -49,13 +50,14 @@ class SequenceSlicesConfig(StrictModel):
     image_size: int = Field(default=256, ge=8)
     span: int = Field(default=3, ge=1)
     slice_step: int = Field(default=1, ge=1)
-    window_len: int = Field(default=24, ge=2)
+    #: the seed's windows of 96 slices
+    window_len: int = Field(default=96, ge=2)
     #: step between window starts at inference (and over the validation studies); overlaps are averaged
-    window_stride: int = Field(default=12, ge=1)
+    window_stride: int = Field(default=48, ge=1)
     #: training windows drawn per study and epoch (random starts inside the z-range)
     windows_per_study: int = Field(default=4, ge=1)
-    #: BCE up-weighting of positive fracture slices (the seed's positive weighting)
-    pos_weight: float = Field(default=5.0, gt=0.0)
+    #: BCE up-weighting of positive fracture slices (the seed weighted positives x2)
+    pos_weight: float = Field(default=2.0, gt=0.0)
     ratio_weight: float = Field(default=1.0, ge=0.0)
     fracture_weight: float = Field(default=1.0, ge=0.0)
     augment: bool = True

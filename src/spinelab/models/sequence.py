@@ -5,8 +5,9 @@ slice 7 vertebra-ratio and 7 fracture logits. ``embed`` gives the CNN's per-slic
 stage freezes the CNN and trains ``StudyHead`` on those features, cached once per study.
 
 ``StudyHead``: per-slice embeddings of a whole study ``(B, T, F)`` with a mask of the valid steps -> a projection,
-a bidirectional GRU over the valid steps (packed, so padding never enters the backward direction) and one
-attention pooling per target -> 7 vertebra logits and ``patient_overall``.
+a bidirectional GRU over the valid steps (packed, so padding never enters the backward direction), then per target
+its own attention pooling concatenated with the max-pooling of the valid steps (the seed's concat(max, attention))
+-> 7 vertebra logits and ``patient_overall``.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ class StudyHead(nn.Module):
         n = n_vertebrae + 1
         self.n_vertebrae = n_vertebrae
         self.score = nn.Sequential(nn.Linear(2 * hidden, 64), nn.Tanh(), nn.Linear(64, n))
-        self.weight = nn.Parameter(torch.randn(n, 2 * hidden) * (2 * hidden) ** -0.5)
+        self.weight = nn.Parameter(torch.randn(n, 4 * hidden) * (4 * hidden) ** -0.5)
         self.bias = nn.Parameter(torch.full((n,), float(torch.logit(torch.tensor(prior)))))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -91,6 +92,8 @@ class StudyHead(nn.Module):
         scores = self.score(out).masked_fill(~mask[..., None], torch.finfo(out.dtype).min)
         attn = torch.softmax(scores, dim=1)  # (B, T, 8): one pooling per target
         pooled = torch.einsum("btn,btf->bnf", attn, out)
+        top = out.masked_fill(~mask[..., None], torch.finfo(out.dtype).min).amax(dim=1)  # (B, 2H)
+        pooled = torch.cat([pooled, top[:, None].expand_as(pooled)], dim=-1)
         logits = (pooled * self.weight).sum(-1) + self.bias
         return {"vertebra": logits[:, :self.n_vertebrae], "overall": logits[:, self.n_vertebrae],
                 "attention": attn}
