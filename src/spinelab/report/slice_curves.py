@@ -46,11 +46,14 @@ def draw_slice_curves(volume: Volume, result: dict[str, Any], *, title: str = ""
     for ax in (sag_ax, curve_ax):
         ax.axhspan(min(r0, r1), max(r0, r1), color="#ffd54f", alpha=0.10 if ax is sag_ax else 0.18, lw=0, gid="z-range")
     probs = result.get("probabilities", {})
+    highest = 0.0
     for j, v in enumerate(VERTEBRAE):
         values = np.asarray(curves["fracture"][v], dtype=float)
+        highest = max(highest, float(values.max()) if values.size else 0.0)
         curve_ax.plot(values, rows, color=LEVEL_COLORS[j], lw=1.6, label=f"{v}  (P {probs.get(v, 0.0):.2f})")
     curve_ax.set_ylim(bottom, top)  # the same rows as the sagittal panel
-    curve_ax.set_xlim(0, 1)
+    # low curves stay readable: the axis ends above the highest value (at least 0.2, at most 1)
+    curve_ax.set_xlim(0, float(np.clip(1.15 * highest, 0.2, 1.0)))
     curve_ax.set_xlabel("per-slice fracture probability (slice models)")
     curve_ax.yaxis.set_visible(False)
     curve_ax.grid(axis="x", alpha=0.3)
