@@ -1,19 +1,23 @@
 """Cervical routes side by side: the slice route, the seg3d route (1st place: 3D segmentation, per-vertebra crops,
-type 1 and type 2) and their ensemble, on the held-out fold 0 of the cervical accuracy benchmark's synthetic
+type 1 and type 2), the sequence route (3rd place: slice-level labels, windowed slice model, study head on
+cached embeddings) and their ensembles, on the held-out fold 0 of the cervical accuracy benchmark's synthetic
 dataset (the same studies as ``bench/cervical_accuracy.py``; a run folder it left is reused).
 
-Both routes are scored on their out-of-fold predictions of fold 0 (``oof.csv``: models that never saw those
-studies; the seg3d crops of a held-out study come from the fold-0 segmentation model). The ensemble averages the
-two routes' probabilities per study.
+Every route is scored on its out-of-fold predictions of fold 0 (``oof.csv``: models that never saw those
+studies; the seg3d crops of a held-out study come from the fold-0 segmentation model). The ensembles average the
+routes' probabilities per study. ``--routes`` picks the routes to train and compare (all three by default); the
+sequence route starts from the slice run's stage 1 when both run (``--own-stage1`` trains its own).
 
-    python bench/cervical_routes.py [--studies 100 --size 256] [--slice-recipe R.yaml] [--seg3d-recipe R.yaml]
-                                    [--seg3d-set key=value ...] [--slice-set key=value ...] [--write]
+    python bench/cervical_routes.py [--studies 100 --size 256] [--routes slices,seg3d,sequence]
+                                    [--slice-recipe R.yaml] [--seg3d-recipe R.yaml] [--sequence-recipe R.yaml]
+                                    [--slice-set k=v ...] [--seg3d-set k=v ...] [--sequence-set k=v ...] [--write]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -43,12 +47,21 @@ def _scores(frame: pd.DataFrame) -> dict[str, float]:
     return out
 
 
-def _train(recipe: Path, sets: list[str], data: Path, work: Path) -> tuple[Any, Path, float]:
+def _train(recipe: Path, sets: list[str], data: Path, work: Path, stage1_from: Path | None = None
+           ) -> tuple[Any, Path, float]:
     cfg = load_config("cervical", [recipe], [f"data.dataset_dir={data}", *sets])
     run = work / f"run_{cfg.experiment}"
+    if stage1_from is not None and not (run / "stage1" / "fold_0" / "model.pt").is_file():
+        # the same stage 1 as the slice run (its model of fold 0), so the routes differ only after it
+        shutil.copytree(stage1_from / "stage1", run / "stage1", dirs_exist_ok=True)
     start = time.perf_counter()
     api.train(cfg, run_dir=run, fold="0", resume=True)
     return cfg, run, time.perf_counter() - start
+
+
+def _recipe_text(recipe: Path, sets: list[str]) -> str:
+    where = recipe.relative_to(REPO) if recipe.is_relative_to(REPO) else recipe
+    return f"`{where}`" + (" with " + " ".join(sets) if sets else "")
 
 
 def _stage_minutes(run: Path, stages: list[str]) -> str:
@@ -77,51 +90,96 @@ def main() -> None:
     parser.add_argument("--studies", type=int, default=100)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=2022)
+    parser.add_argument("--routes", default="slices,seg3d,sequence", help="comma-separated routes to compare")
     parser.add_argument("--slice-recipe", type=Path, default=RECIPES / "bench256.yaml")
     parser.add_argument("--seg3d-recipe", type=Path, default=RECIPES / "seg3d_tiny.yaml")
+    parser.add_argument("--sequence-recipe", type=Path, default=RECIPES / "sequence_bench.yaml")
     parser.add_argument("--slice-set", nargs="*", default=[], help="overrides of the slice recipe")
     parser.add_argument("--seg3d-set", nargs="*", default=[], help="overrides of the seg3d recipe")
-    parser.add_argument("--weight", type=float, default=0.5, help="the seg3d route's share of the ensemble")
+    parser.add_argument("--sequence-set", nargs="*", default=[], help="overrides of the sequence recipe")
+    parser.add_argument("--own-stage1", action="store_true", help="the sequence route trains its own stage 1")
+    parser.add_argument("--weight", type=float, default=0.5, help="the seg3d route's share of the slice + seg3d row")
     parser.add_argument("--work", type=Path, default=REPO / "bench/_work/cervical_accuracy")
     parser.add_argument("--note", default="", help="a paragraph added under the table (what the numbers mean)")
     parser.add_argument("--write", action="store_true")
+    parser.add_argument("--block", default="cervical_routes",
+                        help="the BENCHMARKS.md block --write replaces (a partial comparison can keep its own)")
     args = parser.parse_args()
-    args.slice_recipe, args.seg3d_recipe = args.slice_recipe.resolve(), args.seg3d_recipe.resolve()
+    routes = [r.strip() for r in args.routes.split(",") if r.strip()]
+    unknown = set(routes) - {"slices", "seg3d", "sequence"}
+    if unknown or not routes:
+        parser.error(f"--routes: choose from slices, seg3d, sequence (got {args.routes!r})")
+    recipes = {"slices": (args.slice_recipe.resolve(), args.slice_set),
+               "seg3d": (args.seg3d_recipe.resolve(), args.seg3d_set),
+               "sequence": (args.sequence_recipe.resolve(), args.sequence_set)}
     data = args.work / f"data_{args.studies}x{args.size}"
     if not (data / "train.csv").is_file():
         from spinelab.data.synthetic.cervical import generate_cervical_dataset
 
         generate_cervical_dataset(data, studies=args.studies, test_studies=0, size=args.size, seed=args.seed)
-    _, slice_run, slice_s = _train(args.slice_recipe, args.slice_set, data, args.work)
-    seg_cfg, seg_run, seg_s = _train(args.seg3d_recipe, args.seg3d_set, data, args.work)
+    runs: dict[str, tuple[Any, Path, float]] = {}
+    for route in routes:
+        recipe, sets = recipes[route]
+        reuse = runs["slices"][1] if route == "sequence" and "slices" in runs and not args.own_stage1 else None
+        runs[route] = _train(recipe, sets, data, args.work, stage1_from=reuse)
 
-    from spinelab.tasks.cervical.seg3d.cv_scores import classifier_oof
-    from spinelab.tasks.cervical.studies import CervicalStudies
+    oofs: dict[str, pd.DataFrame] = {}  # each route's held-out probabilities (the table's rows)
+    rows: dict[str, pd.DataFrame] = {}
+    notes: list[str] = []
+    if "slices" in runs:
+        oofs["slices"] = pd.read_csv(runs["slices"][1] / "oof.csv", dtype={"StudyInstanceUID": str})
+        rows[f"slice route (`{args.slice_recipe.name}`)"] = oofs["slices"]
+    if "seg3d" in runs:
+        from spinelab.tasks.cervical.seg3d.cv_scores import classifier_oof
+        from spinelab.tasks.cervical.studies import CervicalStudies
 
-    labels = CervicalStudies(seg_cfg).labels
-    prior = json.loads((seg_run / "prior.json").read_text())
-    seg_oof = classifier_oof(seg_run, labels, prior, seg_cfg.patient.ensemble_weight)
-    slice_oof = pd.read_csv(slice_run / "oof.csv", dtype={"StudyInstanceUID": str})
-    ids = sorted(set(slice_oof.StudyInstanceUID) & set(seg_oof["ensemble"].StudyInstanceUID))
-    rows = {"slice route (`" + args.slice_recipe.name + "`)": slice_oof}
-    rows.update({f"seg3d {k}" if k != "ensemble" else "seg3d (type 1 + type 2)": v for k, v in seg_oof.items()})
-    a = slice_oof.set_index("StudyInstanceUID").loc[ids]
-    b = seg_oof["ensemble"].set_index("StudyInstanceUID").loc[ids]
-    both = a.copy()
+        seg_cfg, seg_run, _ = runs["seg3d"]
+        labels = CervicalStudies(seg_cfg).labels
+        prior = json.loads((seg_run / "prior.json").read_text())
+        seg_oof = classifier_oof(seg_run, labels, prior, seg_cfg.patient.ensemble_weight)
+        oofs["seg3d"] = seg_oof["ensemble"]
+        rows.update({f"seg3d {k}" if k != "ensemble" else "seg3d (type 1 + type 2)": v for k, v in seg_oof.items()})
+        seg_scores = json.loads((seg_run / "seg" / "cv_scores.json").read_text()) if (
+            seg_run / "seg" / "cv_scores.json").is_file() else {}
+        crops = json.loads((seg_run / "crops" / "index.json").read_text())["studies"]
+        ids_seg = list(oofs["seg3d"].StudyInstanceUID)
+        complete = sum(all(crops[u]["found"]) for u in ids_seg if u in crops) / max(1, len(ids_seg))
+        notes.append(f"seg3d segmentation (held-out fold 0): mean Dice over C1-C7 "
+                     f"{seg_scores.get('dice_mean', float('nan')):.3f}; held-out studies with all seven vertebrae "
+                     f"in their mask {100 * complete:.0f} %.")
+    if "sequence" in runs:
+        seq_run = runs["sequence"][1]
+        oofs["sequence"] = pd.read_csv(seq_run / "oof.csv", dtype={"StudyInstanceUID": str})
+        rows[f"sequence route (`{args.sequence_recipe.name}`)"] = oofs["sequence"]
+        slices_scores = [json.loads(p.read_text()) for p in sorted(seq_run.glob("slices_s*/fold_0/scores.json"))]
+        if slices_scores:
+            notes.append("sequence route, stage `slices` alone (held-out fold 0, each vertebra's highest slice): "
+                         "vertebra AUC " + ", ".join(f"{s.get('auc_vertebra', float('nan')):.3f}"
+                                                     for s in slices_scores) + " (per seed).")
+    ids = sorted(set.intersection(*(set(f.StudyInstanceUID.astype(str)) for f in oofs.values())))
     cols = list(CERVICAL_TARGETS)
-    both[cols] = (1 - args.weight) * a[cols] + args.weight * b[cols]
-    rows[f"slice + seg3d ({1 - args.weight:g} / {args.weight:g})"] = both.reset_index()
-    seg_scores = json.loads((seg_run / "seg" / "cv_scores.json").read_text()) if (
-        seg_run / "seg" / "cv_scores.json").is_file() else {}
-    crops = json.loads((seg_run / "crops" / "index.json").read_text())["studies"]
-    complete = sum(all(crops[u]["found"]) for u in ids if u in crops) / max(1, len(ids))
+
+    def mean_of(names: list[str], weights: list[float]) -> pd.DataFrame:
+        frames = [oofs[n].set_index("StudyInstanceUID").loc[ids] for n in names]
+        out = frames[0].copy()
+        out[cols] = sum(w * f[cols] for w, f in zip(weights, frames, strict=True))
+        return out.reset_index()
+
+    if {"slices", "seg3d"} <= set(oofs):
+        rows[f"slice + seg3d ({1 - args.weight:g} / {args.weight:g})"] = mean_of(
+            ["slices", "seg3d"], [1 - args.weight, args.weight])
+    if len(oofs) > 1:
+        names = list(oofs)
+        rows[f"all routes ({' + '.join(names)}, equal weights)"] = mean_of(names, [1 / len(names)] * len(names))
     lines = [
-        "## Cervical routes side by side (`bench/cervical_routes.py`)",
+        "## Cervical routes side by side (`bench/cervical_routes.py`)" if len(runs) == 3 else
+        f"## Cervical routes: {', '.join(runs)} (`bench/cervical_routes.py --routes {','.join(runs)}`)",
         "",
         f"Machine: {machine_description()}. Dataset: {args.studies} synthetic studies at {args.size} px (seed "
-        f"{args.seed}), fold 0 held out ({len(ids)} studies scored by both routes); recipes "
-        f"`{args.slice_recipe.relative_to(REPO)}`{' with ' + ' '.join(args.slice_set) if args.slice_set else ''} and "
-        f"`{args.seg3d_recipe.relative_to(REPO)}`{' with ' + ' '.join(args.seg3d_set) if args.seg3d_set else ''}.",
+        f"{args.seed}), fold 0 held out ({len(ids)} studies scored by every route); recipes "
+        + "; ".join(f"{r} {_recipe_text(*recipes[r])}" for r in runs)
+        + ("; the sequence route starts from the slice run's stage 1" if "sequence" in runs and "slices" in runs
+           and not args.own_stage1 else "") + ".",
         "",
         "| held-out fold 0 | competition metric | prevalence constant | reduction | vertebra AUC | patient AUC |",
         "|---|---:|---:|---:|---:|---:|",
@@ -130,21 +188,20 @@ def main() -> None:
         s = _scores(frame[frame.StudyInstanceUID.astype(str).isin(ids)])
         lines.append(f"| {name} | {s['competition_score']:.4f} | {s['constant']:.4f} | {100 * s['reduction']:.1f} % | "
                      f"{s.get('auc_vertebra', float('nan')):.3f} | {s.get('auc_overall', float('nan')):.3f} |")
-    lines += [
-        "",
-        f"seg3d segmentation (held-out fold 0): mean Dice over C1-C7 {seg_scores.get('dice_mean', float('nan')):.3f};"
-        f" held-out studies with all seven vertebrae in their mask {100 * complete:.0f} %.",
-        "",
-        f"Time: slice route {_stage_minutes(slice_run, ['stage1', 'frames', 'stage2'])} (this call "
-        f"{slice_s / 60:.1f} min; a trained stage is reused with `--resume`); seg3d route "
-        f"{_stage_minutes(seg_run, ['seg', 'vertebra', 'patient'])} (this call {seg_s / 60:.1f} min). Command: "
-        f"`python bench/cervical_routes.py {_command_line(sys.argv[1:])}`.",
-        *(["", args.note] if args.note else []),
-    ]
+    stage_names = {"slices": ["stage1", "frames", "stage2"], "seg3d": ["seg", "vertebra", "patient"],
+                   "sequence": ["stage1", *sorted(p.name for p in runs["sequence"][1].glob("slices_s*")),
+                                *sorted(p.name for p in runs["sequence"][1].glob("study_s*"))]
+                   if "sequence" in runs else []}
+    times = "; ".join(f"{r} route {_stage_minutes(run, stage_names[r])} (this call {sec / 60:.1f} min)"
+                      for r, (_, run, sec) in runs.items())
+    lines += [*(["", *notes] if notes else []), "",
+              f"Time: {times}; a trained stage is reused with `--resume`. Command: "
+              f"`python bench/cervical_routes.py {_command_line(sys.argv[1:])}`.",
+              *(["", args.note] if args.note else [])]
     text = "\n".join(lines)
     print(text)
     if args.write:
-        replace_block("cervical_routes", text)
+        replace_block(args.block, text)
 
 
 if __name__ == "__main__":

@@ -426,6 +426,9 @@ def train(
     precision: Annotated[str | None, typer.Option(
         help="bf16, fp16 or fp32 (= trainer.precision; Lightning spellings such as bf16-mixed too).",
         callback=_precision("training"))] = None,
+    seeds: Annotated[str | None, typer.Option(
+        help="cervical/sequence: one slice model and study head per seed in the run folder, e.g. 0,1,2 "
+             "(= slices.seeds; averaged at prediction).")] = None,
     print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved config.")] = False,
 ) -> None:
     """Train a pipeline. Extra arguments are config overrides: stage1.train.epochs=3 trainer.precision=bf16."""
@@ -442,6 +445,10 @@ def train(
         cfg.trainer.num_nodes = num_nodes
     if precision is not None:
         cfg.trainer.precision = precision  # the schema maps bf16 to Lightning's bf16-mixed
+    if seeds is not None:
+        from spinelab.tasks.cervical.sequence.pipeline import apply_seeds
+
+        cfg = apply_seeds(cfg, seeds)
     if print_config:
         import yaml
 

@@ -39,6 +39,9 @@ INPUTS = {
                                        {"mask": torch.tensor([[True] * 7, [True] * 5 + [False] * 2])}),
     "fracture_dynunet": lambda: ((torch.rand(2, 1, 16, 16, 16),), {}),
     "fracture_overall3d": lambda: ((torch.rand(2, 2, 8, 8, 8),), {}),
+    "sequence_slice_model": lambda: ((torch.rand(2, 5, 3, 32, 32),), {}),
+    "sequence_study_head": lambda: ((torch.rand(2, 6, 512),),
+                                    {"mask": torch.tensor([[True] * 6, [True] * 4 + [False] * 2])}),
 }
 # Small settings for the seed-sized models (the ``test_*`` ones are small already); each model gets
 # the keys it takes.

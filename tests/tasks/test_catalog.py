@@ -30,8 +30,8 @@ def test_a_config_without_route_gets_the_default_route(task: str, route: str, st
 def test_unknown_task_and_route_are_one_line_errors() -> None:
     with pytest.raises(ConfigError, match=r"unknown task 'thoracic'; choose from \['cervical', 'lumbar'\]"):
         get_route("thoracic")
-    with pytest.raises(ConfigError,
-                       match=r"unknown cervical route 'nope'; choose from \['fracseg', 'seg3d', 'slices'\]"):
+    routes = r"\['fracseg', 'seg3d', 'sequence', 'slices'\]"
+    with pytest.raises(ConfigError, match=rf"unknown cervical route 'nope'; choose from {routes}"):
         load_config("cervical", overrides=["route=nope"])
     assert route_for_data("lumbar", {}).name == "points"
 

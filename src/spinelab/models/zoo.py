@@ -19,6 +19,7 @@ from spinelab.models.lumbar import PointHeatmapNet, RoiGrader
 from spinelab.models.overall3d import fracture_overall3d, test_fracture_overall3d  # noqa: F401  (registered there)
 from spinelab.models.registry import register_model
 from spinelab.models.segmentation import SegResNet3d, SegUNet, TimmUNet3d
+from spinelab.models.sequence import SliceWindowNet, StudyHead
 from spinelab.models.vertebra_sequence import PatientSequenceNet, VertebraSequenceNet
 
 __all__ = [
@@ -44,6 +45,10 @@ __all__ = [
     "test_seg3d_patient_sequence",
     "fracture_dynunet",
     "test_fracture_dynunet",
+    "sequence_slice_model",
+    "test_sequence_slice_model",
+    "sequence_study_head",
+    "test_sequence_study_head",
 ]
 
 
@@ -198,3 +203,29 @@ def test_fracture_dynunet(**kwargs: Any) -> nn.Module:
     """Tiny DynUNet for CPU tests (2 pools, 8-32 features, one deep-supervision head)."""
     kwargs = {"pools": 2, "features": 8, "deep_levels": 1, **kwargs}
     return FractureDynUNet(**kwargs)
+
+
+@register_model(takes=SliceWindowNet)
+def sequence_slice_model(pretrained_sha256: str | None = None, **kwargs: Any) -> nn.Module:
+    """3rd-place stage ``slices``: CNN per slice + BiGRU over a window -> per-slice ratios and fractures."""
+    return SliceWindowNet(**_checked(kwargs, pretrained_sha256))
+
+
+@register_model(takes=SliceWindowNet)
+def test_sequence_slice_model(pretrained_sha256: str | None = None, **kwargs: Any) -> nn.Module:
+    """Tiny stage-``slices`` variant for CPU tests."""
+    kwargs = {"backbone": "test_resnet", "hidden": 16, **kwargs}
+    return SliceWindowNet(**_checked(kwargs, pretrained_sha256))
+
+
+@register_model(takes=StudyHead)
+def sequence_study_head(**kwargs: Any) -> nn.Module:
+    """3rd-place stage ``study``: BiGRU + attention over a study's cached slice embeddings."""
+    return StudyHead(**kwargs)
+
+
+@register_model(takes=StudyHead)
+def test_sequence_study_head(**kwargs: Any) -> nn.Module:
+    """Tiny study head for CPU tests."""
+    kwargs = {"hidden": 16, **kwargs}
+    return StudyHead(**kwargs)

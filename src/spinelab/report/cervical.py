@@ -300,6 +300,17 @@ def _fracture_overlay(volume: Volume, result: dict[str, Any], out: Path, sid: st
     return [image.as_posix()]
 
 
+def _slice_curves(volume: Volume, result: dict[str, Any], out: Path, sid: str) -> list[str]:
+    """The per-slice fracture curves beside the sagittal view, for a result that has them (``cervical/sequence``)."""
+    if not result.get("slice_curves"):
+        return []
+    from spinelab.report.slice_curves import write_slice_curves
+
+    image = Path("studies") / f"{sid}_slices.png"
+    write_slice_curves(volume, result, out / image, title=sid)
+    return [image.as_posix()]
+
+
 def write_cervical_report(*, predictions: str | Path, input: str | Path, out: str | Path,
                           model: str | Path | None = None, progress: bool = True) -> Path:
     """Per-study PNGs and ``index.html`` sorted by patient-level risk; training curves when ``model`` is given.
@@ -335,7 +346,8 @@ def write_cervical_report(*, predictions: str | Path, input: str | Path, out: st
                 try:
                     volume = read_study_volume(folders[sid])
                     plot_cervical_study(volume, r, out / image, truth=truth.get(sid))
-                    row["images"] = [image.as_posix(), *_fracture_overlay(volume, r, out, sid)]
+                    row["images"] = [image.as_posix(), *_fracture_overlay(volume, r, out, sid),
+                                     *_slice_curves(volume, r, out, sid)]
                 except SpinelabError as err:
                     row["warnings"].append(f"no picture: {err}")
             else:

@@ -19,7 +19,7 @@ __all__ = ["CervicalStudyPredictor"]
 
 
 class CervicalStudyPredictor:
-    """Base of the cervical predictors (``slices``, ``seg3d``, ``fracseg``)."""
+    """Base of the cervical predictors (``slices``, ``seg3d``, ``fracseg``, ``sequence``)."""
 
     prior: dict[str, float]
 

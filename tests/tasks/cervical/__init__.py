@@ -1,0 +1,1 @@
+"""Tests of the cervical routes that live under tasks/cervical/<route>/."""
