@@ -35,6 +35,7 @@ from typer.exceptions import Abort, Exit, TyperException
 from spinelab import __version__
 from spinelab.errors import SpinelabError, describe_os_error
 from spinelab.interop.export_cli import export_app
+from spinelab.serve.serve_cli import serve as serve_command
 
 __all__ = ["app", "main", "configure_logging"]
 
@@ -109,6 +110,7 @@ app.add_typer(ensemble_app, name="ensemble")
 app.add_typer(synth_app, name="synth")
 app.add_typer(labels_app, name="labels")
 app.add_typer(export_app, name="export")
+app.command("serve")(serve_command)
 
 
 def _task_name(value: str | None) -> str | None:
