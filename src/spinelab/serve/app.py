@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from fastapi.concurrency import run_in_threadpool
 
 from spinelab import __version__
 from spinelab.serve.jobs import Job, JobStore, UploadRefusedError, result_files, unpack_study_zip

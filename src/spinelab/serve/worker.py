@@ -101,14 +101,19 @@ def worker_main(conn: Connection, task: str, model: str, options: dict[str, Any]
         if message is None:
             return
         _, job_id, input, out, job_options = message
+        def here(text: str, input: str = input) -> str:  # name the study as uploaded, not the server's folders
+            return text.replace(f"{input}/", "").replace(f"{Path(input).parent}/", "")
+
         try:
             summary = predict_job(predictor, task=task, input=Path(input), out=Path(out), options=job_options,
                                   progress=lambda f, m, j=job_id: conn.send(("progress", j, f, m)))
+            if summary.get("error"):
+                summary["error"] = here(summary["error"])
             conn.send(("done", job_id, _jsonable(summary)))
         except SpinelabError as err:
-            conn.send(("failed", job_id, str(err)))
+            conn.send(("failed", job_id, here(str(err))))
         except Exception as err:  # any bad study fails its job, never the worker
-            conn.send(("failed", job_id, f"{type(err).__name__}: {err}"))
+            conn.send(("failed", job_id, here(f"{type(err).__name__}: {err}")))
 
 
 class ModelWorker:
@@ -211,9 +216,19 @@ class ModelWorker:
                 self.store.update(job_id, state="failed", progress=1.0, message="failed",
                                   error=f"model {self.name} is not available: {self.error}")
                 continue
+            if not self._process.is_alive():  # it died while idle: a fresh one before the job
+                self._respawn(f"the worker process ended while idle (exit code {self._process.exitcode})")
+                if self.state != "ready":
+                    self.store.update(job_id, state="failed", progress=1.0, message="failed",
+                                      error=f"model {self.name} is not available: {self.error}")
+                    continue
             self.store.update(job_id, state="running", progress=0.01, message="starting")
-            self._conn.send(("job", job_id, str(job.input), str(job.out), job.options))
-            self._follow(job_id)
+            try:
+                self._conn.send(("job", job_id, str(job.input), str(job.out), job.options))
+            except OSError:
+                self._restart_after_crash(job_id)
+            else:
+                self._follow(job_id)
             self.store.finish_deleted(job_id)
 
     def _follow(self, job_id: str) -> None:
@@ -256,7 +271,11 @@ class ModelWorker:
         self.store.update(job_id, state="failed", progress=1.0, message="failed",
                           error=f"the worker process stopped while predicting this study (exit code {code}); "
                                 "it was restarted")
-        log.error("model %s: worker died on job %s (exit code %s); restarting", self.name, job_id, code)
+        self._respawn(f"model {self.name}: worker died on job {job_id} (exit code {code})")
+
+    def _respawn(self, why: str) -> None:
+        """End what is left of the process, start a fresh one and wait for its model."""
+        log.error("%s; restarting it", why)
         self.restarts += 1
         self._end_process(timeout=1.0)
         self.state, self.started_at = "starting", time.monotonic()

@@ -1,0 +1,47 @@
+"""The model worker: the study function it runs, and a worker process that dies is replaced."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spinelab.errors import InputError
+from spinelab.serve.worker import predict_job
+from tests.serve.conftest import wait_job
+
+
+def test_predict_job_refuses_a_folder_of_several_studies(tiny_cervical_dataset: Path, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="holds 2 studies"):
+        predict_job(object(), task="cervical", input=tiny_cervical_dataset / "test_images", out=tmp_path,
+                    options={})
+
+
+def test_predict_job_reports_progress_and_draws_the_figure(tiny_cervical_run: Path, test_study: Path,
+                                                           tmp_path: Path) -> None:
+    from spinelab.infer.ensemble import load_predictor
+
+    steps: list[tuple[float, str]] = []
+    summary = predict_job(load_predictor("cervical", tiny_cervical_run), task="cervical", input=test_study,
+                          out=tmp_path, options={}, progress=lambda f, m: steps.append((f, m)))
+    assert summary["study"] == test_study.name and summary["status"] in ("ok", "warning")
+    assert [f for f, _ in steps] == sorted(f for f, _ in steps) and steps[-1][1] == "drawing the figure"
+    assert (tmp_path / "report" / "studies" / f"{test_study.name}.png").is_file()
+
+
+def test_a_killed_worker_is_restarted_and_serves_the_next_job(client: Any, study_zip: Path) -> None:
+    worker = next(iter(client.app.state.service.workers.values()))
+    old_pid, restarts = worker.pid, worker.restarts
+    os.kill(old_pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while worker._process.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with open(study_zip, "rb") as f:
+        job = client.post("/v1/jobs", files={"file": ("study.zip", f, "application/zip")}).json()
+    assert wait_job(client.get, job["id"])["state"] == "done"
+    assert worker.pid != old_pid and worker.restarts == restarts + 1 and worker.state == "ready"
+    assert client.get("/health").json()["status"] == "ok"
