@@ -17,7 +17,7 @@ def test_model_specs_name_each_model_after_its_folder(tiny_cervical_run: Path, t
     copy = tmp_path / "other" / tiny_cervical_run.name
     shutil.copytree(tiny_cervical_run, copy)
     first, second = model_specs([tiny_cervical_run, copy])
-    assert (first.task, first.route) == ("cervical", "slices") and first.name == tiny_cervical_run.name
+    assert first.name == tiny_cervical_run.name and first.path == tiny_cervical_run.resolve()
     assert second.name == f"{tiny_cervical_run.name}-2" and second.path == copy.resolve()
 
 
@@ -25,6 +25,8 @@ def test_a_missing_model_or_input_root_is_refused_before_any_worker_starts(tiny_
                                                                          tmp_path: Path) -> None:
     with pytest.raises(InputError, match="no such folder"):
         model_specs([tmp_path / "missing"])
+    with pytest.raises(InputError, match="no config.yaml"):
+        model_specs([tmp_path])
     with pytest.raises(InputError, match="input root"):
         build_service([tiny_cervical_run], input_root=tmp_path / "nope")
     service = build_service([tiny_cervical_run], max_upload_mb=1.5, threads=2)

@@ -45,3 +45,27 @@ def test_a_killed_worker_is_restarted_and_serves_the_next_job(client: Any, study
     assert wait_job(client.get, job["id"])["state"] == "done"
     assert worker.pid != old_pid and worker.restarts == restarts + 1 and worker.state == "ready"
     assert client.get("/health").json()["status"] == "ok"
+
+
+def test_a_model_that_cannot_load_fails_its_jobs_with_the_reason(tmp_path: Path) -> None:
+    from spinelab.serve.jobs import Job, JobStore
+    from spinelab.serve.worker import ModelWorker
+
+    broken = tmp_path / "broken_run"
+    broken.mkdir()
+    (broken / "config.yaml").write_text("task: cervical\nno_such_key: 1\n")
+    store = JobStore(tmp_path / "jobs")
+    worker = ModelWorker("broken_run", broken, store)
+    worker.start()
+    job_id, folder = store.new_folder()
+    store.add(Job(id=job_id, model="broken_run", folder=folder, input=folder))
+    worker.submit(job_id)
+    try:
+        deadline = time.monotonic() + 60
+        while store.get(job_id).state != "failed":
+            assert time.monotonic() < deadline, store.get(job_id)
+            time.sleep(0.1)
+    finally:
+        worker.stop()
+    assert worker.state == "failed" and worker.error
+    assert store.get(job_id).error.startswith("model broken_run is not available")

@@ -33,11 +33,9 @@ _CHUNK = 1 << 20
 
 @dataclass
 class ModelSpec:
-    """A model to serve: its API name, task, route and run folder (or package)."""
+    """A model to serve: its API name and run folder (or package); its worker reads its task and route."""
 
     name: str
-    task: str
-    route: str
     path: Path
 
 
@@ -70,8 +68,7 @@ class Service:
             self.jobs_dir, self._temporary = Path(tempfile.mkdtemp(prefix="spinelab-serve-")), True
         self.store = JobStore(self.jobs_dir)
         for spec in self.models:
-            worker = ModelWorker(spec.name, spec.task, spec.path, self.store, self.options)
-            worker.route = spec.route
+            worker = ModelWorker(spec.name, spec.path, self.store, self.options)
             self.workers[spec.name] = worker
             worker.start()
 
@@ -158,7 +155,7 @@ def create_app(service: Service) -> FastAPI:
 
     @app.get("/v1/models")
     def models() -> list[dict[str, Any]]:
-        """Every served model: name, task, route, path, state and its ``model_info`` once loaded."""
+        """Every served model: name, path, state; its task, route and ``model_info`` once loaded."""
         return [_model_record(w) for w in service.workers.values()]
 
     @app.post("/v1/jobs", status_code=202)

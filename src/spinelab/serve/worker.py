@@ -73,14 +73,16 @@ def predict_job(predictor: Any, *, task: str, input: Path, out: Path, options: d
     return {"study": str(result["study"]), "status": result.get("status", "ok"), "error": result.get("error")}
 
 
-def worker_main(conn: Connection, task: str, model: str, options: dict[str, Any]) -> None:
-    """The worker process: load ``model`` once, answer ``("ready", info)``, then predict each job it is sent.
+def worker_main(conn: Connection, model: str, options: dict[str, Any]) -> None:
+    """The worker process: load ``model`` once (its task and route from its config), answer ``("ready", {task,
+    route, info})``, then predict each job it is sent. Only this process imports torch and the model code.
 
-    Messages out: ``("ready", model_info)`` or ``("error", text)`` once; per job ``("progress", id, fraction,
+    Messages out: ``("ready", {...})`` or ``("error", text)`` once; per job ``("progress", id, fraction,
     message)`` and one ``("done", id, summary)`` or ``("failed", id, error)``. ``None`` in ends the process.
     """
     from spinelab.errors import SpinelabError
     from spinelab.infer.ensemble import load_predictor
+    from spinelab.tasks.catalog import run_route
 
     threads = options.pop("threads", None)
     if threads:
@@ -88,11 +90,13 @@ def worker_main(conn: Connection, task: str, model: str, options: dict[str, Any]
 
         torch.set_num_threads(int(threads))
     try:
+        route = run_route(model)
+        task = route.task
         predictor = load_predictor(task, model, **options)
     except Exception as err:  # the server reports it on /health and /v1/models; the process ends
         conn.send(("error", str(err) if isinstance(err, SpinelabError) else f"{type(err).__name__}: {err}"))
         return
-    conn.send(("ready", _jsonable(predictor.model_info)))
+    conn.send(("ready", {"task": task, "route": route.name, "info": _jsonable(predictor.model_info)}))
     while True:
         try:
             message = conn.recv()
@@ -121,14 +125,14 @@ class ModelWorker:
 
     Args:
         name: the model's name in the API.
-        task: its task; ``path``: the run folder or package; ``options``: ``load_predictor``'s settings (and
-            ``threads``, torch's thread count in the worker).
+        path: the run folder or package (its task and route are known once the worker has loaded it);
+        options: ``load_predictor``'s settings (and ``threads``, torch's thread count in the worker).
         store: the jobs (this worker sets the state of the jobs it runs).
     """
 
-    def __init__(self, name: str, task: str, path: Path, store: JobStore, options: dict[str, Any] | None = None
-                 ) -> None:
-        self.name, self.task, self.path, self.store = name, task, Path(path), store
+    def __init__(self, name: str, path: Path, store: JobStore, options: dict[str, Any] | None = None) -> None:
+        self.name, self.path, self.store = name, Path(path), store
+        self.task: str | None = None
         self.options = dict(options or {})
         self.state = "starting"  # starting, ready, failed
         self.error: str | None = None
@@ -162,7 +166,7 @@ class ModelWorker:
 
     def _spawn(self) -> None:
         parent, child = self._ctx.Pipe()
-        self._process = self._ctx.Process(target=worker_main, args=(child, self.task, str(self.path), self.options),
+        self._process = self._ctx.Process(target=worker_main, args=(child, str(self.path), self.options),
                                           name=f"spinelab-worker-{self.name}", daemon=True)
         self._process.start()
         child.close()
@@ -191,7 +195,8 @@ class ModelWorker:
                 except EOFError:
                     kind, payload = "error", f"the worker process ended (exit code {self._process.exitcode})"
                 if kind == "ready":
-                    self.info, self.state = payload, "ready"
+                    self.task, self.route, self.info = payload["task"], payload["route"], payload["info"]
+                    self.state = "ready"
                     self.ready_seconds = round(time.monotonic() - self.started_at, 3)
                     return True
                 self.state, self.error = "failed", payload

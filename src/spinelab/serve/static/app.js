@@ -69,7 +69,7 @@ function upload(file) {
 function showState(job) {
   $("state").textContent = job.state;
   $("state").className = "pill " + job.state;
-  $("message").textContent = job.message || "";
+  $("message").textContent = job.message && job.message !== job.state ? job.message : "";
   $("progress").value = job.progress || 0;
   document.body.dataset.jobState = job.state;
 }
@@ -109,6 +109,7 @@ function showResult(body) {
   head.innerHTML = ""; rows.innerHTML = ""; $("warnings").innerHTML = "";
   if (result) {
     $("status").textContent = result.status || "ok";
+    $("status").className = "pill " + (result.status || "ok");
     for (const w of result.warnings || []) $("warnings").appendChild(cell("li", w));
     if (result.probabilities) {
       const tr = head.insertRow(); tr.append(cell("th", "target"), cell("th", "P(fracture)"));
