@@ -178,7 +178,8 @@ def main() -> None:
             for _ in range(args.repeats):
                 start = time.perf_counter()
                 job = wait(http, submit(http, archive))
-                rows.append({"wall_s": time.perf_counter() - start, "worker_s": worker_seconds(job)})
+                rows.append({"wall_s": time.perf_counter() - start, "worker_s": worker_seconds(job),
+                             **{f"{k}_s": v for k, v in job["seconds"].items()}})
                 print(json.dumps(rows[-1]), flush=True)
             start = time.perf_counter()
             ids = [submit(http, archive) for _ in range(args.burst)]
@@ -194,6 +195,8 @@ def main() -> None:
         sampler.stopped.set()
     per_study = statistics.median(r["wall_s"] for r in rows)
     worker = statistics.median(r["worker_s"] for r in rows)
+    predict_s = statistics.median(r["predict_s"] for r in rows)
+    figure_s = statistics.median(r.get("figure_s", 0.0) for r in rows)
     lines = [
         "## The service (`bench/service.py`)",
         "",
@@ -208,7 +211,9 @@ def main() -> None:
         f"| launch to ready (`/health` 200: uvicorn up, worker spawned, model loaded) | {ready_s:.1f} s |",
         f"| per study at steady state, POST to done (upload, unzip, predict, figure; median of {args.repeats}) "
         f"| {per_study:.1f} s |",
-        f"| of which in the worker (predict + figure) | {worker:.1f} s |",
+        f"| of which in the worker | {worker:.1f} s |",
+        f"| of which `predict_dataset` (read, check, predict, write the JSON and CSVs) | {predict_s:.1f} s |",
+        f"| of which the per-study figure (`report/`) | {figure_s:.1f} s |",
         f"| studies per minute, {args.burst} submitted at once (one worker) | {60 * args.burst / burst_s:.1f} |",
         f"| resident memory at ready (server + worker) | {rss_ready:.0f} MB |",
         f"| peak resident memory while predicting | {sampler.peak:.0f} MB |",

@@ -29,6 +29,7 @@ def test_predict_job_reports_progress_and_draws_the_figure(tiny_cervical_run: Pa
     summary = predict_job(load_predictor("cervical", tiny_cervical_run), task="cervical", input=test_study,
                           out=tmp_path, options={}, progress=lambda f, m: steps.append((f, m)))
     assert summary["study"] == test_study.name and summary["status"] in ("ok", "warning")
+    assert set(summary["seconds"]) == {"predict", "figure"} and all(v > 0 for v in summary["seconds"].values())
     assert [f for f, _ in steps] == sorted(f for f, _ in steps) and steps[-1][1] == "drawing the figure"
     assert (tmp_path / "report" / "studies" / f"{test_study.name}.png").is_file()
 

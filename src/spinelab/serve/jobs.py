@@ -56,6 +56,7 @@ class Job:
     study: str | None = None
     status: str | None = None
     error: str | None = None
+    seconds: dict[str, float] | None = None
     deleted: bool = False
 
     @property
@@ -66,7 +67,7 @@ class Job:
     def public(self) -> dict[str, Any]:
         """The job as ``GET /v1/jobs/{id}`` answers it (links relative to the server root)."""
         record = {k: getattr(self, k) for k in ("id", "model", "state", "progress", "message", "created", "started",
-                                                "finished", "study", "status", "error")}
+                                                "finished", "study", "status", "error", "seconds")}
         record["links"] = {"self": f"/v1/jobs/{self.id}",
                            **({"result": f"/v1/jobs/{self.id}/result"} if self.state in ("done", "failed") else {})}
         return record
@@ -143,9 +144,13 @@ class JobStore:
 
     def queued_before(self, job: Job) -> int:
         """How many jobs of the same model wait ahead of ``job``."""
-        with self._lock:
-            return sum(1 for j in self._jobs.values()
-                       if j.model == job.model and j.state == "queued" and not j.deleted and j.created < job.created)
+        with self._lock:  # the dict keeps submission order
+            ahead = 0
+            for j in self._jobs.values():
+                if j is job:
+                    return ahead
+                ahead += j.model == job.model and j.state == "queued" and not j.deleted
+            return ahead
 
 
 def _member_path(name: str, source: Path) -> PurePosixPath:

@@ -38,7 +38,7 @@ def predict_job(predictor: Any, *, task: str, input: Path, out: Path, options: d
     """Predict the one study under ``input`` into ``out`` and draw its figure into ``out/report``.
 
     Returns:
-        ``{"study", "status", "error"}`` of the study's result.
+        ``{"study", "status", "error"}`` of the study's result and ``seconds`` (``predict``, ``figure``).
 
     Raises:
         InputError: ``input`` holds no study or more than one.
@@ -62,15 +62,20 @@ def predict_job(predictor: Any, *, task: str, input: Path, out: Path, options: d
         if name in output.refused_options:
             raise InputError(input.name, output.refused_options[name])
     step(0.1, f"predicting study {studies[0][0]}")
+    start = time.perf_counter()
     predict_dataset(predictor, input, out, task=task, output=output, progress=False, **options)
+    seconds = {"predict": round(time.perf_counter() - start, 3)}
     (result,) = read_study_results(out)
     if result.get("status", "ok") in ("ok", "warning"):
         step(0.85, "drawing the figure")
+        start = time.perf_counter()
         try:
             report_function(task)(predictions=out, input=input, out=out / "report", progress=False)
         except (SpinelabError, OSError, ValueError) as err:  # a result without its picture is still the result
             log.warning("study %s: no figure: %s", result["study"], err)
-    return {"study": str(result["study"]), "status": result.get("status", "ok"), "error": result.get("error")}
+        seconds["figure"] = round(time.perf_counter() - start, 3)
+    return {"study": str(result["study"]), "status": result.get("status", "ok"), "error": result.get("error"),
+            "seconds": seconds}
 
 
 def worker_main(conn: Connection, model: str, options: dict[str, Any]) -> None:
@@ -265,7 +270,8 @@ class ModelWorker:
             failed = summary.get("status") == "failed"
             self.store.update(job_id, state="failed" if failed else "done", progress=1.0,
                               message="failed" if failed else "done", study=summary.get("study"),
-                              status=summary.get("status"), error=summary.get("error"))
+                              status=summary.get("status"), error=summary.get("error"),
+                              seconds=summary.get("seconds"))
             return True
         self.store.update(job_id, state="failed", progress=1.0, message="failed", error=message[2])
         return True
