@@ -92,6 +92,12 @@ def test_zip_slip_not_a_zip_and_size_limits_are_refused(client: Any, tmp_path: P
         zf.writestr("study/noise.bin", bytes(range(256)) * 10_000)  # 2.56 MB stored: over the 2 MB upload limit
     answer = _submit(client, big)
     assert answer.status_code == 413 and "larger than the limit" in answer.json()["detail"]
+    just_over = tmp_path / "just_over.zip"  # within the form's slack: refused while the upload is copied
+    with zipfile.ZipFile(just_over, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("study/noise.bin", bytes(range(256)) * 7_850)
+    assert 2_000_000 < just_over.stat().st_size < 2_000_000 + 64 * 1024
+    answer = _submit(client, just_over)
+    assert answer.status_code == 413 and "larger than the limit" in answer.json()["detail"]
     assert client.get("/v1/jobs").json() == [] or all(j["state"] != "queued" for j in client.get("/v1/jobs").json())
 
 

@@ -29,6 +29,7 @@ from spinelab.serve.worker import ModelWorker
 __all__ = ["Service", "ModelSpec", "create_app"]
 
 _CHUNK = 1 << 20
+_FORM_SLACK = 64 * 1024  # the multipart envelope and the other form fields around the zip
 
 
 @dataclass
@@ -138,6 +139,17 @@ def create_app(service: Service) -> FastAPI:
     app.state.service = service
     static = files("spinelab.serve") / "static"
 
+    @app.middleware("http")
+    async def refuse_large_uploads(request: Request, call_next: Any) -> Any:
+        """A declared body over the limit is refused before it is read (the form parser would spool it all);
+        a body without a length is counted as it is copied (``_save_upload``)."""
+        length = request.headers.get("content-length", "")
+        if (request.method == "POST" and request.url.path == "/v1/jobs" and length.isdigit()
+                and int(length) > service.max_upload_bytes + _FORM_SLACK):
+            return JSONResponse({"detail": f"upload: the upload is larger than the limit of "
+                                           f"{service.max_upload_bytes / 1e6:.1f} MB"}, status_code=413)
+        return await call_next(request)
+
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(str(static / "index.html"), media_type="text/html")
@@ -166,6 +178,8 @@ def create_app(service: Service) -> FastAPI:
                      = None) -> dict[str, Any]:
         """Queue one study for one model: ``file`` (a zip) or, when the server allows it, ``path``."""
         worker = service.worker_for(model)
+        if worker.state == "failed":
+            raise HTTPException(503, f"model {worker.name} could not be loaded: {worker.error}")
         if (file is None) == (path is None):
             raise HTTPException(400, "send exactly one of file= (a zipped study) and path=")
         store = service.store
