@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TASK ?= all
 
-.PHONY: setup nnunet test demo bench bench-accuracy lint clean
+.PHONY: setup nnunet ray test demo bench bench-accuracy lint clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,15 @@ nnunet: $(NNUNET_STAMP)
 $(NNUNET_STAMP): $(STAMP)
 	$(BIN)/python -m pip install -q -c constraints.txt --no-deps $(NNUNET_PKGS)
 	touch $(NNUNET_STAMP)
+
+# The optional extra spinelab[ray] (--engine ray): constraints.txt's ray block, which ends where the nnunet one starts.
+RAY_STAMP := $(VENV)/.ray-installed
+RAY_PKGS = $(shell sed -n '/^\# --- extra ray/,/^\# --- extra nnunet/p' constraints.txt | grep -v '^\#' | cut -d= -f1)
+ray: $(RAY_STAMP)
+
+$(RAY_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -c constraints.txt $(RAY_PKGS)
+	touch $(RAY_STAMP)
 
 test: setup
 	$(BIN)/ruff check src tests bench

@@ -34,13 +34,19 @@ MODULE_OF = {"iterative-stratification": "iterstrat", "python-gdcm": "gdcm", "py
 
 
 EXTRA_MARK = "# --- extra nnunet"
+RAY_MARK = "# --- extra ray"
 
 
 def _constraints(block: str = "main") -> dict[str, str]:
-    """The pins of spinelab[dev]'s tree (``main``) or of the nnunet extra's block (``nnunet``, after its mark)."""
-    main, extra = (REPO / "constraints.txt").read_text().split(EXTRA_MARK, 1)
+    """The pins of spinelab[dev]'s tree (``main``), of the ray extra's block (``ray``, from its mark to the
+    nnunet mark) or of the nnunet extra's block (``nnunet``, after its mark: the last block)."""
+    text = (REPO / "constraints.txt").read_text()
+    assert text.index(RAY_MARK) < text.index(EXTRA_MARK)  # `make nnunet` reads from its mark to the end
+    head, nnunet = text.split(EXTRA_MARK, 1)
+    main, ray = head.split(RAY_MARK, 1)
+    chosen = {"main": main, "ray": ray.split("\n", 1)[1], "nnunet": nnunet.split("\n", 1)[1]}[block]
     pins = {}
-    for line in (main if block == "main" else extra.split("\n", 1)[1]).splitlines():
+    for line in chosen.splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
             name, version = line.split("==")
@@ -108,7 +114,7 @@ def test_every_dependency_is_imported_and_every_import_is_declared() -> None:
         declared[MODULE_OF.get(name, name.replace("-", "_"))] = name
     unused = {mod for mod, name in declared.items() if mod not in imports and name not in USED_WITHOUT_IMPORT}
     assert unused == set()
-    optional = {canonicalize_name(r.name).replace("-", "_") for r in _requirements("nnunet")}
+    optional = {canonicalize_name(r.name).replace("-", "_") for r in _requirements("nnunet") + _requirements("ray")}
     assert imports - set(declared) - optional == set(), "imported by spinelab but not a runtime dependency"
 
 
@@ -154,4 +160,34 @@ def test_the_nnunet_extra_is_pinned_in_its_own_block_and_installable_without_the
         needed.add(name)
         stack += [r for r in map(Requirement, md.distribution(name).requires or []) if r.marker is None]
     assert needed - set(extra) - {"timm"} == set()
+    assert {n: v for n, v in extra.items() if md.version(n) != v} == {}, "extra pins that differ from what is installed"
+
+
+def test_the_ray_extra_is_pinned_in_its_own_block_before_the_nnunet_one() -> None:
+    main, extra = _constraints(), _constraints("ray")
+    assert "ray" in extra and set(main).isdisjoint(extra)
+    (req,) = _requirements("ray")
+    assert canonicalize_name(req.name) == "ray" and req.specifier.contains(extra["ray"])
+    makefile = (REPO / "Makefile").read_text()
+    assert RAY_MARK.replace("#", "\\#") in makefile and "make nnunet ray test" in (REPO / ".ci" / "run").read_text()
+    nnunet = _constraints("nnunet")
+    assert {n: v for n, v in extra.items() if n in nnunet and nnunet[n] != v} == {}, "the blocks pin one version"
+    importers = [p.relative_to(REPO / "src").as_posix() for p in (REPO / "src" / "spinelab").rglob("*.py")
+                 if re.search(r"^\s*(import ray|from ray)\b", p.read_text(), re.M)]
+    assert importers == ["spinelab/ray_engine.py"]  # nothing else imports ray
+    try:
+        md.distribution("ray")
+    except md.PackageNotFoundError:
+        if os.environ.get("CI") == "true":
+            raise AssertionError("CI runs with spinelab[ray] (make ray); ray is not installed") from None
+        return
+    needed: set[str] = set()
+    stack = [Requirement(f"ray=={extra['ray']}")]
+    while stack:  # ray's tree: every package it pulls in beyond the main tree is pinned in the ray block
+        name = canonicalize_name(stack.pop().name)
+        if name in needed or name in main:
+            continue
+        needed.add(name)
+        stack += [r for r in map(Requirement, md.distribution(name).requires or []) if r.marker is None]
+    assert needed == set(extra)
     assert {n: v for n, v in extra.items() if md.version(n) != v} == {}, "extra pins that differ from what is installed"

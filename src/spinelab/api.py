@@ -58,7 +58,8 @@ def predict(task: str, *, model: str | Path | Sequence[str | Path], input: str |
             labels: str | Path | None = None, weights: str | Path | Sequence[float] | None = None,
             device: str | None = None, precision: str | None = None, compile: bool | None = None,
             tta: bool | None = None, folds: list[int] | None = None, series: str | None = None,
-            strict: bool = False, progress: bool = True) -> dict[str, Any]:
+            strict: bool = False, runtime: str = "torch", progress: bool = True, engine: str = "local",
+            ray_address: str | None = None, dicom_out: bool = False) -> dict[str, Any]:
     """Predict a dataset, a study folder or one NIfTI/DICOM file with a run folder, or with several (an
     ensemble, ``spinelab.infer.ensemble``); see ``spinelab predict --help``.
 
@@ -66,7 +67,12 @@ def predict(task: str, *, model: str | Path | Sequence[str | Path], input: str |
     study with ``weights`` (numbers, ``"0.7,0.3"`` or a ``weights.json`` of ``spinelab ensemble fit``; equal
     when ``None``). ``device``, ``precision``, ``compile`` and ``tta`` left ``None`` come from each run's
     ``infer`` section. ``series`` picks a series by SeriesInstanceUID or description in every cervical study;
-    ``strict`` refuses a study on any input warning.
+    ``strict`` refuses a study on any input warning. A model package (``spinelab export model``) works wherever
+    a run folder does (verified against its manifest first); ``runtime="onnx"`` runs its exported 2D networks
+    on onnxruntime (``spinelab export onnx``). ``engine="ray"`` runs the studies in Ray actors (each builds the
+    predictor once) on the cluster at ``ray_address`` (``spinelab.ray_engine``); the outputs are the same.
+    ``dicom_out`` also writes each DICOM study's SEG and SR (``spinelab.infer.dicom_results``) into
+    ``out/dicom/<study id>/``.
 
     Returns:
         The submission, predictions, manifest and evaluation paths, ``studies`` and ``counts``
@@ -90,7 +96,7 @@ def predict(task: str, *, model: str | Path | Sequence[str | Path], input: str |
     for m in models:
         run_route_of_task(task, m)  # a run of another task is refused before any study is read
     settings = {"device": device, "precision": precision, "compile": compile, "tta": tta, "folds": folds,
-                "strict": strict}
+                "strict": strict, "runtime": runtime}
 
     def build() -> Any:
         if len(models) == 1:
@@ -98,7 +104,7 @@ def predict(task: str, *, model: str | Path | Sequence[str | Path], input: str |
         return load_ensemble(task, models, weights, **settings)
 
     return predict_dataset(build, input, out, task=task, output=output, labels=labels, progress=progress,
-                           **options)
+                           engine=engine, ray_address=ray_address, dicom_out=dicom_out, **options)
 
 
 def fit_ensemble(model: Sequence[str | Path], out: str | Path) -> Path:

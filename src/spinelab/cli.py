@@ -35,6 +35,8 @@ from typer.exceptions import Abort, Exit, TyperException
 from spinelab import __version__
 from spinelab.errors import SpinelabError, describe_os_error
 from spinelab.interop.export_cli import export_app
+from spinelab.pacs.pacs_cli import pacs_app
+from spinelab.scale_cli import Engine, EngineOption, NumNodesOption, RayAddressOption
 from spinelab.serve.serve_cli import serve as serve_command
 
 __all__ = ["app", "main", "configure_logging"]
@@ -110,6 +112,7 @@ app.add_typer(ensemble_app, name="ensemble")
 app.add_typer(synth_app, name="synth")
 app.add_typer(labels_app, name="labels")
 app.add_typer(export_app, name="export")
+app.add_typer(pacs_app, name="pacs")
 app.command("serve")(serve_command)
 
 
@@ -299,11 +302,12 @@ def cache_build(
     dataset_dir: Annotated[Path, typer.Argument(help="Kaggle-layout dataset (or any tree of DICOM series).")],
     out: Annotated[Path, typer.Option(*_OUT, help="Cache folder to write.", callback=_out_folder)],
     workers: Annotated[int, typer.Option(min=1, help="Parallel worker processes.")] = 2,
+    engine: EngineOption = Engine.local, ray_address: RayAddressOption = None,
 ) -> None:
     """Decode every series once into int16 .npy + JSON sidecar; resumable; failures go to a report."""
     from spinelab.io.cache import build_cache
 
-    summary = build_cache(dataset_dir, out, workers=workers)
+    summary = build_cache(dataset_dir, out, workers=workers, engine=engine.value, ray_address=ray_address)
     typer.echo(f"cache: {summary['done']} series ready, {summary['failed']} failed -> {out}")
     if summary["failed"]:
         logging.getLogger("spinelab").warning("failures listed in %s", summary["report"])
@@ -420,6 +424,7 @@ def train(
              "[default: each stage's train.keep, last]")] = None,
     devices: Annotated[str | None, typer.Option(help="Devices for Lightning (e.g. 1, 2, auto).")] = None,
     strategy: Annotated[str | None, typer.Option(help="Lightning strategy, e.g. ddp.")] = None,
+    num_nodes: NumNodesOption = None,
     precision: Annotated[str | None, typer.Option(
         help="bf16, fp16 or fp32 (= trainer.precision; Lightning spellings such as bf16-mixed too).",
         callback=_precision("training"))] = None,
@@ -435,6 +440,8 @@ def train(
         cfg.trainer.devices = devices
     if strategy is not None:
         cfg.trainer.strategy = strategy
+    if num_nodes is not None:
+        cfg.trainer.num_nodes = num_nodes
     if precision is not None:
         cfg.trainer.precision = precision  # the schema maps bf16 to Lightning's bf16-mixed
     if print_config:
@@ -450,7 +457,8 @@ def train(
 def predict(
     task: Annotated[str, _task_argument()],
     model: Annotated[list[Path], typer.Option(
-        "--model", help="Run folder written by `spinelab train`; repeat it for an ensemble (any routes of TASK).")],
+        "--model", help="Run folder of `spinelab train` or model package of `spinelab export model`; repeat it "
+                        "for an ensemble (any routes of TASK).")],
     input: Annotated[Path, typer.Option(
         "--input", "-i", help="A dataset folder, a folder of studies, one study folder, or a NIfTI/DICOM file.")],
     out: Annotated[Path, typer.Option(*_OUT, help="Output folder.", callback=_out_folder)],
@@ -472,6 +480,11 @@ def predict(
         help="Cervical: the SeriesInstanceUID or SeriesDescription to read when a study holds several.")] = None,
     strict: Annotated[bool, typer.Option(
         "--strict", help="Refuse a study on any input warning, not only on a refusal rule.")] = False,
+    runtime: Annotated[str, typer.Option(help="torch, or onnx: a package's exported 2D networks on onnxruntime "
+                                              "(`spinelab export onnx`).", callback=_runtime_choice)] = "torch",
+    engine: EngineOption = Engine.local, ray_address: RayAddressOption = None,
+    dicom_out: Annotated[bool, typer.Option("--dicom-out", help="Also write each DICOM study's SEG and SR: "
+                                                                "OUT/dicom/<study>/seg.dcm, sr.dcm.")] = False,
 ) -> None:
     """Predict every study: submission.csv, one JSON per study, manifest.json, and an evaluation when labels
     exist. Several --model runs are an ensemble: their probabilities are averaged per study. Exit 0 when every
@@ -483,7 +496,8 @@ def predict(
     result = api_predict(task, model=model, input=input, out=out, labels=labels, weights=weights, device=device,
                          precision=precision, compile=compile, tta=tta,
                          folds=[int(f) for f in folds.split(",")] if folds else None,
-                         series=series, strict=strict)
+                         series=series, strict=strict, runtime=runtime, engine=engine.value,
+                         ray_address=ray_address, dicom_out=dicom_out)
     typer.echo(f"submission: {result['submission']}")
     if result.get("evaluation"):
         typer.echo(f"evaluation: {result['evaluation']}")
@@ -493,6 +507,12 @@ def predict(
         raise typer.Exit(code=3)
 
 
+def _runtime_choice(value: str) -> str:
+    if value not in ("torch", "onnx"):
+        raise typer.BadParameter(f"choose torch or onnx, got {value!r}")
+    return value
+
+
 @app.command()
 def segment(
     input: Annotated[Path, typer.Option(
@@ -500,8 +520,8 @@ def segment(
     out: Annotated[Path, typer.Option(*_OUT, help="Output folder (one sub-folder per study for a dataset).",
                                       callback=_out_folder)],
     model: Annotated[Path, typer.Option(
-        "--model", help="Run folder of a cervical/seg3d `spinelab train` (or of cervical/fracseg with a seg "
-                        "section: adds fracture_prob.nii.gz), or a trained nnU-Net v2 model folder.")],
+        "--model", help="Run folder (or model package) of a cervical/seg3d `spinelab train` (or of cervical/fracseg "
+                        "with a seg section: adds fracture_prob.nii.gz), or a trained nnU-Net v2 model folder.")],
     device: Annotated[str | None, typer.Option(help="cpu, cuda or auto [default: the run's infer.device]")] = None,
     precision: Annotated[str | None, typer.Option(
         help="fp32, bf16 or fp16 (GPU) autocast [default: the run's infer.precision]",

@@ -11,6 +11,7 @@ import torch
 
 from spinelab.config.load import load_config
 from spinelab.models.cervical import FractureClassifier
+from spinelab.registry import CERVICAL_TARGETS
 from spinelab.tasks.cervical.fracture import FractureStage, step_targets
 from spinelab.tasks.cervical.studies import CervicalStudies
 
@@ -195,7 +196,7 @@ def _save_stage1(cfg, run: Path, fold: int, seed: int) -> dict[str, torch.Tensor
 
 
 def test_stage2_cnn_starts_from_the_same_folds_stage1_backbone(tmp_path: Path) -> None:
-    cfg, run = _tiny(tmp_path), tmp_path / "run"
+    cfg, run = _tiny(tmp_path, "stage2.init_prior=false"), tmp_path / "run"
     fold0, fold1 = _save_stage1(cfg, run, 0, seed=0), _save_stage1(cfg, run, 1, seed=1)
     stage = FractureStage(cfg, run)
     model = stage.build_model()
@@ -208,13 +209,29 @@ def test_stage2_cnn_starts_from_the_same_folds_stage1_backbone(tmp_path: Path) -
 @pytest.mark.parametrize("override", ["stage2.init_from_stage1=false", "stage1.model.backbone=resnet18"])
 def test_stage2_keeps_its_own_weights_when_init_is_off_or_the_backbones_differ(tmp_path: Path,
                                                                               override: str) -> None:
-    cfg, run = _tiny(tmp_path, override), tmp_path / "run"
+    cfg, run = _tiny(tmp_path, override, "stage2.init_prior=false"), tmp_path / "run"
     _save_stage1(cfg, run, 0, seed=0)
     stage = FractureStage(cfg, run)
     model = stage.build_model()
     before = {k: v.clone() for k, v in model.encoder.backbone.state_dict().items()}
     stage.initialize(model, 0)
     assert all(torch.equal(v, before[k]) for k, v in model.encoder.backbone.state_dict().items())
+
+
+def test_stage2_outputs_start_at_the_training_folds_rates(tmp_path: Path) -> None:
+    ids = [f"1.2.{i}" for i in range(10)]
+    labels = pd.DataFrame({"StudyInstanceUID": ids, **{t: 0 for t in CERVICAL_TARGETS}})
+    labels.loc[:3, ["C2", "patient_overall"]] = 1  # studies 0-3 fractured at C2 ...
+    labels.loc[8:, ["C7", "patient_overall"]] = 1  # ... and 8-9 at C7, which fold 0 holds out
+    labels.to_csv(tmp_path / "train.csv", index=False)
+    pd.DataFrame({"StudyInstanceUID": ids, "fold": [1, 1, 2, 2, 3, 3, 4, 4, 0, 0]}).to_csv(
+        tmp_path / "folds.csv", index=False)
+    stage = FractureStage(_tiny(tmp_path, "stage2.init_from_stage1=false"), tmp_path / "run")
+    model = stage.build_model()
+    stage.initialize(model, 0)
+    rates = torch.sigmoid(model.vertebra_bias).tolist()
+    assert rates == pytest.approx([0.01, 0.5, 0.01, 0.01, 0.01, 0.01, 0.01], abs=1e-6)  # 4 of 8, zero clipped
+    assert torch.sigmoid(model.overall_head.bias).item() == pytest.approx(0.5, abs=1e-6)
 
 
 def test_fracture_slices_follow_a_series_stored_feet_first() -> None:

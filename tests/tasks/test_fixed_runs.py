@@ -26,7 +26,8 @@ def test_fixed_run_predicts_the_saved_submission(task: str, tta: bool, tiny_cerv
     assert list(got.columns) == list(expected.columns) and list(got.row_id) == list(expected.row_id)
     value_columns = [c for c in expected.columns if c != "row_id"]
     diff = (got[value_columns] - expected[value_columns]).abs().to_numpy().max()
-    assert diff <= 1e-6, f"{task}: largest change {diff:.2e}"
+    # The CSV holds 6 decimals: a last-digit flip reads back as 1e-6 plus the float error of the difference.
+    assert diff <= 1e-6 + 1e-9, f"{task}: largest change {diff:.2e}"
     assert expected[value_columns].to_numpy().std() > 0  # the fixture is not a constant: a change would show
 
 

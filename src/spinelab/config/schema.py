@@ -218,6 +218,9 @@ class CervicalStage2Config(StrictModel):
     # input channels match. Stage 1 already knows the anatomy; a held-out check learned fractures about
     # twice as fast from it as from random weights (BENCHMARKS.md). The frame pre-training uses it too.
     init_from_stage1: bool = True
+    # Start each vertebra output and patient_overall at the training folds' rate of that target: a small
+    # demo-sized stage 2 otherwise spends its few hundred steps learning the per-level base rates.
+    init_prior: bool = True
 
 
 class CervicalFramesConfig(StrictModel):

@@ -35,19 +35,22 @@ WEIGHTS_SCHEMA_VERSION = 1
 
 
 def load_predictor(task: str, model: str | Path, **options: Any) -> Any:
-    """The predictor of the run folder ``model`` (its route from the catalog), built with the run's ``infer``
-    settings where ``options`` (``device``, ``precision``, ``compile``, ``tta``; ``folds``, ``strict``) leave
-    them ``None``.
+    """The predictor of the run folder or model package ``model`` (its route from the catalog), built with the
+    run's ``infer`` settings where ``options`` (``device``, ``precision``, ``compile``, ``tta``; ``folds``,
+    ``strict``; ``runtime``: ``torch`` or ``onnx``) leave them ``None``. A package is verified against its
+    manifest first (``spinelab.deploy.manifest.verify_package``).
 
     Raises:
         ConfigError: the run was trained for another task.
+        InputError: a package file that does not match its manifest.
     """
     from spinelab.infer.runtime import run_inference_options
     from spinelab.tasks.route import resolve
 
     route = run_route_of_task(task, model)
     runtime, tta = run_inference_options(model, device=options.get("device"), precision=options.get("precision"),
-                                         compile=options.get("compile"), tta=options.get("tta"))
+                                         compile=options.get("compile"), tta=options.get("tta"),
+                                         runtime=options.get("runtime"))
     return resolve(route.predictor)(model, folds=options.get("folds"), runtime=runtime, tta=tta,
                                     strict=bool(options.get("strict", False)))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 __all__ = ["StudyResult", "SCHEMA_VERSION"]
 
@@ -39,12 +39,20 @@ class StudyResult(BaseModel):
     input: dict[str, Any] | None = None
     model: dict[str, Any] | None = None
     seconds: float | None = None
+    #: what a route made for this study beyond the JSON, never serialised (seg3d: ``labels``, the vertebra label
+    #: map on the stored grid, and ``series_uid``), for writers of other formats such as the DICOM SEG
+    _attachments: dict[str, Any] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _one_kind_of_output(self) -> StudyResult:
         if (self.probabilities is None) == (self.grades is None):
             raise ValueError("a study result carries exactly one of probabilities and grades")
         return self
+
+    @property
+    def attachments(self) -> dict[str, Any]:
+        """See ``_attachments``; empty after a JSON round trip."""
+        return self._attachments
 
     def to_json(self) -> dict[str, Any]:
         """The per-study JSON: the fields that were given (never ``null`` placeholders) and the route's own keys."""

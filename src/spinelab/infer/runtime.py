@@ -170,25 +170,49 @@ class Runtime:
 
 
 def run_inference_options(run_dir: Any, *, device: str | None = None, precision: str | None = None,
-                          compile: bool | None = None, tta: bool | None = None) -> tuple[Runtime, bool]:
-    """The ``Runtime`` and flip-TTA flag for predicting with a run folder.
+                          compile: bool | None = None, tta: bool | None = None,
+                          runtime: str | None = None) -> tuple[Runtime, bool]:
+    """The ``Runtime`` and flip-TTA flag for predicting with a run folder or a model package.
 
     Arguments left ``None`` come from the run's ``infer`` section (``config.yaml``), so a run trained for an
     AMX CPU or a GPU can carry ``infer.precision: bf16``; explicit arguments (the CLI options) win. Flip TTA
-    left unset everywhere is on for a GPU and off for a CPU.
+    left unset everywhere is on for a GPU and off for a CPU. A package (``spinelab.deploy``) is verified against
+    its manifest first; when it records a passed bf16 parity check, precision left unset is bf16 on a CPU with
+    bf16 units (``cpu_has_bf16_units``).
 
     Args:
-        run_dir: run folder written by ``spinelab train``.
+        run_dir: run folder written by ``spinelab train``, or a package of ``spinelab export model``.
         device, precision, compile, tta: overrides; ``None`` keeps the run's setting.
+        runtime: ``torch`` (default) or ``onnx``: the package's ONNX networks run on onnxruntime.
 
     Returns:
         ``(runtime, tta)``.
+
+    Raises:
+        InputError: a package file that does not match the manifest, or a newer package format.
+        ConfigError: ``runtime`` is unknown, or ``onnx`` for a folder without ONNX networks.
     """
     from spinelab.config.load import read_run_config
+    from spinelab.deploy.manifest import is_package, verify_package
 
+    manifest = verify_package(run_dir) if is_package(run_dir) else None
     cfg = read_run_config(run_dir).infer
-    runtime = Runtime(device=device or cfg.device, precision=precision or cfg.precision,
-                      channels_last=cfg.channels_last, compile=cfg.compile if compile is None else compile)
+    if precision is None and cfg.precision == "fp32" and manifest is not None:
+        bf16 = manifest.get("bf16") or {}
+        if bf16.get("passed") and resolve_device(device or cfg.device) == "cpu" and cpu_has_bf16_units():
+            precision = "bf16"
+            log.info("%s: bf16 by default (the package's bf16 parity check passed; this CPU has bf16 units)",
+                     run_dir)
+    options = {"device": device or cfg.device, "precision": precision or cfg.precision,
+               "channels_last": cfg.channels_last, "compile": cfg.compile if compile is None else compile}
+    if runtime in (None, "torch"):
+        rt: Runtime = Runtime(**options)
+    elif runtime == "onnx":
+        from spinelab.infer.onnx_runtime import OnnxRuntime
+
+        rt = OnnxRuntime.from_package(run_dir, manifest, **options)
+    else:
+        raise ConfigError(f"--runtime must be torch or onnx, got {runtime!r}")
     if tta is None:
-        tta = cfg.tta if cfg.tta is not None else runtime.device != "cpu"
-    return runtime, tta
+        tta = cfg.tta if cfg.tta is not None else rt.device != "cpu"
+    return rt, tta

@@ -1,4 +1,5 @@
-"""``spinelab export``: datasets for other tools (nnU-Net v2), a thin shell over ``spinelab.api.export_nnunet``.
+"""``spinelab export``: datasets for other tools (nnU-Net v2), a thin shell over ``spinelab.api.export_nnunet``,
+and model packages (``export model``, ``export onnx``: ``spinelab.deploy``).
 
 Kept beside the exporter so ``spinelab.cli`` only registers the group; errors go through the group's one
 mapping (``SpinelabError``: one line, exit 2).
@@ -13,7 +14,8 @@ import typer
 
 __all__ = ["export_app"]
 
-export_app = typer.Typer(help="Datasets for other tools: nnU-Net v2 raw datasets and their plans.",
+export_app = typer.Typer(help="Datasets for other tools (nnU-Net v2 raw datasets and their plans) and model "
+                              "packages (model, onnx).",
                          no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]})
 
 
@@ -72,3 +74,56 @@ def export_nnunet_plans(
     from spinelab.interop.nnunet import install_plans
 
     typer.echo(f"wrote {install_plans(dataset_folder, preprocessed)}")
+
+
+@export_app.command("model")
+def export_model(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder written by `spinelab train` (any route).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Package folder to write.")],
+    folds: Annotated[str | None, typer.Option(help="Comma-separated folds to ship [default: the predictor's, "
+                                                   "every trained fold].")] = None,
+    licence: Annotated[str | None, typer.Option(help="Licence of the weights (model card and manifest).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing package folder.")] = False,
+) -> None:
+    """Write a self-describing model package: the inference config, the chosen folds' model.pt, the prior and
+    the route's fitted files, MODEL_CARD.md and manifest.json (SHA-256 of every file). `predict` and `segment`
+    take it wherever they take a run folder, and refuse it when a file was changed."""
+    from spinelab.deploy.package import export_model as write_package
+
+    chosen = None
+    if folds is not None:
+        if not all(f.strip().isdigit() for f in folds.split(",")):
+            raise typer.BadParameter(f"--folds needs comma-separated fold numbers (0,1), got {folds!r}")
+        chosen = [int(f) for f in folds.split(",")]
+    typer.echo(f"wrote {write_package(run_dir, out, folds=chosen, licence=licence, overwrite=overwrite)}")
+
+
+@export_app.command("onnx")
+def export_onnx(
+    package: Annotated[Path, typer.Argument(help="A package written by `spinelab export model`.")],
+    opset: Annotated[int, typer.Option(min=17, help="ONNX opset.")] = 17,
+    all_networks: Annotated[bool, typer.Option(
+        "--all-networks", help="Use onnxruntime for every 2D network, not only where it was faster.")] = False,
+    bf16: Annotated[bool, typer.Option("--bf16/--no-bf16", help="Also run the bf16 parity check.")] = True,
+) -> None:
+    """Export the package's 2D networks to ONNX (PKG/onnx/), check them against torch on a fixed synthetic
+    study (largest probability difference under 1e-3) and time them; record the checks, and a bf16 parity
+    check, in manifest.json. Exit 3 when the ONNX parity check fails (`--runtime onnx` then refuses)."""
+    from spinelab.deploy.onnx_export import export_onnx as run_export
+
+    section = run_export(package, opset=opset, only_faster=not all_networks, bf16=bf16)
+    for n in section["networks"]:
+        typer.echo(f"{n['file']}: max |onnx - torch| {n['max_abs_diff']:.2e}, torch {n['torch_s']:.3f} s, "
+                   f"onnxruntime {n['onnx_s']:.3f} s, {'used' if n['use'] else 'not used (not faster)'}")
+    p = section["parity"]
+    if p["passed"] is None:
+        typer.echo(f"onnx: nothing exported ({p['note']}: 3D networks stay on torch)")
+    else:
+        typer.echo(f"onnx parity: max probability difference {p['max_prob_diff']:.2e} "
+                   f"({'passed' if p['passed'] else 'FAILED'}, tolerance {p['tolerance']})")
+    if "bf16" in section:
+        b = section["bf16"]
+        typer.echo(f"bf16 parity: max probability difference {b['max_prob_diff']:.2e} "
+                   f"({'passed' if b['passed'] else 'failed'}, tolerance {b['tolerance']})")
+    if p["passed"] is False:
+        raise typer.Exit(code=3)

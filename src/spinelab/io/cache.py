@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from spinelab.errors import InputError, SpinelabError
+from spinelab.errors import ConfigError, InputError, SpinelabError
 from spinelab.io._workers import new_pool, run_isolated
 from spinelab.io.atomic import atomic_save_npy, atomic_write_json
 from spinelab.io.files import is_dicom_file
@@ -137,7 +137,7 @@ def _cache_one(dataset_dir: str, out_dir: str, rel: str) -> tuple[str, str | Non
 
 
 def build_cache(dataset_dir: str | Path, out_dir: str | Path, *, workers: int = 2,
-                progress: bool = True) -> dict[str, Any]:
+                progress: bool = True, engine: str = "local", ray_address: str | None = None) -> dict[str, Any]:
     """Decode every series folder of ``dataset_dir`` into ``out_dir`` (resumable).
 
     Worker processes die with the build (a killed build leaves none running), and a worker that crashes on
@@ -148,6 +148,9 @@ def build_cache(dataset_dir: str | Path, out_dir: str | Path, *, workers: int = 
         out_dir: cache folder.
         workers: parallel processes (``<= 1``: in this process).
         progress: show a rich progress bar (stderr).
+        engine: ``local`` (``workers`` processes here) or ``ray`` (one Ray task per series on the cluster at
+            ``ray_address``, or a local Ray instance; ``workers`` is then unused): the same per-series function,
+            the same files.
 
     Returns:
         ``done`` (series ready in the cache now, including those already there), ``skipped`` (of which were
@@ -160,6 +163,8 @@ def build_cache(dataset_dir: str | Path, out_dir: str | Path, *, workers: int = 
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    if engine not in ("local", "ray"):
+        raise ConfigError(f"unknown engine {engine!r}; choose local or ray")
     dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
     series = find_series_folders(dataset_dir)
     if not series:
@@ -183,7 +188,16 @@ def build_cache(dataset_dir: str | Path, out_dir: str | Path, *, workers: int = 
                 fatal.append(err)
             bar.advance(task)
 
-        if workers <= 1 or len(todo) <= 1:
+        if engine == "ray" and todo:
+            from spinelab.ray_engine import map_series_on_ray
+
+            args = [(str(dataset_dir), str(out_dir), r) for r in todo]
+
+            def record_task(i: int, result: Any, err: str | None) -> None:
+                record(args[i][2], f"worker failed: {err}") if err is not None else record(*result)
+
+            map_series_on_ray(_cache_one, args, record_task, lambda: bool(fatal), address=ray_address)
+        elif workers <= 1 or len(todo) <= 1:
             for rel in todo:
                 record(*_cache_one(str(dataset_dir), str(out_dir), rel))
                 if fatal:

@@ -6,6 +6,7 @@ losses and the predictor can name what they use.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,15 +77,33 @@ class FractureClassifier(nn.Module):
         bias = float(torch.logit(torch.tensor(prior)))
         nn.init.constant_(self.vertebra_head.bias, bias)
         nn.init.constant_(self.step_head.bias, bias)
+        # One logit offset per vertebra level: fracture rates differ by level (C2 and C7 most often), and a
+        # shared head bias leaves the level embedding to learn that, slowly. Zero until ``set_prior``.
+        self.vertebra_bias = nn.Parameter(torch.zeros(n_vertebrae))
         self.overall_mode = overall
         self.overall_pool = AttentionPool(f)
         self.overall_head = nn.Linear(f, 1)
 
+    def set_prior(self, rates: Sequence[float]) -> None:
+        """Start the outputs at the training rates: ``rates`` is C1..C7 then patient_overall (clipped to
+        1-99 %), so the first steps learn what tells fractures apart instead of the per-level base rate."""
+        logits = torch.logit(torch.tensor([float(r) for r in rates]).clamp(0.01, 0.99))
+        n = self.vertebra_bias.numel()
+        if logits.numel() != n + 1:
+            raise ValueError(f"set_prior needs {n + 1} rates (C1..C{n}, patient_overall), got {logits.numel()}")
+        with torch.no_grad():
+            self.vertebra_head.bias.zero_()
+            self.vertebra_bias.copy_(logits[:n])
+            self.overall_head.bias.fill_(float(logits[n]))
+
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
         """As ``nn.Module.load_state_dict``; weights from spinelab 0.1 have no ``step_head``, which only
-        training uses, so it keeps its initial values instead of failing the load."""
+        training uses, so it keeps its initial values instead of failing the load; weights from before the
+        per-level offsets have no ``vertebra_bias``, which is then zero (their outputs are unchanged)."""
         if "step_head.weight" not in state_dict:
             state_dict = {**state_dict, **{f"step_head.{k}": v for k, v in self.step_head.state_dict().items()}}
+        if "vertebra_bias" not in state_dict:
+            state_dict = {**state_dict, "vertebra_bias": torch.zeros_like(self.vertebra_bias)}
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def forward_features(self, x: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
@@ -97,7 +116,7 @@ class FractureClassifier(nn.Module):
         b, v = feats.shape[:2]
         step = self.step_head(feats).squeeze(-1)
         emb = self.pool(feats.flatten(0, 1)).view(b, v, -1) + self.vertebra_embedding[:v]
-        vert = self.vertebra_head(emb).squeeze(-1)
+        vert = self.vertebra_head(emb).squeeze(-1) + self.vertebra_bias[:v]
         if self.overall_mode == "noisy_or":
             # log(1 - prod(1 - p)) as a logit: sum of log(1-p) is the log probability of "no fracture".
             log_none = torch.nn.functional.logsigmoid(-vert)

@@ -118,9 +118,12 @@ def report_function(task: str) -> Any:
 
 
 def run_route(run_dir: str | Path) -> Route:
-    """The route a run folder was trained with (from its ``config.yaml``)."""
+    """The route a run folder (or a model package, verified first) was trained with (its ``config.yaml``)."""
+    from spinelab.deploy.manifest import is_package, verify_package
     from spinelab.train.run_folder import read_run_config
 
+    if is_package(run_dir):
+        verify_package(run_dir)
     return route_of(read_run_config(run_dir))
 
 

@@ -207,6 +207,7 @@ def train_route(route: Route, cfg: Any, run_dir: str | Path, *, fold: str = "all
     from spinelab.config.load import save_config
     from spinelab.data.prepare import check_dataset, fold_count
     from spinelab.train.provenance import start_provenance
+    from spinelab.train.ranks import connect, on_rank_zero
     from spinelab.train.run import parse_fold_spec, train_folds
     from spinelab.train.run_folder import write_run_format
 
@@ -218,10 +219,18 @@ def train_route(route: Route, cfg: Any, run_dir: str | Path, *, fold: str = "all
     _check_model_sections(cfg)
     check_dataset(cfg)
     run_dir = Path(run_dir)
-    cfg, context = training.setup(cfg, run_dir, progress)
-    save_config(cfg, run_dir / "config.yaml")
-    write_run_format(run_dir)
-    start_provenance(run_dir, accelerator=cfg.trainer.accelerator)
+
+    def prepare() -> tuple[Any, Any]:
+        prepared, context = training.setup(cfg, run_dir, progress)
+        save_config(prepared, run_dir / "config.yaml")
+        write_run_format(run_dir)
+        start_provenance(run_dir, accelerator=prepared.trainer.accelerator)
+        return prepared, context
+
+    # Under DDP only global rank 0 prepares and writes the run folder; the others wait for it and get its
+    # config and context (spinelab.train.ranks); every process trains.
+    connect(cfg.trainer)
+    cfg, context = on_rank_zero(prepare)
     kw: dict[str, Any] = {"trainer_cfg": cfg.trainer, "resume": resume, "progress": progress}
     for step in training.steps:
         if not step.selected(stage, cfg):
@@ -230,9 +239,9 @@ def train_route(route: Route, cfg: Any, run_dir: str | Path, *, fold: str = "all
             for s in step.stages(cfg, run_dir, context):
                 train_folds(s, folds, **kw)
         elif step.run is not None:
-            step.run(cfg, run_dir, context, progress)
+            on_rank_zero(step.run, cfg, run_dir, context, progress)
     if training.finish is not None:
-        training.finish(cfg, run_dir, context, stage, folds, progress)
+        on_rank_zero(training.finish, cfg, run_dir, context, stage, folds, progress)
     return run_dir
 
 

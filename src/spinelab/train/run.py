@@ -89,13 +89,19 @@ def train_stage(stage: Stage, *, trainer_cfg: TrainerConfig, fold: int | None, r
     Raises:
         InputError: ``checkpoint_last.ckpt`` holds more than tensors and plain data, or cannot be read.
     """
+    from spinelab.train.ranks import is_global_zero, on_rank_zero
+
     tc = stage.train_config
     out = fold_dir(stage.run_dir, stage.name, fold)
-    if resume and (done := _finished(out, tc.epochs)) is not None:
+    # Under DDP rank 0 decides what --resume does (its node reads the shared run folder) and every process
+    # follows: a process that saw another state would wait forever in a collective the others never join.
+    if resume and (done := on_rank_zero(_finished, out, tc.epochs)) is not None:
+        if not is_global_zero():
+            return {"dir": out, "scores": {}, "seconds": float(done.get("seconds", 0.0))}
         log.info("%s: already trained (%s epochs); --resume leaves it as it is", out, done.get("epochs"))
         return {"dir": out, "scores": done, "seconds": float(done.get("seconds", 0.0))}
     last = out / "checkpoint_last.ckpt"
-    resuming = resume and last.is_file()
+    resuming = resume and on_rank_zero(last.is_file)
     if resuming:
         # Lightning loads it again below, also with weights_only=True; this load gives the one-line error.
         safe_torch_load(last)
@@ -105,7 +111,7 @@ def train_stage(stage: Stage, *, trainer_cfg: TrainerConfig, fold: int | None, r
 
     from spinelab.train.module import SpineModule
 
-    out.mkdir(parents=True, exist_ok=True)
+    on_rank_zero(out.mkdir, parents=True, exist_ok=True)
     L.seed_everything(tc.seed + (0 if fold is None else fold), workers=True, verbose=False)
     train_ds, val_ds = stage.datasets(fold)
     collate = stage.collate_fn()
@@ -154,6 +160,9 @@ def train_stage(stage: Stage, *, trainer_cfg: TrainerConfig, fold: int | None, r
     with warnings.catch_warnings():
         # The fold folder holds logs/ (and, on --resume, the checkpoints being continued) by design.
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+        # Under DDP the stage's metrics are computed once from every rank's rows and logged unreduced on
+        # purpose (spinelab.train.module); the epoch means of the training losses are rank 0's shard.
+        warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\(")
         trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resuming else None,
                     weights_only=True)
     seconds = time.perf_counter() - start + earlier

@@ -262,8 +262,12 @@ class FractureStage(Stage):
         return {"in_chans": 3 * len(self.cfg.stage2.windows), "overall": self.cfg.stage2.overall}
 
     def initialize(self, model: torch.nn.Module, fold: int | None) -> None:
-        """Start the CNN from the same fold's frame pre-training (``frames.enabled``), else from its stage-1
-        backbone (``stage2.init_from_stage1``) unless ImageNet weights were given (``model.pretrained_path``)."""
+        """Start the outputs at the training folds' rates (``stage2.init_prior``) and the CNN from the same
+        fold's frame pre-training (``frames.enabled``), else from its stage-1 backbone
+        (``stage2.init_from_stage1``) unless ImageNet weights were given (``model.pretrained_path``)."""
+        if self.cfg.stage2.init_prior:
+            train_ids, _ = self.studies.split(list(self.studies.labels.index), fold)
+            model.set_prior(self.studies.labels.loc[train_ids, list(CERVICAL_TARGETS)].mean().tolist())
         backbone = model.encoder.backbone
         if self.cfg.frames.enabled:
             if load_trained_backbone(backbone, self.run_dir, "frames", "backbone.", fold) is not None:

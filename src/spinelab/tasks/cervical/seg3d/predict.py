@@ -171,7 +171,7 @@ class Seg3dPredictor(CervicalStudyPredictor):
         vertebrae = describe_crops(crops, volume)
         ranges = {v: {k: d[k] for k in ("start_index", "end_index", "slice_numbers")} for v, d in vertebrae.items()}
         box = _union_box(crops, volume)
-        return StudyResult(
+        result = StudyResult(
             schema_version=SCHEMA_VERSION,
             study=study_id,
             status="warning" if warnings else "ok",
@@ -188,6 +188,10 @@ class Seg3dPredictor(CervicalStudyPredictor):
             conventions=CONVENTIONS,
             model=self.model_info,
         )
+        # the mask itself, for the DICOM SEG (``infer.dicom_results``); labels 1..7 = C1..C7, 8 = T1
+        result.attachments.update(labels=seg.labels, series_uid=volume.meta.get("series_uid"))
+        return result
+
 
 def _union_box(crops: VertebraCrops, volume: Volume) -> list[float]:
     """The box around every found vertebra's crop box, inside the image (the whole image when none was found)."""
