@@ -148,3 +148,15 @@ def test_a_zip_of_loose_files_is_one_study_named_after_the_upload(client: Any, t
     archive.write_bytes(buffer.getvalue())
     job = wait_job(client.get, _submit(client, archive).json()["id"])
     assert job["state"] == "done" and job["study"] == "my-study"
+
+
+def test_dicom_out_adds_the_studys_seg_and_sr_to_the_files(client: Any, study_zip: Path, test_study: Path) -> None:
+    import pydicom
+
+    job = wait_job(client.get, _submit(client, study_zip, dicom_out="true").json()["id"])
+    assert job["state"] == "done"
+    files = {f["name"]: f for f in client.get(f"/v1/jobs/{job['id']}/result").json()["files"]}
+    seg, sr = (files[f"dicom/{test_study.name}/{n}"] for n in ("seg.dcm", "sr.dcm"))
+    assert seg["media_type"] == "application/dicom"
+    data = pydicom.dcmread(io.BytesIO(client.get(seg["url"]).content))
+    assert data.Modality == "SEG" and data.StudyInstanceUID == test_study.name

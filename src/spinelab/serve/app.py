@@ -175,7 +175,9 @@ def create_app(service: Service) -> FastAPI:
                      path: Annotated[str | None, Form(description="a study under --input-root")] = None,
                      model: Annotated[str | None, Form()] = None,
                      series: Annotated[str | None, Form(description="cervical: SeriesInstanceUID or description")]
-                     = None) -> dict[str, Any]:
+                     = None,
+                     dicom_out: Annotated[bool, Form(description="also write the study's DICOM SEG and SR "
+                                                                 "(DICOM input)")] = False) -> dict[str, Any]:
         """Queue one study for one model: ``file`` (a zip) or, when the server allows it, ``path``."""
         worker = service.worker_for(model)
         if worker.state == "failed":
@@ -199,7 +201,9 @@ def create_app(service: Service) -> FastAPI:
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        options = {"series": series} if series else {}
+        options: dict[str, Any] = {"series": series} if series else {}
+        if dicom_out:  # predict_dataset's own option: out/dicom/<study id>/seg.dcm, sr.dcm
+            options["dicom_out"] = True
         job = store.add(Job(id=job_id, model=worker.name, folder=folder, input=source, options=options))
         worker.submit(job_id)
         return job.public()

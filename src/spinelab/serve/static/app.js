@@ -46,6 +46,7 @@ function upload(file) {
   const form = new FormData();
   form.append("file", file);
   form.append("model", $("model").value);
+  if ($("dicom-out").checked) form.append("dicom_out", "true");
   $("job").hidden = false;
   $("result").hidden = true;
   $("error").hidden = true;
