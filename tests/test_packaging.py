@@ -25,6 +25,7 @@ USED_WITHOUT_IMPORT = {
     "torchvision": "timm imports it; installed as a pair with torch",
     "pylibjpeg": "pydicom's decoder plugin for JPEG, JPEG-LS and JPEG 2000 pixel data",
     "tensorboard": "Lightning's TensorBoardLogger (train/run.py) writes through it",
+    "python-multipart": "FastAPI parses the service's uploads (serve/app.py, File and Form) with it",
 }
 # Distribution name -> the module name it installs, where they differ.
 MODULE_OF = {"iterative-stratification": "iterstrat", "python-gdcm": "gdcm", "pyyaml": "yaml",

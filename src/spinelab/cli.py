@@ -37,6 +37,7 @@ from spinelab.errors import SpinelabError, describe_os_error
 from spinelab.interop.export_cli import export_app
 from spinelab.pacs.pacs_cli import pacs_app
 from spinelab.scale_cli import Engine, EngineOption, NumNodesOption, RayAddressOption
+from spinelab.serve.serve_cli import serve as serve_command
 
 __all__ = ["app", "main", "configure_logging"]
 
@@ -112,6 +113,7 @@ app.add_typer(synth_app, name="synth")
 app.add_typer(labels_app, name="labels")
 app.add_typer(export_app, name="export")
 app.add_typer(pacs_app, name="pacs")
+app.command("serve")(serve_command)
 
 
 def _task_name(value: str | None) -> str | None:

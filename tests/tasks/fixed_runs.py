@@ -60,7 +60,7 @@ def materialize(name: str, dest: Path) -> Path:
 
 
 def cervical_test_input(tmp: Path) -> Path:
-    """The two test studies of the session's tiny cervical dataset (same generator call as tests/tasks/conftest.py)."""
+    """The two test studies of the session's tiny cervical dataset (same generator call as tests/conftest.py)."""
     from spinelab.data.synthetic.cervical import generate_cervical_dataset
 
     return generate_cervical_dataset(tmp, studies=6, test_studies=2, size=64, seed=3, workers=1,
@@ -68,7 +68,7 @@ def cervical_test_input(tmp: Path) -> Path:
 
 
 def lumbar_test_input(tmp: Path) -> Path:
-    """The tiny lumbar dataset of tests/tasks/conftest.py."""
+    """The tiny lumbar dataset of tests/conftest.py."""
     from spinelab.data.synthetic.lumbar import generate_lumbar_dataset
 
     return generate_lumbar_dataset(tmp, studies=6, test_studies=2, size=64, seed=5, workers=1, progress=False)
