@@ -307,14 +307,20 @@ class FractureStage(Stage):
         return {"loss": study + weight * step, "study_loss": study, "step_loss": step}
 
     def predictions(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> pd.DataFrame:
-        probs = torch.sigmoid(torch.cat([outputs["vertebra"], outputs["overall"][:, None]], 1).float())
-        frame = pd.DataFrame(probs.cpu().numpy(), columns=list(CERVICAL_TARGETS))
-        frame[[f"true_{t}" for t in CERVICAL_TARGETS]] = batch["target"].cpu().numpy()
-        frame.insert(0, "StudyInstanceUID", list(batch["uid"]))
-        return frame
+        return study_prediction_rows(outputs, batch)
 
     def evaluate(self, predictions: pd.DataFrame) -> dict[str, float]:
         return evaluate_cervical(predictions)
+
+
+def study_prediction_rows(outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> pd.DataFrame:
+    """One row per study of a batch: the C1-C7 and patient_overall probabilities and their ``true_`` labels (what
+    ``evaluate_cervical`` reads), from ``vertebra`` and ``overall`` logits."""
+    probs = torch.sigmoid(torch.cat([outputs["vertebra"], outputs["overall"][:, None]], 1).float())
+    frame = pd.DataFrame(probs.cpu().numpy(), columns=list(CERVICAL_TARGETS))
+    frame[[f"true_{t}" for t in CERVICAL_TARGETS]] = batch["target"].cpu().numpy()
+    frame.insert(0, "StudyInstanceUID", list(batch["uid"]))
+    return frame
 
 
 def evaluate_cervical(predictions: pd.DataFrame) -> dict[str, float]:

@@ -63,6 +63,21 @@ def _finish(cfg: CervicalConfig, run_dir: Path, context: Any, stage: str, folds:
         write_cv_scores(run_dir)
 
 
+def localize_out_of_fold(studies: CervicalStudies, uid: str, models: dict[int | None, Any], segmented: set[str],
+                         runtime: Any) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """One training study's volume, stage-1 prediction and its summary: from the model of the fold that held it
+    out when stage 1 trained on it (``segmented``), else from every trained fold's model (the full-data model
+    only when it is the only one)."""
+    fold = studies.folds.get(uid)
+    if uid in segmented and fold in models:
+        chosen = [models[fold]]
+    else:
+        chosen = [m for f, m in models.items() if f is not None] or list(models.values())
+    vol = studies.volume(uid)
+    pred = localize(vol, chosen, studies.cfg, tta=False, runtime=runtime)
+    return vol, pred, summarize_localization(pred, vol, studies.cfg)
+
+
 def localize_training_studies(cfg: CervicalConfig, run_dir: Path, context: Any = None, progress: bool = True
                               ) -> Path:
     """Stage-1 ranges and boxes for every training study (``localization.json``), as the seeds do.
@@ -83,14 +98,7 @@ def localize_training_studies(cfg: CervicalConfig, run_dir: Path, context: Any =
     with progress_bar() as bar:
         task = bar.add_task("stage-1 localisation", total=len(studies.labels), visible=progress)
         for uid in studies.labels.index:
-            fold = studies.folds.get(uid)
-            if uid in segmented and fold in models:
-                chosen = [models[fold]]
-            else:
-                chosen = [m for f, m in models.items() if f is not None] or list(models.values())
-            vol = studies.volume(uid)
-            pred = localize(vol, chosen, cfg, tta=False, runtime=runtime)
-            out[uid] = summarize_localization(pred, vol, cfg)
+            out[uid] = localize_out_of_fold(studies, uid, models, segmented, runtime)[2]
             bar.advance(task)
     path = atomic_write_json(run_dir / "localization.json", out)
     found = np.mean([len(s["missing"]) == 0 for s in out.values()]) if out else 0.0

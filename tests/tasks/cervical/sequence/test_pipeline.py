@@ -155,7 +155,7 @@ def test_loading_the_predictor_imports_no_training_code(tiny_sequence_run: Path)
 
 def test_a_killed_labels_step_keeps_what_it_saved(tiny_sequence_run: Path, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from spinelab.tasks.cervical import localization
+    from spinelab.tasks.cervical import pipeline as slice_pipeline  # where localize_out_of_fold finds localize
     from spinelab.tasks.cervical.sequence import labels
 
     run = tmp_path / "run"
@@ -164,7 +164,7 @@ def test_a_killed_labels_step_keeps_what_it_saved(tiny_sequence_run: Path, tmp_p
     (run / "localization.json").unlink()
     cfg = read_run_config(run)
     monkeypatch.setattr(labels, "_SAVE_EVERY", 1)
-    original, calls = localization.localize, {"n": 0}
+    original, calls = slice_pipeline.localize, {"n": 0}
 
     def dying(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         calls["n"] += 1
@@ -172,7 +172,7 @@ def test_a_killed_labels_step_keeps_what_it_saved(tiny_sequence_run: Path, tmp_p
             raise RuntimeError("simulated kill")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(localization, "localize", dying)
+    monkeypatch.setattr(slice_pipeline, "localize", dying)
     with pytest.raises(RuntimeError, match="simulated kill"):
         labels.write_slice_labels(cfg, run, progress=False)
     saved = json.loads((run / "slice_labels" / "index.json").read_text())["studies"]

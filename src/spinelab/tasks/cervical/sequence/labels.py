@@ -90,7 +90,8 @@ def write_slice_labels(cfg: Any, run_dir: Path, context: Any = None, progress: b
     """The ``labels`` step: out-of-fold stage-1 ratios, pseudo-labels and z-ranges of every training study."""
     from spinelab.infer.batch import progress_bar
     from spinelab.infer.runtime import Runtime
-    from spinelab.tasks.cervical.localization import LocalizerStage, localize, summarize_localization
+    from spinelab.tasks.cervical.localization import LocalizerStage
+    from spinelab.tasks.cervical.pipeline import localize_out_of_fold
     from spinelab.tasks.cervical.studies import CervicalStudies, canonical_fracture_slices
     from spinelab.train.run_folder import load_stage_models, trained_folds
 
@@ -117,14 +118,7 @@ def write_slice_labels(cfg: Any, run_dir: Path, context: Any = None, progress: b
             if uid in index["studies"] and uid in loc and (out / f"{uid}.npz").is_file():
                 bar.advance(task)
                 continue
-            fold = studies.folds.get(uid)
-            if uid in segmented and fold in models:
-                chosen = [models[fold]]
-            else:
-                chosen = [m for f, m in models.items() if f is not None] or list(models.values())
-            vol = studies.volume(uid)
-            pred = localize(vol, chosen, cfg, tta=False, runtime=runtime)
-            summary = summarize_localization(pred, vol, cfg)
+            vol, pred, summary = localize_out_of_fold(studies, uid, models, segmented, runtime)
             boxes = (canonical_fracture_slices(studies.fracture_slices.get(uid), vol)
                      if cfg.labels.use_boxes else None)
             frac = pseudo_labels(pred["ratio"], studies.targets(uid), boxes)

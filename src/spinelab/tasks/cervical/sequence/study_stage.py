@@ -24,7 +24,6 @@ from torch.utils.data import Dataset
 
 from spinelab.config.schema import TrainConfig
 from spinelab.errors import InputError
-from spinelab.registry import CERVICAL_TARGETS
 from spinelab.tasks.cervical.sequence.embeddings import EmbeddingCache
 from spinelab.tasks.cervical.sequence.inputs import fit_steps, slice_images, study_embeddings, study_positions
 from spinelab.tasks.cervical.sequence.labels import labels_dir, read_slice_labels
@@ -159,11 +158,9 @@ class StudyHeadStage(Stage):
         return {"loss": competition_bce(logits, batch["target"].float())}
 
     def predictions(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> pd.DataFrame:
-        probs = torch.sigmoid(torch.cat([outputs["vertebra"], outputs["overall"][:, None]], 1).float())
-        frame = pd.DataFrame(probs.cpu().numpy(), columns=list(CERVICAL_TARGETS))
-        frame[[f"true_{t}" for t in CERVICAL_TARGETS]] = batch["target"].cpu().numpy()
-        frame.insert(0, "StudyInstanceUID", list(batch["uid"]))
-        return frame
+        from spinelab.tasks.cervical.fracture import study_prediction_rows
+
+        return study_prediction_rows(outputs, batch)
 
     def evaluate(self, predictions: pd.DataFrame) -> dict[str, float]:
         from spinelab.tasks.cervical.fracture import evaluate_cervical
