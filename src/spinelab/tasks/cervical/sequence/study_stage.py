@@ -29,6 +29,7 @@ from spinelab.tasks.cervical.sequence.inputs import fit_steps, slice_images, stu
 from spinelab.tasks.cervical.sequence.labels import labels_dir, read_slice_labels
 from spinelab.tasks.cervical.sequence.slice_stage import SliceSequenceStage
 from spinelab.tasks.cervical.studies import CervicalStudies
+from spinelab.train.ranks import on_rank_zero
 from spinelab.train.stage import Stage
 
 __all__ = ["StudyEmbeddingDataset", "StudyHeadStage", "study_stage_name", "study_stages", "embedder"]
@@ -134,7 +135,8 @@ class StudyHeadStage(Stage):
         index = labels_dir(self.run_dir) / "index.json"
         labels_key = json.loads(index.read_text()).get("key") if index.is_file() else None
         cache = EmbeddingCache(self.run_dir, self.slice_stage.name, fold, weights, self.cfg, labels_key)
-        self.last_build = cache.build(ids, embed, progress=progress)
+        # Under DDP one process writes the cache and the others wait, then every rank memory-maps the same files.
+        self.last_build = on_rank_zero(cache.build, ids, embed, progress=progress)
         return cache.load
 
     def datasets(self, fold: int | None) -> tuple[Dataset, Dataset | None]:
