@@ -112,26 +112,38 @@ class CervicalPredictor(CervicalStudyPredictor):
                            facts=check.facts)
         after.raise_if_refused(self.strict)
         probs = self.classify(volume, summary)
-        warnings = check.warnings + after.warnings
-        for w in warnings:
-            log.warning("%s: %s", study_id or "study", w)
-        ids = volume.slice_ids
-        ranges = {v: {"start_index": r[0], "end_index": r[1],
-                      "slice_numbers": [ids[r[0]], ids[r[1]]] if ids else None}
-                  for v, r in summary["ranges"].items()}
-        return StudyResult(
-            schema_version=SCHEMA_VERSION,
-            study=study_id,
-            status="warning" if warnings else "ok",
-            probabilities={t: float(p) for t, p in zip(CERVICAL_TARGETS, probs, strict=True)},
-            vertebra_ranges=ranges,
-            crop_box=[round(v, 1) for v in summary["box"]],
-            missing_vertebrae=summary["missing"],
-            warnings=warnings,
-            input=check.facts,
-            conventions=CONVENTIONS,
-            model=self.model_info,
-        )
+        return localized_result(volume, summary, probs, study_id=study_id, check=check, after=after,
+                                model=self.model_info)
+
+
+def localized_result(volume: Volume, summary: dict[str, Any], probs: np.ndarray, *, study_id: str | None,
+                     check: InputCheck, after: InputCheck, model: dict[str, Any],
+                     conventions: dict[str, str] | None = None, **extra: Any) -> StudyResult:
+    """The ``StudyResult`` of a route that localises with stage 1 (slices, sequence): the probabilities, stage 1's
+    vertebra ranges (canonical indices and the series' slice numbers) and crop box, and the warnings of the input
+    rules (``check``) and of the localisation (``after``), each logged once; ``extra`` adds route fields."""
+    warnings = check.warnings + after.warnings
+    for w in warnings:
+        log.warning("%s: %s", study_id or "study", w)
+    ids = volume.slice_ids
+    ranges = {v: {"start_index": r[0], "end_index": r[1],
+                  "slice_numbers": [ids[r[0]], ids[r[1]]] if ids else None}
+              for v, r in summary["ranges"].items()}
+    return StudyResult(
+        schema_version=SCHEMA_VERSION,
+        study=study_id,
+        status="warning" if warnings else "ok",
+        probabilities={t: float(p) for t, p in zip(CERVICAL_TARGETS, probs, strict=True)},
+        vertebra_ranges=ranges,
+        crop_box=[round(v, 1) for v in summary["box"]],
+        missing_vertebrae=summary["missing"],
+        warnings=warnings,
+        input=check.facts,
+        conventions=CONVENTIONS if conventions is None else conventions,
+        model=model,
+        **extra,
+    )
+
 
 def predict_cervical(study_dir: str | Path, model_dir: str | Path, *, device: str | None = None,
                      precision: str | None = None, compile: bool | None = None, tta: bool | None = None,

@@ -20,12 +20,12 @@ import torch
 from spinelab import __version__
 from spinelab.infer.batch import weights_sha256
 from spinelab.infer.checks import InputCheck, check_cervical_input, check_cervical_localization
-from spinelab.infer.result import SCHEMA_VERSION, StudyResult
+from spinelab.infer.result import StudyResult
 from spinelab.infer.runtime import Runtime
 from spinelab.io.volume import Volume
 from spinelab.registry import CERVICAL_TARGETS, VERTEBRAE
 from spinelab.tasks.cervical.localization import LocalizerStage, localize, summarize_localization
-from spinelab.tasks.cervical.predict import CONVENTIONS
+from spinelab.tasks.cervical.predict import CONVENTIONS, localized_result
 from spinelab.tasks.cervical.sequence.inputs import (
     fit_steps,
     slice_images,
@@ -139,19 +139,8 @@ class SequencePredictor(CervicalStudyPredictor):
                            facts=check.facts)
         after.raise_if_refused(self.strict)
         probs, curves = self.classify(volume, summary)
-        warnings = check.warnings + after.warnings
-        for w in warnings:
-            log.warning("%s: %s", study_id or "study", w)
-        ids = volume.slice_ids
-        ranges = {v: {"start_index": r[0], "end_index": r[1],
-                      "slice_numbers": [ids[r[0]], ids[r[1]]] if ids else None}
-                  for v, r in summary["ranges"].items()}
-        return StudyResult(
-            schema_version=SCHEMA_VERSION, study=study_id, status="warning" if warnings else "ok",
-            probabilities={t: float(p) for t, p in zip(CERVICAL_TARGETS, probs, strict=True)},
-            vertebra_ranges=ranges, crop_box=[round(v, 1) for v in summary["box"]],
-            missing_vertebrae=summary["missing"], slice_curves=curves, warnings=warnings, input=check.facts,
-            conventions={**CONVENTIONS, "slice_curves": "per-slice probabilities of the slice models (seeds, folds "
-                                                        "and flips averaged) at the canonical slice indices "
-                                                        "`indices` (the route's slices of the z-range)"},
-            model=self.model_info)
+        conventions = {**CONVENTIONS, "slice_curves": "per-slice probabilities of the slice models (seeds, folds "
+                                                      "and flips averaged) at the canonical slice indices "
+                                                      "`indices` (the route's slices of the z-range)"}
+        return localized_result(volume, summary, probs, study_id=study_id, check=check, after=after,
+                                model=self.model_info, conventions=conventions, slice_curves=curves)
