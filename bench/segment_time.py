@@ -1,0 +1,96 @@
+"""CPU time of ``spinelab segment`` per study for the seg3d recipes, on the 300-slice 512 px benchmark study.
+
+The study is bench/predict.py's (a synthetic neck CT in JPEG Lossless). Each recipe gets a run folder with its
+``seg`` network at random weights (timing does not depend on them; the masks are meaningless) and segments the
+study once to warm up and ``--repeats`` times timed, in one process: wall seconds and the process's user + system
+CPU seconds, flip TTA off and on. Other work on the machine stretches the wall time, not the CPU time.
+
+    python bench/segment_time.py [--recipes seg3d_tiny,seg3d_1st] [--repeats 1] [--write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mdblock import machine_description, replace_block  # noqa: E402
+from predict import WORK, make_study  # noqa: E402
+from spinelab import api  # noqa: E402
+from spinelab.config.load import load_config, save_config  # noqa: E402
+from spinelab.configs import recipe_path  # noqa: E402
+from spinelab.tasks.cervical.seg3d.seg_stage import SegStage  # noqa: E402
+from spinelab.train.run_folder import FORMAT_FILE, RUN_FORMAT  # noqa: E402
+
+
+def make_seg_run(recipe: str) -> Path:
+    """A ``cervical/seg3d`` run folder with the recipe's seg network at random weights (fold 0)."""
+    run = WORK / f"segment_{recipe}"
+    cfg = load_config("cervical", [recipe_path(f"cervical/{recipe}.yaml")], [f"experiment=bench_{recipe}"])
+    save_config(cfg, run / "config.yaml")
+    (run / FORMAT_FILE).write_text(json.dumps({"format": RUN_FORMAT}))
+    torch.manual_seed(0)
+    model = SegStage(cfg, run).build_model()
+    (run / "seg" / "fold_0").mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), run / "seg" / "fold_0" / "model.pt")
+    return run
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def time_segment(study: Path, run: Path, tta: bool, repeats: int) -> dict[str, float]:
+    walls, cpus = [], []
+    for rep in range(repeats + 1):  # the first call warms up (imports, allocator, thread pool)
+        out = WORK / f"segment_out_{run.name}_{int(tta)}_{rep}"
+        t0, c0 = time.perf_counter(), cpu_seconds()
+        api.segment(study, out, run, device="cpu", precision="fp32", compile=False, tta=tta, progress=False)
+        if rep:
+            walls.append(time.perf_counter() - t0)
+            cpus.append(cpu_seconds() - c0)
+    return {"wall": sum(walls) / len(walls), "cpu": sum(cpus) / len(cpus)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--recipes", default="seg3d_tiny,seg3d_1st")
+    ap.add_argument("--slices", type=int, default=300)
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--write", action="store_true", help="rewrite the segment_time block of BENCHMARKS.md")
+    args = ap.parse_args()
+    study = make_study(args.slices, args.size)
+    rows = []
+    for recipe in args.recipes.split(","):
+        run = make_seg_run(recipe)
+        cfg = load_config("cervical", [run / "config.yaml"])
+        for tta in (False, True):
+            t = time_segment(study, run, tta, args.repeats)
+            rows.append(f"| `{recipe}` ({cfg.seg.model.name}, grid {cfg.seg.grid} {list(cfg.seg.size)}) | "
+                        f"{'on' if tta else 'off'} | {t['wall']:.1f} | {t['cpu']:.1f} |")
+            print(rows[-1], flush=True)
+    body = "\n".join([
+        "## `spinelab segment` per study (`bench/segment_time.py`)", "",
+        f"Machine: {machine_description()}, torch {torch.__version__} ({torch.get_num_threads()} threads). Study: "
+        f"{args.slices} slices of {args.size} px (JPEG Lossless, bench/predict.py's). Random weights: the time is "
+        "the network's and the pipeline's (decode, resampling, sliding window, connected components, the mask "
+        "back on the DICOM grid, NIfTI, vertebrae.json, preview.png), not a trained model's. "
+        f"Mean of {args.repeats} timed call(s) after one warm-up, in one process.", "",
+        "| recipe (seg network, grid) | flip TTA | wall s | CPU s (user + system) |", "|---|---|---:|---:|",
+        *rows, "",
+        f"Command: `python bench/segment_time.py --recipes {args.recipes} --repeats {args.repeats} --write`."])
+    if args.write:
+        replace_block("segment_time", body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()
