@@ -207,7 +207,7 @@ def train_route(route: Route, cfg: Any, run_dir: str | Path, *, fold: str = "all
     from spinelab.config.load import save_config
     from spinelab.data.prepare import check_dataset, fold_count
     from spinelab.train.provenance import start_provenance
-    from spinelab.train.ranks import connect, on_rank_zero
+    from spinelab.train.ranks import connect, disconnect, is_distributed, on_rank_zero
     from spinelab.train.run import parse_fold_spec, train_folds
     from spinelab.train.run_folder import write_run_format
 
@@ -229,6 +229,7 @@ def train_route(route: Route, cfg: Any, run_dir: str | Path, *, fold: str = "all
 
     # Under DDP only global rank 0 prepares and writes the run folder; the others wait for it and get its
     # config and context (spinelab.train.ranks); every process trains.
+    joined = is_distributed()  # a caller's own process group is the caller's to end
     connect(cfg.trainer)
     cfg, context = on_rank_zero(prepare)
     kw: dict[str, Any] = {"trainer_cfg": cfg.trainer, "resume": resume, "progress": progress}
@@ -242,6 +243,8 @@ def train_route(route: Route, cfg: Any, run_dir: str | Path, *, fold: str = "all
             on_rank_zero(step.run, cfg, run_dir, context, progress)
     if training.finish is not None:
         on_rank_zero(training.finish, cfg, run_dir, context, stage, folds, progress)
+    if not joined:
+        disconnect()
     return run_dir
 
 

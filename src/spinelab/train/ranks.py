@@ -124,6 +124,15 @@ def on_rank_zero(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return value
 
 
+def disconnect() -> None:
+    """Wait for every process, then end the process group. A group left to the interpreter's exit can abort
+    it ("terminate called without an active exception") while gloo's threads are torn down, seen when a
+    ``--resume`` run had nothing left to train."""
+    if is_distributed():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def barrier() -> None:
     """Wait for every process (nothing to wait for in one process)."""
     if is_distributed():
