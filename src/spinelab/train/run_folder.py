@@ -14,6 +14,7 @@ Run folder layout (the API of ``spinelab predict``; nnU-Net's results folder is 
 
 from __future__ import annotations
 
+import json
 import pickle
 import re
 import zipfile
@@ -123,7 +124,20 @@ __all__ = [
     "load_stage_models",
     "model_sha256",
     "read_training_log",
+    "read_prior",
+    "fold_weight_files",
 ]
+
+
+def read_prior(run_dir: str | Path, default: Any) -> Any:
+    """The training prior a failed study falls back to (``RUN_DIR/prior.json``), ``default`` without one."""
+    path = Path(run_dir) / "prior.json"
+    return json.loads(path.read_text()) if path.is_file() else default
+
+
+def fold_weight_files(run_dir: str | Path, folds: dict[str, list[int | None]]) -> list[Path]:
+    """The ``model.pt`` of every ``{stage: folds}`` entry, stage by stage (what a predictor records the hashes of)."""
+    return [fold_dir(run_dir, stage, f) / "model.pt" for stage, fs in folds.items() for f in fs]
 
 
 def fold_dir(run_dir: str | Path, stage: str, fold: int | None) -> Path:

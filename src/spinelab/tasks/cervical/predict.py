@@ -4,7 +4,6 @@ task's submission and metric (``OUTPUT``, for ``infer.batch.predict_dataset``) a
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,13 @@ from spinelab.tasks.cervical.localization import LocalizerStage, localize, summa
 from spinelab.tasks.cervical.studies import prepare_cervical_volume
 from spinelab.tasks.cervical.study_predictor import CervicalStudyPredictor
 from spinelab.tasks.route import TaskOutput
-from spinelab.train.run_folder import fold_dir, load_stage_models, read_run_config, select_folds
+from spinelab.train.run_folder import (
+    fold_weight_files,
+    load_stage_models,
+    read_prior,
+    read_run_config,
+    select_folds,
+)
 
 __all__ = ["CervicalPredictor", "predict_cervical", "evaluate_cervical_predictions", "OUTPUT"]
 
@@ -66,10 +71,8 @@ class CervicalPredictor(CervicalStudyPredictor):
         self.folds = {stage.name: select_folds(self.run_dir, stage.name, folds) for stage in (s1, s2)}
         self.stage1 = load_stage_models(s1, self.folds["stage1"])
         self.stage2 = load_stage_models(s2, self.folds["stage2"])
-        self.weights = weights_sha256(self.run_dir, [fold_dir(self.run_dir, stage, f) / "model.pt"
-                                                     for stage, fs in self.folds.items() for f in fs])
-        prior = self.run_dir / "prior.json"
-        self.prior = json.loads(prior.read_text()) if prior.is_file() else dict.fromkeys(CERVICAL_TARGETS, 0.5)
+        self.weights = weights_sha256(self.run_dir, fold_weight_files(self.run_dir, self.folds))
+        self.prior = read_prior(self.run_dir, dict.fromkeys(CERVICAL_TARGETS, 0.5))
 
     @property
     def model_info(self) -> dict[str, Any]:

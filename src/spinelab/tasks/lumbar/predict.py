@@ -4,7 +4,6 @@ submission and metric (``OUTPUT``, for ``infer.batch.predict_dataset``) and the 
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -28,7 +27,13 @@ from spinelab.tasks.lumbar.localize import localize_study
 from spinelab.tasks.lumbar.points import AxialPointStage, SagT1PointStage, SagT2PointStage, read_geometry
 from spinelab.tasks.lumbar.studies import LumbarStudy, load_study, read_descriptions
 from spinelab.tasks.route import TaskOutput
-from spinelab.train.run_folder import fold_dir, load_stage_models, read_run_config, select_folds
+from spinelab.train.run_folder import (
+    fold_weight_files,
+    load_stage_models,
+    read_prior,
+    read_run_config,
+    select_folds,
+)
 
 __all__ = ["LumbarPredictor", "predict_lumbar", "OUTPUT", "evaluate_lumbar_predictions",
            "point_errors", "sagittal_variants"]
@@ -64,12 +69,9 @@ class LumbarPredictor:
         stages = [cls(self.cfg, self.run_dir) for cls in STAGES]
         self.folds = {s.name: select_folds(self.run_dir, s.name, folds) for s in stages}
         self.models = {s.name: load_stage_models(s, self.folds[s.name]) for s in stages}
-        self.weights = weights_sha256(self.run_dir, [fold_dir(self.run_dir, stage, f) / "model.pt"
-                                                     for stage, fs in self.folds.items() for f in fs])
+        self.weights = weights_sha256(self.run_dir, fold_weight_files(self.run_dir, self.folds))
         self.geometry = read_geometry(self.run_dir)
-        prior = self.run_dir / "prior.json"
-        self.prior = (np.asarray(json.loads(prior.read_text())) if prior.is_file()
-                      else np.full((len(lumbar_columns()), 3), 1 / 3))
+        self.prior = np.asarray(read_prior(self.run_dir, np.full((len(lumbar_columns()), 3), 1 / 3)))
 
     @property
     def model_info(self) -> dict[str, Any]:

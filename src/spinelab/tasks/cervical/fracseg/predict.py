@@ -14,7 +14,6 @@ imports Lightning or the training loop.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from spinelab.io.volume import Volume
 from spinelab.registry import CERVICAL_TARGETS, VERTEBRAE
 from spinelab.tasks.cervical.studies import prepare_cervical_volume
 from spinelab.tasks.cervical.study_predictor import CervicalStudyPredictor
-from spinelab.train.run_folder import read_run_config, select_folds, trained_folds
+from spinelab.train.run_folder import read_prior, read_run_config, select_folds, trained_folds
 
 __all__ = ["FracsegPredictor", "CONVENTIONS", "MAP_FOLDER"]
 
@@ -81,8 +80,7 @@ class FracsegPredictor(CervicalStudyPredictor):
         fitted = (self.run_dir / RULE_FILE).is_file()
         self.rule = PercentileRule.load(self.run_dir) if fitted else PercentileRule(info={"fitted": False})
         self.classifier, self.classifier_folds = self._classifier(folds)
-        prior = self.run_dir / "prior.json"
-        self.prior = json.loads(prior.read_text()) if prior.is_file() else dict.fromkeys(CERVICAL_TARGETS, 0.5)
+        self.prior = read_prior(self.run_dir, dict.fromkeys(CERVICAL_TARGETS, 0.5))
         self.map_dir: Path | None = None
         self._info = {
             "run_dir": str(self.run_dir), "experiment": self.cfg.experiment, "route": "cervical/fracseg",

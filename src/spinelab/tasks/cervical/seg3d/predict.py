@@ -9,7 +9,6 @@ mask on the sagittal and coronal planes the report draws.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,14 @@ from spinelab.tasks.cervical.seg3d.patient_stage import PatientStage
 from spinelab.tasks.cervical.seg3d.vertebra_stage import VertebraStage
 from spinelab.tasks.cervical.studies import prepare_cervical_volume
 from spinelab.tasks.cervical.study_predictor import CervicalStudyPredictor
-from spinelab.train.run_folder import fold_dir, load_stage_models, read_run_config, select_folds, trained_folds
+from spinelab.train.run_folder import (
+    fold_weight_files,
+    load_stage_models,
+    read_prior,
+    read_run_config,
+    select_folds,
+    trained_folds,
+)
 
 __all__ = ["Seg3dPredictor", "ensemble_types", "type1_overall", "mask_sections"]
 
@@ -108,10 +114,8 @@ class Seg3dPredictor(CervicalStudyPredictor):
         if not self.models:
             raise InputError(self.run_dir, "no trained classifier (vertebra or patient stage); "
                                            "run `spinelab train cervical --stage vertebra`")
-        self.weights = weights_sha256(self.run_dir, [fold_dir(self.run_dir, stage, f) / "model.pt"
-                                                     for stage, fs in self.folds.items() for f in fs])
-        prior = self.run_dir / "prior.json"
-        self.prior = json.loads(prior.read_text()) if prior.is_file() else dict.fromkeys(CERVICAL_TARGETS, 0.5)
+        self.weights = weights_sha256(self.run_dir, fold_weight_files(self.run_dir, self.folds))
+        self.prior = read_prior(self.run_dir, dict.fromkeys(CERVICAL_TARGETS, 0.5))
 
     @property
     def model_info(self) -> dict[str, Any]:

@@ -9,7 +9,6 @@ with TTA, left-right mirrored images are averaged.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,14 @@ from spinelab.tasks.cervical.sequence.slice_stage import SliceSequenceStage
 from spinelab.tasks.cervical.sequence.study_stage import StudyHeadStage
 from spinelab.tasks.cervical.studies import prepare_cervical_volume
 from spinelab.tasks.cervical.study_predictor import CervicalStudyPredictor
-from spinelab.train.run_folder import fold_dir, load_stage_models, read_run_config, select_folds, trained_folds
+from spinelab.train.run_folder import (
+    fold_dir,
+    load_stage_models,
+    read_prior,
+    read_run_config,
+    select_folds,
+    trained_folds,
+)
 
 __all__ = ["SequencePredictor"]
 
@@ -84,8 +90,7 @@ class SequencePredictor(CervicalStudyPredictor):
 
             raise InputError(self.run_dir, "no trained study head with its slice model; train stages slices and study")
         self.weights = weights_sha256(self.run_dir, paths)
-        prior = self.run_dir / "prior.json"
-        self.prior = json.loads(prior.read_text()) if prior.is_file() else dict.fromkeys(CERVICAL_TARGETS, 0.5)
+        self.prior = read_prior(self.run_dir, dict.fromkeys(CERVICAL_TARGETS, 0.5))
 
     @property
     def model_info(self) -> dict[str, Any]:
