@@ -3,15 +3,18 @@
 The study is bench/predict.py's (a synthetic neck CT in JPEG Lossless). Each recipe gets a run folder with its
 ``seg`` network at random weights (timing does not depend on them; the masks are meaningless) and segments the
 study once to warm up and ``--repeats`` times timed, in one process: wall seconds and the process's user + system
-CPU seconds, flip TTA off and on. Other work on the machine stretches the wall time, not the CPU time.
+CPU seconds, flip TTA off and on. Other work on the machine stretches the wall time, not the CPU time. ``--runs``
+adds trained ``cervical/seg3d`` run folders (e.g. bench/segmentation.py's): their masks are real vertebrae, so
+the connected components and the probabilities' way back onto the 512 px grid cost what they cost in use.
 
-    python bench/segment_time.py [--recipes seg3d_tiny,seg3d_1st] [--repeats 1] [--write]
+    python bench/segment_time.py [--recipes seg3d_tiny,seg3d_1st] [--runs RUN_DIR ...] [--repeats 1] [--write]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import time
@@ -64,29 +67,35 @@ def main() -> None:
     ap.add_argument("--recipes", default="seg3d_tiny,seg3d_1st")
     ap.add_argument("--slices", type=int, default=300)
     ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--runs", type=Path, nargs="*", default=[], help="trained cervical/seg3d run folders to time")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--write", action="store_true", help="rewrite the segment_time block of BENCHMARKS.md")
     args = ap.parse_args()
     study = make_study(args.slices, args.size)
     rows = []
-    for recipe in args.recipes.split(","):
-        run = make_seg_run(recipe)
+    runs = [(f"`{r}`", make_seg_run(r)) for r in args.recipes.split(",") if r]
+    runs += [(f"trained `{r.name}`", r) for r in args.runs]
+    for name, run in runs:
         cfg = load_config("cervical", [run / "config.yaml"])
+        grid = f"{list(cfg.seg.size)}" if cfg.seg.grid == "fixed" else f"{cfg.seg.spacing_mm:g} mm"
         for tta in (False, True):
             t = time_segment(study, run, tta, args.repeats)
-            rows.append(f"| `{recipe}` ({cfg.seg.model.name}, grid {cfg.seg.grid} {list(cfg.seg.size)}) | "
+            rows.append(f"| {name} ({cfg.seg.model.name}, grid {cfg.seg.grid} {grid}) | "
                         f"{'on' if tta else 'off'} | {t['wall']:.1f} | {t['cpu']:.1f} |")
             print(rows[-1], flush=True)
     body = "\n".join([
         "## `spinelab segment` per study (`bench/segment_time.py`)", "",
         f"Machine: {machine_description()}, torch {torch.__version__} ({torch.get_num_threads()} threads). Study: "
-        f"{args.slices} slices of {args.size} px (JPEG Lossless, bench/predict.py's). Random weights: the time is "
-        "the network's and the pipeline's (decode, resampling, sliding window, connected components, the mask "
-        "back on the DICOM grid, NIfTI, vertebrae.json, preview.png), not a trained model's. "
+        f"{args.slices} slices of {args.size} px (JPEG Lossless, bench/predict.py's). Recipes run at random weights: "
+        "the time is the network's and the pipeline's (decode, resampling, sliding window, connected components, "
+        "the mask back on the DICOM grid, NIfTI, vertebrae.json, preview.png); their masks are nearly empty. "
+        "Trained runs segment the vertebrae for real. "
         f"Mean of {args.repeats} timed call(s) after one warm-up, in one process.", "",
         "| recipe (seg network, grid) | flip TTA | wall s | CPU s (user + system) |", "|---|---|---:|---:|",
         *rows, "",
-        f"Command: `python bench/segment_time.py --recipes {args.recipes} --repeats {args.repeats} --write`."])
+        f"Command: `python bench/segment_time.py --recipes {args.recipes}"
+        + (" --runs " + " ".join(os.path.relpath(r) for r in args.runs) if args.runs else "")
+        + f" --repeats {args.repeats} --write`."])
     if args.write:
         replace_block("segment_time", body)
     print(body)

@@ -87,7 +87,7 @@ def test_cervical_demo_recipe_fits_the_synthetic_crop() -> None:
     assert cfg.stage2.image_size <= 64  # sized for 2 CPU cores: the 128 px study box is about 60 px wide
 
 
-def test_a_task_demo_generates_its_own_number_of_studies_unless_told(
+def test_a_task_demo_generates_its_own_numbers_of_studies_unless_told(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     seen: list[dict[str, Any]] = []
 
@@ -98,11 +98,12 @@ def test_a_task_demo_generates_its_own_number_of_studies_unless_told(
         seen.append(kw)
         raise StopError  # the rest of the pipeline is the real one, measured in BENCHMARKS.md
 
-    spec = Demo(generate, size=32, recipe="lumbar/tiny.yaml", score="s", baseline="b", studies=7)
+    spec = Demo(generate, size=32, recipe="lumbar/tiny.yaml", score="s", baseline="b", studies=7, test_studies=9)
     monkeypatch.setitem(catalog._TASKS, "toy", Task("toy", "points", output=None, demo=spec))
     monkeypatch.setattr(demo, "console", demo.Console(width=200, force_terminal=False))
-    for studies in (None, 3):
+    for studies, test_studies in ((None, 2), (3, 2), (None, None)):
         with pytest.raises(StopError):
-            demo.run_task_demo("toy", tmp_path, studies=studies, test_studies=2, seed=5)
+            demo.run_task_demo("toy", tmp_path, studies=studies, test_studies=test_studies, seed=5)
     assert seen == [{"studies": 7, "test_studies": 2, "size": 32, "seed": 5},
-                    {"studies": 3, "test_studies": 2, "size": 32, "seed": 5}]
+                    {"studies": 3, "test_studies": 2, "size": 32, "seed": 5},
+                    {"studies": 7, "test_studies": 9, "size": 32, "seed": 5}]

@@ -51,11 +51,11 @@ def demo_tasks() -> list[str]:
     return [t for t in catalog.task_names() if catalog.get_task(t).demo is not None]
 
 
-def run_task_demo(task: str, out: Path, *, studies: int | None = None, test_studies: int = 16,
+def run_task_demo(task: str, out: Path, *, studies: int | None = None, test_studies: int | None = None,
                   seed: int = 0) -> dict[str, Any]:
     """The demo of one task (its default route) in ``out``; returns the paths it wrote and the test score.
 
-    ``studies`` (training studies) defaults to the task's ``Demo.studies``.
+    ``studies`` and ``test_studies`` default to the task's ``Demo.studies`` and ``Demo.test_studies``.
     """
     from spinelab import api
     from spinelab.config.load import load_config
@@ -66,6 +66,7 @@ def run_task_demo(task: str, out: Path, *, studies: int | None = None, test_stud
     if spec is None:
         raise typer.BadParameter(f"task {task!r} has no demo; choose from {', '.join(demo_tasks())}")
     studies = spec.studies if studies is None else studies
+    test_studies = spec.test_studies if test_studies is None else test_studies
     data, cache = out / "data" / task, out / "cache" / task
     run, pred, rep = out / "runs" / task, out / "predictions" / task, out / "report" / task
     if not (data / "train.csv").is_file():
@@ -92,7 +93,8 @@ def run_task_demo(task: str, out: Path, *, studies: int | None = None, test_stud
 def main(task: Annotated[str, typer.Option(help="A task with a demo (cervical, lumbar) or all")] = "all",
          out: Annotated[Path, typer.Option(help="Output folder")] = Path("demo_out"),
          studies: Annotated[int | None, typer.Option(help="Training studies per task [default: the task's]")] = None,
-         test_studies: Annotated[int, typer.Option(help="Test studies per task")] = 16,
+         test_studies: Annotated[int | None, typer.Option(
+             help="Test studies per task [default: the task's]")] = None,
          seed: Annotated[int, typer.Option(help="Seed of the synthetic datasets")] = 0) -> None:
     """Run the demo of one or every pipeline on synthetic data."""
     import logging

@@ -117,3 +117,23 @@ def test_frame_training_items_repeat_with_the_seed() -> None:
     first, again, other = items(1), items(1), items(2)
     assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
     assert not all(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
+
+
+def test_a_stage_told_to_validate_after_its_last_epoch_validates_once(tiny_cervical_run, tmp_path) -> None:
+    """``train.validate: last_epoch``: one validation, after the last epoch, and the scores still hold it."""
+    import csv
+    import json
+    import shutil
+
+    from spinelab import api
+    from spinelab.config.load import load_config
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_cervical_run, run, ignore=shutil.ignore_patterns("frames", "stage2"))
+    cfg = load_config("cervical", [run / "config.yaml"], ["frames.enabled=true", "frames.frames_per_epoch=16",
+                                        "frames.train={epochs: 3, batch_size: 8, ema: null, validate: last_epoch}",
+                                        "trainer.accelerator=cpu"])
+    api.train(cfg, run_dir=run, fold="0", stage="frames", progress=False)
+    rows = list(csv.DictReader((run / "frames/fold_0/logs/version_0/metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows if r.get("val/auc_step")] == [2]
+    assert "auc_step" in json.loads((run / "frames/fold_0/scores.json").read_text())

@@ -146,3 +146,24 @@ def test_fracture_box_rows_follow_with_their_pixels() -> None:
     ys, xs = np.nonzero(vol.array[int(d)])
     assert [x0, y0, x1, y1] == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
     assert vol.slice_ids[int(d)] == "2" and out.loc[0, "vertebra"] == "C2"
+
+
+def test_a_cached_study_is_opened_once_and_a_decoded_one_every_time(tiny_cervical_dataset: Path,
+                                                                    tmp_path: Path) -> None:
+    """Training items read a few slices each: the memory-mapped canonical view is kept, decoded pixels are not."""
+    from spinelab.config.load import load_config
+    from spinelab.io.cache import build_cache
+    from spinelab.tasks.cervical.studies import CervicalStudies, _memory_mapped
+
+    build_cache(tiny_cervical_dataset, tmp_path / "cache", workers=1, progress=False)
+    cfg = load_config("cervical", [], [f"data.dataset_dir={tiny_cervical_dataset}",
+                                        f"data.cache_dir={tmp_path / 'cache'}"])
+    cached = CervicalStudies(cfg)
+    uid = str(cached.labels.index[0])
+    first = cached.volume(uid)
+    assert _memory_mapped(first.array) and cached.volume(uid) is first
+    decoded = CervicalStudies(cfg.model_copy(update={"data": cfg.data.model_copy(update={"cache_dir": None})}))
+    a, b = decoded.volume(uid), decoded.volume(uid)
+    assert a is not b and not _memory_mapped(a.array) and not decoded._mapped
+    np.testing.assert_array_equal(np.asarray(first.array), a.array)  # the same canonical pixels either way
+    np.testing.assert_allclose(first.affine, a.affine)

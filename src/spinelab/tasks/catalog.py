@@ -135,7 +135,8 @@ register_task(Task("cervical", "slices", output="spinelab.tasks.cervical.predict
                    score="spinelab.metrics.cervical:cervical_score",
                    demo=Demo("spinelab.data.synthetic.cervical:generate_cervical_dataset", size=128,
                              recipe="cervical/demo.yaml", score="competition_score",
-                             baseline="prevalence_constant_score")))
+                             baseline="prevalence_constant_score", studies=100,
+                             test_studies=32)))
 register_task(Task("lumbar", "points", output="spinelab.tasks.lumbar.predict:OUTPUT",
                    report="spinelab.report.lumbar:write_lumbar_report",
                    id_column="study_id", targets=tuple(lumbar_columns()),

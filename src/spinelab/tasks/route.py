@@ -154,6 +154,8 @@ class Demo:
         score: the ``evaluation.json`` key of the test score (lower is better).
         baseline: the ``evaluation.json`` key of the constant the score is compared with.
         studies: training studies of the synthetic dataset (``--studies`` overrides it).
+        test_studies: test studies it is scored on (``--test-studies`` overrides it): enough that their
+            prevalence, which the constant baseline is fitted to, stays near the training rate.
     """
 
     synthetic: Any
@@ -162,6 +164,7 @@ class Demo:
     score: str
     baseline: str
     studies: int = 40
+    test_studies: int = 16
 
 
 @dataclass(frozen=True)

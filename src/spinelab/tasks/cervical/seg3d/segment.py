@@ -5,8 +5,9 @@ One study goes: the canonical CT (``prepare_cervical_volume``) -> the network's 
 function training uses) -> MONAI sliding windows with Gaussian weighting (``Runtime.sliding_window``), each
 fold on the grid and on its left-right mirror (``infer.tta.flip_outputs``; a mirror changes no vertebra label),
 softmax averaged -> argmax -> each label's largest connected part (``vertebrae.keep_largest_components``, on
-the network's grid with its affine: cheap, and the duplicate rule measures millimetres there too) -> the
-canonical grid (``SegInput.labels_to_volume``, nearest neighbour) -> the stored grid of the input
+the network's grid with its affine: cheap, and the duplicate rule measures millimetres there too; a dropped
+part's voxels become background) -> the canonical grid (``SegInput.probabilities_to_labels``: the
+probabilities interpolated linearly onto each CT voxel, then argmax) -> the stored grid of the input
 (``resample_to``: exact transposes and flips) -> per-vertebra statistics and the vertebra check.
 
 Nothing here imports Lightning or the training loop: the ``seg`` stage only builds its model from the run's
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from spinelab import __version__
@@ -193,9 +195,12 @@ class Segmenter:
         check.raise_if_refused()
         canonical = prepare_cervical_volume(volume)
         grid, probs = self.probabilities(canonical)
-        on_grid = Volume(probs.argmax(dim=0).to(torch.uint8).cpu().numpy(), grid.affine, is_label=True)
-        on_grid, duplicates = keep_largest_components(on_grid)  # on the small grid: seconds less per study
-        on_canonical = canonical.with_array(grid.labels_to_volume(on_grid.array), is_label=True)
+        argmax = probs.argmax(dim=0).to(torch.uint8).cpu().numpy()
+        kept, duplicates = keep_largest_components(Volume(argmax, grid.affine, is_label=True))  # on the small grid
+        dropped = torch.from_numpy(np.asarray(kept.array) != argmax).to(probs.device)
+        probs[:, dropped] = 0.0
+        probs[0, dropped] = 1.0
+        on_canonical = canonical.with_array(grid.probabilities_to_labels(probs), is_label=True)
         labels = resample_to(on_canonical, volume)  # the canonical grid is the stored one transposed and flipped
         # the canonical grid's meta (its axis map above all) does not describe the stored grid
         labels.meta = {"source": volume.meta.get("source"), "warnings": []}
