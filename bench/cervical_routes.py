@@ -47,13 +47,29 @@ def _scores(frame: pd.DataFrame) -> dict[str, float]:
     return out
 
 
-def _train(recipe: Path, sets: list[str], data: Path, work: Path, stage1_from: Path | None = None
-           ) -> tuple[Any, Path, float]:
+def _copy_seg(cfg: Any, source: Path, run: Path) -> None:
+    """Stage ``seg`` of ``source`` (a run that bench/segmentation.py trained) into ``run``, when both configs
+    describe the same segmentation (otherwise the route would read the weights with another network or grid)."""
+    from spinelab.config.load import read_run_config
+
+    theirs = read_run_config(source).seg.model_dump(mode="json")
+    ours = cfg.seg.model_dump(mode="json")
+    differ = sorted(k for k in ours if ours[k] != theirs.get(k))
+    if differ:
+        sys.exit(f"--seg-from {source}: its seg section differs from the seg3d recipe's in {', '.join(differ)}")
+    if not (run / "seg" / "fold_0" / "model.pt").is_file():
+        shutil.copytree(source / "seg", run / "seg", dirs_exist_ok=True)
+
+
+def _train(recipe: Path, sets: list[str], data: Path, work: Path, stage1_from: Path | None = None,
+           seg_from: Path | None = None) -> tuple[Any, Path, float]:
     cfg = load_config("cervical", [recipe], [f"data.dataset_dir={data}", *sets])
     run = work / f"run_{cfg.experiment}"
     if stage1_from is not None and not (run / "stage1" / "fold_0" / "model.pt").is_file():
         # the same stage 1 as the slice run (its model of fold 0), so the routes differ only after it
         shutil.copytree(stage1_from / "stage1", run / "stage1", dirs_exist_ok=True)
+    if seg_from is not None:
+        _copy_seg(cfg, seg_from, run)
     start = time.perf_counter()
     api.train(cfg, run_dir=run, fold="0", resume=True)
     return cfg, run, time.perf_counter() - start
@@ -92,11 +108,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=2022)
     parser.add_argument("--routes", default="slices,seg3d,sequence", help="comma-separated routes to compare")
     parser.add_argument("--slice-recipe", type=Path, default=RECIPES / "bench256.yaml")
-    parser.add_argument("--seg3d-recipe", type=Path, default=RECIPES / "seg3d_tiny.yaml")
+    parser.add_argument("--seg3d-recipe", type=Path, default=RECIPES / "seg3d_bench.yaml")
     parser.add_argument("--sequence-recipe", type=Path, default=RECIPES / "sequence_bench.yaml")
     parser.add_argument("--slice-set", nargs="*", default=[], help="overrides of the slice recipe")
     parser.add_argument("--seg3d-set", nargs="*", default=[], help="overrides of the seg3d recipe")
     parser.add_argument("--sequence-set", nargs="*", default=[], help="overrides of the sequence recipe")
+    parser.add_argument("--seg-from", type=Path, default=None,
+                        help="a run of bench/segmentation.py whose stage seg the seg3d route reuses (same settings)")
     parser.add_argument("--own-stage1", action="store_true", help="the sequence route trains its own stage 1")
     parser.add_argument("--weight", type=float, default=0.5, help="the seg3d route's share of the slice + seg3d row")
     parser.add_argument("--work", type=Path, default=REPO / "bench/_work/cervical_accuracy")
@@ -121,7 +139,8 @@ def main() -> None:
     for route in routes:
         recipe, sets = recipes[route]
         reuse = runs["slices"][1] if route == "sequence" and "slices" in runs and not args.own_stage1 else None
-        runs[route] = _train(recipe, sets, data, args.work, stage1_from=reuse)
+        runs[route] = _train(recipe, sets, data, args.work, stage1_from=reuse,
+                             seg_from=args.seg_from if route == "seg3d" else None)
 
     oofs: dict[str, pd.DataFrame] = {}  # each route's held-out probabilities (the table's rows)
     rows: dict[str, pd.DataFrame] = {}

@@ -81,6 +81,18 @@ def test_run_config_of_spinelab_0_1_is_still_read(tmp_path: Path) -> None:
     assert read_run_config(tmp_path).infer.tta is False
 
 
+def test_run_config_with_train_validate_is_read_as_validation(tmp_path: Path) -> None:
+    import yaml
+
+    save_config(load_config("cervical"), tmp_path / "config.yaml")
+    data = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    data["frames"]["train"].pop("validation")
+    data["frames"]["train"]["validate"] = "last_epoch"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))
+    cfg = read_run_config(tmp_path)
+    assert cfg.frames.train.validation == "last_epoch" and cfg.stage1.train.validation == "every_epoch"
+
+
 PLANTED = "task: cervical\nexperiment: !!python/object/apply:os.system ['touch {marker}']\n"
 
 

@@ -12,8 +12,8 @@ import torch
 from spinelab.config.load import load_config
 from spinelab.models.cervical import FractureClassifier
 from spinelab.registry import CERVICAL_TARGETS
-from spinelab.tasks.cervical.fracture import FractureStage, step_targets
-from spinelab.tasks.cervical.studies import CervicalStudies
+from spinelab.tasks.cervical.fracture import FractureStage
+from spinelab.tasks.cervical.studies import CervicalStudies, step_targets
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -120,7 +120,7 @@ def test_frame_training_items_repeat_with_the_seed() -> None:
 
 
 def test_a_stage_told_to_validate_after_its_last_epoch_validates_once(tiny_cervical_run, tmp_path) -> None:
-    """``train.validate: last_epoch``: one validation, after the last epoch, and the scores still hold it."""
+    """``train.validation: last_epoch``: one validation, after the last epoch, and the scores still hold it."""
     import csv
     import json
     import shutil
@@ -131,7 +131,7 @@ def test_a_stage_told_to_validate_after_its_last_epoch_validates_once(tiny_cervi
     run = tmp_path / "run"
     shutil.copytree(tiny_cervical_run, run, ignore=shutil.ignore_patterns("frames", "stage2"))
     cfg = load_config("cervical", [run / "config.yaml"], ["frames.enabled=true", "frames.frames_per_epoch=16",
-                                        "frames.train={epochs: 3, batch_size: 8, ema: null, validate: last_epoch}",
+                                        "frames.train={epochs: 3, batch_size: 8, ema: null, validation: last_epoch}",
                                         "trainer.accelerator=cpu"])
     api.train(cfg, run_dir=run, fold="0", stage="frames", progress=False)
     rows = list(csv.DictReader((run / "frames/fold_0/logs/version_0/metrics.csv").open()))

@@ -121,7 +121,7 @@ class TrainConfig(StrictModel):
     limit_val_batches: int | float | None = None
     # "last_epoch" validates once, after the last epoch: for a stage whose checkpoint is not picked by its
     # validation score (keep: last), the other validations only cost time (a sixth of the demo's frames).
-    validate: Literal["every_epoch", "last_epoch"] = "every_epoch"
+    validation: Literal["every_epoch", "last_epoch"] = "every_epoch"
     seed: int = 42
     optim: OptimConfig = Field(default_factory=OptimConfig)
     # Lightning checkpoints left in a finished fold folder (model.pt always stays): "last" keeps

@@ -168,9 +168,17 @@ class Seg3dVertebraConfig(StrictModel):
 
     model: ModelConfig = Field(default_factory=lambda: ModelConfig(name="seg3d_vertebra_sequence"))
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=10, batch_size=8))
-    #: weight of the per-slice BCE (every slice carries the vertebra's label, as in the seed)
+    #: weight of the per-slice BCE
     slice_loss_weight: float = Field(default=0.5, ge=0.0)
+    # What the per-slice BCE is taught: ``vertebra`` = every crop carries its vertebra's label (the seed);
+    # ``boxes`` = a crop of a fractured vertebra is positive where a fracture box marks one of its slices
+    # (the slice route's step targets), a fractured vertebra without boxes is left out of that term.
+    slice_targets: Literal["vertebra", "boxes"] = "vertebra"
     augment: bool = True
+    # Training only: each intact vertebra's crops get a painted cleft with this probability (the 7th place's
+    # fake fractures; ``data.fake_fracture``). Its slices become positives of the per-slice loss; the vertebra
+    # loss leaves it out, so the vertebra head stays calibrated on real labels only.
+    fake_fracture_prob: float = Field(default=0.0, ge=0.0, le=1.0)
 
 
 class Seg3dPatientConfig(StrictModel):
@@ -179,6 +187,13 @@ class Seg3dPatientConfig(StrictModel):
     model: ModelConfig = Field(default_factory=lambda: ModelConfig(name="seg3d_patient_sequence"))
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=10, batch_size=2))
     augment: bool = True
+    # Training only: a painted cleft in each intact vertebra with this probability (as ``vertebra``); the
+    # painted vertebra leaves the vertebra loss and the patient head's pooling, so both keep real labels.
+    fake_fracture_prob: float = Field(default=0.0, ge=0.0, le=1.0)
+    # Without ImageNet weights (model.pretrained_path unset), the per-crop CNN and its GRU start from the same
+    # fold's type-1 model when that has the same architecture (the slice route's stage 2 starts from its
+    # stage 1 in the same way): type 1 sees 7 times more samples per epoch, so it learns the clefts first.
+    init_from_vertebra: bool = True
     #: share of type 2 in the final ensemble (type 1 gets the rest; either alone when the other is not trained)
     ensemble_weight: float = Field(default=0.5, ge=0.0, le=1.0)
 

@@ -147,7 +147,7 @@ def train_stage(stage: Stage, *, trainer_cfg: TrainerConfig, fold: int | None, r
         num_nodes=trainer_cfg.num_nodes, precision=trainer_cfg.precision, max_epochs=tc.epochs,
         accumulate_grad_batches=tc.accumulate, gradient_clip_val=tc.grad_clip,
         limit_train_batches=tc.limit_train_batches, limit_val_batches=tc.limit_val_batches,
-        check_val_every_n_epoch=tc.epochs if tc.validate == "last_epoch" else 1,
+        check_val_every_n_epoch=tc.epochs if tc.validation == "last_epoch" else 1,
         log_every_n_steps=trainer_cfg.log_every_n_steps, deterministic=trainer_cfg.deterministic,
         callbacks=callbacks, logger=loggers, default_root_dir=out, enable_progress_bar=progress,
         enable_model_summary=False, num_sanity_val_steps=0,

@@ -15,6 +15,7 @@ Run folder layout (the API of ``spinelab predict``; nnU-Net's results folder is 
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 import re
 import zipfile
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 #: carry ``infer.tta_flip`` and ``infer.batch_size``); 2: format.json, ``route`` in config.yaml.
 RUN_FORMAT = 2
 FORMAT_FILE = "format.json"
+log = logging.getLogger("spinelab")
 _CONFIGS: dict[tuple[str, int, int, int], Any] = {}
 
 
@@ -74,6 +76,12 @@ def _migrate(data: dict[str, Any], fmt: int) -> dict[str, Any]:
             infer.setdefault("tta", infer.pop("tta_flip"))
         infer.pop("batch_size", None)  # never used at inference
         data = {**data, "infer": infer}
+    # ``train.validate`` (Dec 2026, shadowed pydantic's BaseModel.validate) is now ``train.validation``
+    for name, section in list(data.items()):
+        train = section.get("train") if isinstance(section, dict) else None
+        if isinstance(train, dict) and "validate" in train:
+            train = {k if k != "validate" else "validation": v for k, v in train.items()}
+            data = {**data, name: {**section, "train": train}}
     return data
 
 
@@ -121,6 +129,7 @@ __all__ = [
     "parse_fold_spec",
     "select_folds",
     "safe_torch_load",
+    "load_trained_backbone",
     "load_stage_models",
     "model_sha256",
     "read_training_log",
@@ -248,3 +257,36 @@ def read_training_log(fold_folder: str | Path) -> Any:
     parts = sorted(Path(fold_folder).glob("logs/version_*/metrics.csv"),
                    key=lambda p: int(p.parent.name.removeprefix("version_")))
     return pd.concat([pd.read_csv(p) for p in parts], ignore_index=True) if parts else pd.DataFrame()
+
+
+def load_trained_backbone(backbone: torch.nn.Module, run_dir: str | Path, stage: str, prefix: str,
+                          fold: int | None) -> Path | None:
+    """Load the CNN (or any other part, by ``prefix``) of an earlier stage's ``fold`` model (else of its model
+    trained on all data) into ``backbone``, when the architecture and input channels match.
+
+    The same fold keeps the held-out studies unseen: no stage of fold k trained on fold k.
+
+    Args:
+        backbone: the module to fill.
+        run_dir: the run folder.
+        stage: the earlier stage's folder name (``"stage1"``, ``"frames"``).
+        prefix: the backbone's key prefix in that stage's ``model.pt``.
+        fold: the fold being trained.
+
+    Returns:
+        The ``model.pt`` loaded from, or ``None`` when there is none or it does not fit.
+    """
+    for f in dict.fromkeys([fold, None]):
+        path = fold_dir(run_dir, stage, f) / "model.pt"
+        if not path.is_file():
+            continue
+        state = safe_torch_load(path, what="starting weights")
+        state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+        own = backbone.state_dict()
+        if state.keys() != own.keys() or any(state[k].shape != own[k].shape for k in own):
+            log.info("%s: backbone or input channels differ; not used as starting weights", path)
+            return None
+        backbone.load_state_dict(state)
+        log.info("CNN starts from %s", path)
+        return path
+    return None

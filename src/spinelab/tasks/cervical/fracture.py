@@ -10,7 +10,6 @@ a fracture looks like from study labels alone; these two terms say where it is."
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -27,15 +26,14 @@ from spinelab.errors import InputError
 from spinelab.io.volume import Volume
 from spinelab.registry import CERVICAL_TARGETS, CERVICAL_WEIGHTS, VERTEBRAE
 from spinelab.tasks.cervical.slices import stack_images
-from spinelab.tasks.cervical.studies import CervicalStudies, canonical_fracture_slices
-from spinelab.train.run_folder import fold_dir, safe_torch_load
+from spinelab.tasks.cervical.studies import CervicalStudies, canonical_fracture_slices, step_targets
+from spinelab.train.run_folder import load_trained_backbone
 from spinelab.train.stage import Stage
 
 log = logging.getLogger("spinelab")
 
 __all__ = ["FractureDataset", "FractureInputs", "FractureStage", "fracture_inputs", "step_images", "step_slices",
-           "step_targets", "known_step_bce", "competition_bce", "fake_fracture_ignore", "read_localization",
-           "load_trained_backbone"]
+           "known_step_bce", "competition_bce", "fake_fracture_ignore", "read_localization"]
 
 
 class FractureInputs(NamedTuple):
@@ -102,33 +100,6 @@ def fracture_inputs(volume: Volume, summary: dict[str, Any], cfg: CervicalConfig
     return FractureInputs(step_images(volume, slices, summary, cfg), found, slices)
 
 
-def step_targets(slices: np.ndarray, labels: np.ndarray, boxes: dict[str, set[int]] | None) -> np.ndarray:
-    """Per-step fracture targets ``(7, steps)``: 1, 0, or -1 for "unknown" (left out of the loss).
-
-    A vertebra labelled intact has no fractured slice, so all its steps are 0. For a fractured vertebra
-    the fracture boxes say which slices show the fracture: a step is 1 when one of its slices has a box
-    attributed to that vertebra (or to none, when the study has no segmentation). A fractured vertebra
-    without boxes (most real positives) is unknown.
-
-    Args:
-        slices: ``(7, steps, k)`` array indices of each step (``FractureInputs.slices``).
-        labels: study targets in registry order (C1..C7 first).
-        boxes: the study's fracture slices on the volume's grid (``canonical_fracture_slices``), or ``None``
-            when the study has no boxes.
-    """
-    boxes = boxes or {}
-    out = np.zeros(slices.shape[:2], dtype=np.float32)
-    for i, v in enumerate(VERTEBRAE):
-        if labels[i] < 0.5:
-            continue
-        marked = boxes.get(v, set()) | boxes.get("", set())
-        if not marked:
-            out[i] = -1.0
-            continue
-        out[i] = [float(any(int(d) in marked for d in step)) for step in slices[i]]
-    return out
-
-
 def known_step_bce(logits: torch.Tensor, target: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
     """Mean BCE over the steps whose target is known (``target >= 0``; -1 = unknown) and ``keep`` is True."""
     known = target >= 0 if keep is None else (target >= 0) & keep
@@ -145,39 +116,6 @@ def read_localization(run_dir: Any) -> dict[str, dict[str, Any]]:
     if not path.is_file():
         raise InputError(path, "stage-1 localisation of the training studies not found; train stage1 first")
     return json.loads(path.read_text())
-
-
-def load_trained_backbone(backbone: torch.nn.Module, run_dir: str | Path, stage: str, prefix: str,
-                          fold: int | None) -> Path | None:
-    """Load the CNN of an earlier stage's ``fold`` model (else of its model trained on all data) into
-    ``backbone``, when the architecture and input channels match.
-
-    The same fold keeps the held-out studies unseen: no stage of fold k trained on fold k.
-
-    Args:
-        backbone: the module to fill.
-        run_dir: the run folder.
-        stage: the earlier stage's folder name (``"stage1"``, ``"frames"``).
-        prefix: the backbone's key prefix in that stage's ``model.pt``.
-        fold: the fold being trained.
-
-    Returns:
-        The ``model.pt`` loaded from, or ``None`` when there is none or it does not fit.
-    """
-    for f in dict.fromkeys([fold, None]):
-        path = fold_dir(run_dir, stage, f) / "model.pt"
-        if not path.is_file():
-            continue
-        state = safe_torch_load(path, what="starting weights")
-        state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
-        own = backbone.state_dict()
-        if state.keys() != own.keys() or any(state[k].shape != own[k].shape for k in own):
-            log.info("%s: backbone or input channels differ; not used as starting weights", path)
-            return None
-        backbone.load_state_dict(state)
-        log.info("CNN starts from %s", path)
-        return path
-    return None
 
 
 class FractureDataset(SeededDataset, Dataset):

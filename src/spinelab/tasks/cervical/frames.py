@@ -24,13 +24,12 @@ from spinelab.io.volume import Volume
 from spinelab.registry import VERTEBRAE
 from spinelab.tasks.cervical.fracture import (
     known_step_bce,
-    load_trained_backbone,
     read_localization,
     step_images,
     step_slices,
-    step_targets,
 )
-from spinelab.tasks.cervical.studies import CervicalStudies, canonical_fracture_slices
+from spinelab.tasks.cervical.studies import CervicalStudies, canonical_fracture_slices, step_targets
+from spinelab.train.run_folder import load_trained_backbone
 from spinelab.train.stage import Stage
 
 __all__ = ["FrameDataset", "FrameStage"]

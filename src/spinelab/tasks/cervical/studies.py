@@ -22,10 +22,10 @@ from spinelab.config.schema import CervicalConfig
 from spinelab.errors import InputError
 from spinelab.io.orientation import stored_axis_map, to_canonical
 from spinelab.io.volume import Volume
-from spinelab.registry import CERVICAL_TARGETS
+from spinelab.registry import CERVICAL_TARGETS, VERTEBRAE
 
 __all__ = ["CervicalStudies", "prepare_cervical_volume", "canonical_label_rows", "canonical_slice_table",
-           "canonical_fracture_slices"]
+           "canonical_fracture_slices", "step_targets"]
 
 _PIXEL_BOX = ["x0", "y0", "x1", "y1"]
 _NORM_BOX = ["nx0", "ny0", "nx1", "ny1"]
@@ -82,6 +82,33 @@ def canonical_fracture_slices(boxes: dict[str, set[int]] | None, volume: Volume)
         return boxes
     m = stored_axis_map(volume)
     return {v: {int(d) for d in m.slice_index(np.fromiter(idx, dtype=np.int64))} for v, idx in boxes.items()}
+
+
+def step_targets(slices: np.ndarray, labels: np.ndarray, boxes: dict[str, set[int]] | None) -> np.ndarray:
+    """Per-step fracture targets ``(7, steps)``: 1, 0, or -1 for "unknown" (left out of the loss).
+
+    A vertebra labelled intact has no fractured slice, so all its steps are 0. For a fractured vertebra
+    the fracture boxes say which slices show the fracture: a step is 1 when one of its slices has a box
+    attributed to that vertebra (or to none, when the study has no segmentation). A fractured vertebra
+    without boxes (most real positives) is unknown.
+
+    Args:
+        slices: ``(7, steps, k)`` array indices of each step (``FractureInputs.slices``).
+        labels: study targets in registry order (C1..C7 first).
+        boxes: the study's fracture slices on the volume's grid (``canonical_fracture_slices``), or ``None``
+            when the study has no boxes.
+    """
+    boxes = boxes or {}
+    out = np.zeros(slices.shape[:2], dtype=np.float32)
+    for i, v in enumerate(VERTEBRAE):
+        if labels[i] < 0.5:
+            continue
+        marked = boxes.get(v, set()) | boxes.get("", set())
+        if not marked:
+            out[i] = -1.0
+            continue
+        out[i] = [float(any(int(d) in marked for d in step)) for step in slices[i]]
+    return out
 
 
 @dataclass

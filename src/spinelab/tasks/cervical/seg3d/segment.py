@@ -195,6 +195,13 @@ class Segmenter:
         check.raise_if_refused()
         canonical = prepare_cervical_volume(volume)
         grid, probs = self.probabilities(canonical)
+        return self.labels_from_probabilities(volume, canonical, grid, probs, check)
+
+    def labels_from_probabilities(self, volume: Volume, canonical: Volume, grid: SegInput, probs: torch.Tensor,
+                                  check: InputCheck) -> SegmentResult:
+        """What ``segment`` makes of ``probabilities(canonical)``: each label's largest part on the network's
+        grid, the probabilities taken back linearly onto ``volume``'s grid, the vertebra check (``probs`` is
+        changed in place)."""
         argmax = probs.argmax(dim=0).to(torch.uint8).cpu().numpy()
         kept, duplicates = keep_largest_components(Volume(argmax, grid.affine, is_label=True))  # on the small grid
         dropped = torch.from_numpy(np.asarray(kept.array) != argmax).to(probs.device)

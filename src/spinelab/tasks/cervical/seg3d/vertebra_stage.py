@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -17,15 +17,17 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from spinelab.data.fake_fracture import paint_cleft
 from spinelab.data.seeding import SeededDataset, stage_seed
-from spinelab.data.transforms import SequenceAugment
+from spinelab.data.transforms import SequenceAugment, adjacent_indices
 from spinelab.errors import InputError
 from spinelab.registry import CERVICAL_WEIGHTS, VERTEBRAE
 from spinelab.tasks.cervical.seg3d.crops import CropCache, VertebraCrops
-from spinelab.tasks.cervical.studies import CervicalStudies
+from spinelab.tasks.cervical.studies import CervicalStudies, canonical_fracture_slices, step_targets
 from spinelab.train.stage import Stage
 
-__all__ = ["VertebraStage", "TrainingCrops", "weighted_bce", "augment_crops", "CROPS_INDEX"]
+__all__ = ["VertebraStage", "TrainingCrops", "weighted_bce", "augment_crops", "paint_crop_cleft", "crop_slice_targets",
+           "CROPS_INDEX"]
 
 #: the crop cache's table of contents in the run folder: ``{"key": ..., "studies": {uid: {...}}}``
 CROPS_INDEX = "crops/index.json"
@@ -75,26 +77,65 @@ def augment_crops(augment: SequenceAugment, images: np.ndarray, rng: np.random.G
     return out
 
 
+def paint_crop_cleft(images: np.ndarray, window: tuple[float, float], rng: np.random.Generator,
+                     max_steps: int = 5) -> np.ndarray:
+    """Paint one fake fracture (``data.fake_fracture.paint_cleft``) into a vertebra's crops ``(T, C, S, S)`` in
+    place: through the bone of the CT channels on 1 to ``max_steps`` consecutive crops; the mask channel (the
+    last) is left as it is. Returns the painted crops' indices (none when the crop shows too little bone)."""
+    return paint_cleft(images[:, :-1], [tuple(window)], rng, max_steps=max_steps)
+
+
+def crop_slice_targets(studies: CervicalStudies, uid: str, vertebra: int, centres: np.ndarray, span: int
+                       ) -> np.ndarray:
+    """Per-crop targets ``(T,)`` of one vertebra from the fracture boxes (``studies.step_targets``): 1 where a
+    box of this vertebra marks one of the crop's ``span`` slices, 0 for an intact vertebra, -1 (unknown) for
+    a fractured vertebra without boxes. ``centres`` are the crops' centre slices on the canonical grid."""
+    volume = studies.volume(uid)
+    slices = np.zeros((len(VERTEBRAE), len(centres), span), dtype=np.int64)
+    slices[vertebra] = adjacent_indices(centres, volume.shape[0], span=span)
+    boxes = canonical_fracture_slices(studies.fracture_slices.get(uid), volume)
+    return step_targets(slices, studies.targets(uid), boxes)[vertebra]
+
+
 class VertebraDataset(SeededDataset, Dataset):
-    """One item = one found vertebra of a study: its ``(T, C, S, S)`` crops and its label."""
+    """One item = one found vertebra of a study: its ``(T, C, S, S)`` crops, its label and per-crop targets
+    (``slice_targets``: the label on every crop, or from the fracture boxes; -1 = unknown). In training an
+    intact vertebra gets a painted cleft with probability ``fake_prob`` (``fake`` True, label kept; its
+    painted crops, or with the vertebra's label all its crops, become per-crop positives)."""
 
     def __init__(self, studies: CervicalStudies, crops: TrainingCrops, ids: list[str], *, train: bool,
-                 augment: bool = True, seed: int = 0) -> None:
+                 augment: bool = True, seed: int = 0, fake_prob: float = 0.0,
+                 window: tuple[float, float] = (400.0, 1800.0),
+                 slice_targets: Literal["vertebra", "boxes"] = "vertebra") -> None:
         self.studies, self.crops, self.seed = studies, crops, seed
         self.items = [(uid, i) for uid in ids for i, ok in enumerate(crops.found(uid)) if ok]
         self.augment = SequenceAugment(affine=0.3) if train and augment else None
+        self.fake_prob, self.window, self.slice_targets = (fake_prob if train else 0.0), window, slice_targets
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, k: int) -> dict[str, Any]:
         uid, i = self.items[k]
-        images = self.crops.get(uid, i).images[0]
+        crops = self.crops.get(uid, i)
+        images, target = crops.images[0], self.studies.targets(uid)[i]
+        if self.slice_targets == "boxes":
+            span = images.shape[1] - 1
+            per_crop = crop_slice_targets(self.studies, uid, i, crops.slices[i], span)
+        else:
+            per_crop = np.full(images.shape[0], target, dtype=np.float32)
+        rng = self.rng() if self.augment is not None or self.fake_prob > 0 else None
+        fake = False
+        if rng is not None and self.fake_prob > 0 and target < 0.5 and rng.random() < self.fake_prob:
+            painted = paint_crop_cleft(images, self.window, rng)
+            fake = len(painted) > 0
+            if fake:
+                per_crop[painted if self.slice_targets == "boxes" else slice(None)] = 1.0
         if self.augment is not None:
-            images = augment_crops(self.augment, images, self.rng())
-        target = self.studies.targets(uid)[i]
+            images = augment_crops(self.augment, images, rng)
         return {"image": torch.from_numpy(np.ascontiguousarray(images)), "target": torch.tensor(target),
-                "uid": uid, "vertebra": i}
+                "slice_target": torch.from_numpy(per_crop), "fake": torch.tensor(fake), "uid": uid,
+                "vertebra": i}
 
 
 class VertebraStage(Stage):
@@ -118,7 +159,9 @@ class VertebraStage(Stage):
         train_ids, val_ids = self.studies.split(self.training_ids(crops), fold)
         aug = self.section.augment
         train = VertebraDataset(self.studies, crops, train_ids, train=True, augment=aug,
-                                seed=stage_seed(self.train_config.seed, fold))
+                                seed=stage_seed(self.train_config.seed, fold),
+                                fake_prob=self.section.fake_fracture_prob, window=self.cfg.crops.window,
+                                slice_targets=self.section.slice_targets)
         val = VertebraDataset(self.studies, crops, val_ids, train=False) if val_ids else None
         return train, val
 
@@ -126,13 +169,15 @@ class VertebraStage(Stage):
         return model(batch["image"])
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        target = batch["target"]
-        vertebra = weighted_bce(outputs["vertebra"], target, _W_NEG, _W_POS)
+        target = batch["target"].float()
+        fake = batch["fake"].bool() if "fake" in batch else torch.zeros_like(target, dtype=torch.bool)
+        # A painted vertebra shows a fracture under an intact label: the vertebra loss leaves it out.
+        vertebra = weighted_bce(outputs["vertebra"], target, _W_NEG, _W_POS, keep=~fake)
         weight = self.section.slice_loss_weight
         if not weight:
             return {"loss": vertebra, "vertebra_loss": vertebra}
-        # The seed's per-slice targets: every slice carries the vertebra's label.
-        per_slice = weighted_bce(outputs["slice"], target[:, None].expand_as(outputs["slice"]), _W_NEG, _W_POS)
+        per_crop = batch["slice_target"].float()  # -1: unknown (a fractured vertebra without boxes)
+        per_slice = weighted_bce(outputs["slice"], per_crop.clamp(min=0), _W_NEG, _W_POS, keep=per_crop >= 0)
         return {"loss": vertebra + weight * per_slice, "vertebra_loss": vertebra, "slice_loss": per_slice}
 
     def predictions(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> pd.DataFrame:
