@@ -88,8 +88,11 @@ def main() -> None:
         f"Machine: {machine_description()}, torch {torch.__version__} ({torch.get_num_threads()} threads). Study: "
         f"{args.slices} slices of {args.size} px (JPEG Lossless, bench/predict.py's). Recipes run at random weights: "
         "the time is the network's and the pipeline's (decode, resampling, sliding window, connected components, "
-        "the mask back on the DICOM grid, NIfTI, vertebrae.json, preview.png); their masks are nearly empty. "
-        "Trained runs segment the vertebrae for real. "
+        "the mask back on the DICOM grid, NIfTI, vertebrae.json, preview.png). Their class probabilities are "
+        "nearly uniform, so nearly every CT voxel lies between grid points of different argmax and takes the "
+        "slow, interpolating branch of the way back (`SegInput.probabilities_to_labels`): these rows are its "
+        "worst case, not a model in use. Trained runs segment the vertebrae for real: only the voxels at the "
+        "borders between labels are interpolated. "
         f"Mean of {args.repeats} timed call(s) after one warm-up, in one process.", "",
         "| recipe (seg network, grid) | flip TTA | wall s | CPU s (user + system) |", "|---|---|---:|---:|",
         *rows, "",
