@@ -176,8 +176,9 @@ class Seg3dVertebraConfig(StrictModel):
     slice_targets: Literal["vertebra", "boxes"] = "vertebra"
     augment: bool = True
     # Training only: each intact vertebra's crops get a painted cleft with this probability (the 7th place's
-    # fake fractures; ``data.fake_fracture``). Its slices become positives of the per-slice loss; the vertebra
-    # loss leaves it out, so the vertebra head stays calibrated on real labels only.
+    # fake fractures; ``data.fake_fracture``). Its painted crops (all its crops with ``slice_targets:
+    # vertebra``) become positives of the per-slice loss; the vertebra loss leaves it out, so the vertebra head
+    # stays calibrated on real labels only.
     fake_fracture_prob: float = Field(default=0.0, ge=0.0, le=1.0)
 
 

@@ -269,7 +269,7 @@ def load_trained_backbone(backbone: torch.nn.Module, run_dir: str | Path, stage:
     Args:
         backbone: the module to fill.
         run_dir: the run folder.
-        stage: the earlier stage's folder name (``"stage1"``, ``"frames"``).
+        stage: the earlier stage's folder name (``"stage1"``, ``"frames"``, ``"vertebra"``).
         prefix: the backbone's key prefix in that stage's ``model.pt``.
         fold: the fold being trained.
 

@@ -85,16 +85,17 @@ def paint_crop_cleft(images: np.ndarray, window: tuple[float, float], rng: np.ra
     return paint_cleft(images[:, :-1], [tuple(window)], rng, max_steps=max_steps)
 
 
-def crop_slice_targets(studies: CervicalStudies, uid: str, vertebra: int, centres: np.ndarray, span: int
-                       ) -> np.ndarray:
+def crop_slice_targets(studies: CervicalStudies, uid: str, labels: np.ndarray, vertebra: int, centres: np.ndarray,
+                       span: int) -> np.ndarray:
     """Per-crop targets ``(T,)`` of one vertebra from the fracture boxes (``studies.step_targets``): 1 where a
     box of this vertebra marks one of the crop's ``span`` slices, 0 for an intact vertebra, -1 (unknown) for
-    a fractured vertebra without boxes. ``centres`` are the crops' centre slices on the canonical grid."""
+    a fractured vertebra without boxes. ``labels`` are the study's targets (``studies.targets(uid)``, which the
+    caller has already read), ``centres`` the crops' centre slices on the canonical grid."""
     volume = studies.volume(uid)
     slices = np.zeros((len(VERTEBRAE), len(centres), span), dtype=np.int64)
     slices[vertebra] = adjacent_indices(centres, volume.shape[0], span=span)
     boxes = canonical_fracture_slices(studies.fracture_slices.get(uid), volume)
-    return step_targets(slices, studies.targets(uid), boxes)[vertebra]
+    return step_targets(slices, labels, boxes)[vertebra]
 
 
 class VertebraDataset(SeededDataset, Dataset):
@@ -118,10 +119,11 @@ class VertebraDataset(SeededDataset, Dataset):
     def __getitem__(self, k: int) -> dict[str, Any]:
         uid, i = self.items[k]
         crops = self.crops.get(uid, i)
-        images, target = crops.images[0], self.studies.targets(uid)[i]
+        labels = self.studies.targets(uid)
+        images, target = crops.images[0], labels[i]
         if self.slice_targets == "boxes":
             span = images.shape[1] - 1
-            per_crop = crop_slice_targets(self.studies, uid, i, crops.slices[i], span)
+            per_crop = crop_slice_targets(self.studies, uid, labels, i, crops.slices[i], span)
         else:
             per_crop = np.full(images.shape[0], target, dtype=np.float32)
         rng = self.rng() if self.augment is not None or self.fake_prob > 0 else None
