@@ -1,16 +1,20 @@
 """Cervical routes side by side: the slice route, the seg3d route (1st place: 3D segmentation, per-vertebra crops,
 type 1 and type 2), the sequence route (3rd place: slice-level labels, windowed slice model, study head on
-cached embeddings) and their ensembles, on the held-out fold 0 of the cervical accuracy benchmark's synthetic
-dataset (the same studies as ``bench/cervical_accuracy.py``; a run folder it left is reused).
+cached embeddings), the fracseg route (7th place: fracture segmentation from box pseudo-masks, the percentile
+rule and the 3D post-processing classifier) and their ensembles, on the held-out fold 0 of the cervical
+accuracy benchmark's synthetic dataset (the same studies as ``bench/cervical_accuracy.py``; a run folder it left
+is reused).
 
 Every route is scored on its out-of-fold predictions of fold 0 (``oof.csv``: models that never saw those
 studies; the seg3d crops of a held-out study come from the fold-0 segmentation model). The ensembles average the
-routes' probabilities per study. ``--routes`` picks the routes to train and compare (all three by default); the
-sequence route starts from the slice run's stage 1 when both run (``--own-stage1`` trains its own).
+routes' probabilities per study. ``--routes`` picks the routes to train and compare (all four by default); the
+sequence route starts from the slice run's stage 1 when both run (``--own-stage1`` trains its own), and
+``--seg-from`` gives the seg3d and fracseg routes one trained vertebra segmentation.
 
-    python bench/cervical_routes.py [--studies 100 --size 256] [--routes slices,seg3d,sequence]
+    python bench/cervical_routes.py [--studies 100 --size 256] [--routes slices,seg3d,sequence,fracseg]
                                     [--slice-recipe R.yaml] [--seg3d-recipe R.yaml] [--sequence-recipe R.yaml]
-                                    [--slice-set k=v ...] [--seg3d-set k=v ...] [--sequence-set k=v ...] [--write]
+                                    [--fracseg-recipe R.yaml] [--slice-set k=v ...] [--seg3d-set k=v ...]
+                                    [--sequence-set k=v ...] [--fracseg-set k=v ...] [--write]
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from spinelab.config.load import load_config  # noqa: E402
 from spinelab.registry import CERVICAL_TARGETS  # noqa: E402
 
 RECIPES = REPO / "src/spinelab/configs/cervical"
+ROUTES = ("slices", "seg3d", "sequence", "fracseg")
 
 
 def _scores(frame: pd.DataFrame) -> dict[str, float]:
@@ -62,7 +67,7 @@ def _copy_seg(cfg: Any, source: Path, run: Path) -> None:
 
 
 def _train(recipe: Path, sets: list[str], data: Path, work: Path, stage1_from: Path | None = None,
-           seg_from: Path | None = None) -> tuple[Any, Path, float]:
+           seg_from: Path | None = None, fold: str = "0") -> tuple[Any, Path, float]:
     cfg = load_config("cervical", [recipe], [f"data.dataset_dir={data}", *sets])
     run = work / f"run_{cfg.experiment}"
     if stage1_from is not None and not (run / "stage1" / "fold_0" / "model.pt").is_file():
@@ -71,7 +76,7 @@ def _train(recipe: Path, sets: list[str], data: Path, work: Path, stage1_from: P
     if seg_from is not None:
         _copy_seg(cfg, seg_from, run)
     start = time.perf_counter()
-    api.train(cfg, run_dir=run, fold="0", resume=True)
+    api.train(cfg, run_dir=run, fold=fold, resume=True)
     return cfg, run, time.perf_counter() - start
 
 
@@ -106,15 +111,17 @@ def main() -> None:
     parser.add_argument("--studies", type=int, default=100)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=2022)
-    parser.add_argument("--routes", default="slices,seg3d,sequence", help="comma-separated routes to compare")
+    parser.add_argument("--routes", default=",".join(ROUTES), help="comma-separated routes to compare")
     parser.add_argument("--slice-recipe", type=Path, default=RECIPES / "bench256.yaml")
     parser.add_argument("--seg3d-recipe", type=Path, default=RECIPES / "seg3d_bench.yaml")
     parser.add_argument("--sequence-recipe", type=Path, default=RECIPES / "sequence_bench.yaml")
+    parser.add_argument("--fracseg-recipe", type=Path, default=RECIPES / "fracseg_bench.yaml")
     parser.add_argument("--slice-set", nargs="*", default=[], help="overrides of the slice recipe")
     parser.add_argument("--seg3d-set", nargs="*", default=[], help="overrides of the seg3d recipe")
     parser.add_argument("--sequence-set", nargs="*", default=[], help="overrides of the sequence recipe")
+    parser.add_argument("--fracseg-set", nargs="*", default=[], help="overrides of the fracseg recipe")
     parser.add_argument("--seg-from", type=Path, default=None,
-                        help="a run of bench/segmentation.py whose stage seg the seg3d route reuses (same settings)")
+                        help="a run whose stage seg the seg3d and fracseg routes reuse (same seg settings)")
     parser.add_argument("--own-stage1", action="store_true", help="the sequence route trains its own stage 1")
     parser.add_argument("--weight", type=float, default=0.5, help="the seg3d route's share of the slice + seg3d row")
     parser.add_argument("--work", type=Path, default=REPO / "bench/_work/cervical_accuracy")
@@ -124,12 +131,13 @@ def main() -> None:
                         help="the BENCHMARKS.md block --write replaces (a partial comparison can keep its own)")
     args = parser.parse_args()
     routes = [r.strip() for r in args.routes.split(",") if r.strip()]
-    unknown = set(routes) - {"slices", "seg3d", "sequence"}
+    unknown = set(routes) - set(ROUTES)
     if unknown or not routes:
-        parser.error(f"--routes: choose from slices, seg3d, sequence (got {args.routes!r})")
+        parser.error(f"--routes: choose from {', '.join(ROUTES)} (got {args.routes!r})")
     recipes = {"slices": (args.slice_recipe.resolve(), args.slice_set),
                "seg3d": (args.seg3d_recipe.resolve(), args.seg3d_set),
-               "sequence": (args.sequence_recipe.resolve(), args.sequence_set)}
+               "sequence": (args.sequence_recipe.resolve(), args.sequence_set),
+               "fracseg": (args.fracseg_recipe.resolve(), args.fracseg_set)}
     data = args.work / f"data_{args.studies}x{args.size}"
     if not (data / "train.csv").is_file():
         from spinelab.data.synthetic.cervical import generate_cervical_dataset
@@ -140,7 +148,9 @@ def main() -> None:
         recipe, sets = recipes[route]
         reuse = runs["slices"][1] if route == "sequence" and "slices" in runs and not args.own_stage1 else None
         runs[route] = _train(recipe, sets, data, args.work, stage1_from=reuse,
-                             seg_from=args.seg_from if route == "seg3d" else None)
+                             seg_from=args.seg_from if route in ("seg3d", "fracseg") else None,
+                             # the percentile rule and the classifier learn from out-of-fold maps of every fold
+                             fold="all" if route == "fracseg" else "0")
 
     oofs: dict[str, pd.DataFrame] = {}  # each route's held-out probabilities (the table's rows)
     rows: dict[str, pd.DataFrame] = {}
@@ -175,6 +185,19 @@ def main() -> None:
             notes.append("sequence route, stage `slices` alone (held-out fold 0, each vertebra's highest slice): "
                          "vertebra AUC " + ", ".join(f"{s.get('auc_vertebra', float('nan')):.3f}"
                                                      for s in slices_scores) + " (per seed).")
+    if "fracseg" in runs:
+        frac_run = runs["fracseg"][1]
+        oofs["fracseg"] = pd.read_csv(frac_run / "oof.csv", dtype={"StudyInstanceUID": str})
+        rows[f"fracseg route (`{args.fracseg_recipe.name}`)"] = oofs["fracseg"]
+        rows["fracseg, percentile rule alone"] = pd.read_csv(frac_run / "percentile" / "oof.csv",
+                                                             dtype={"StudyInstanceUID": str})
+        frac_scores = json.loads((frac_run / "fracture_seg" / "cv_scores.json").read_text())
+        notes.append(f"fracseg fracture segmentation (out of fold, every trained fold): fracture Dice "
+                     f"{frac_scores.get('dice', float('nan')):.3f} on {int(frac_scores.get('boxed_studies', 0))} "
+                     f"boxed studies (their box pseudo-masks as truth); share of voxels called fracture in the "
+                     f"held-out studies without a fracture {frac_scores.get('negative_fp_share', float('nan')):.4f}. "
+                     "The fracseg route trains all five folds: its percentile rule is fitted on the out-of-fold "
+                     "maps of all 100 studies (fold 0's included, as the route does), its classifier per fold.")
     ids = sorted(set.intersection(*(set(f.StudyInstanceUID.astype(str)) for f in oofs.values())))
     cols = list(CERVICAL_TARGETS)
 
@@ -191,7 +214,7 @@ def main() -> None:
         names = list(oofs)
         rows[f"all routes ({' + '.join(names)}, equal weights)"] = mean_of(names, [1 / len(names)] * len(names))
     lines = [
-        "## Cervical routes side by side (`bench/cervical_routes.py`)" if len(runs) == 3 else
+        "## Cervical routes side by side (`bench/cervical_routes.py`)" if len(runs) == len(ROUTES) else
         f"## Cervical routes: {', '.join(runs)} (`bench/cervical_routes.py --routes {','.join(runs)}`)",
         "",
         f"Machine: {machine_description()}. Dataset: {args.studies} synthetic studies at {args.size} px (seed "
@@ -210,7 +233,9 @@ def main() -> None:
     stage_names = {"slices": ["stage1", "frames", "stage2"], "seg3d": ["seg", "vertebra", "patient"],
                    "sequence": ["stage1", *sorted(p.name for p in runs["sequence"][1].glob("slices_s*")),
                                 *sorted(p.name for p in runs["sequence"][1].glob("study_s*"))]
-                   if "sequence" in runs else []}
+                   if "sequence" in runs else [],
+                   "fracseg": ["seg", *sorted(p.name for p in runs["fracseg"][1].glob("fracture_seg*")), "overall"]
+                   if "fracseg" in runs else []}
     times = "; ".join(f"{r} route {_stage_minutes(run, stage_names[r])} (this call {sec / 60:.1f} min)"
                       for r, (_, run, sec) in runs.items())
     lines += [*(["", *notes] if notes else []), "",

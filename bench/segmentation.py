@@ -55,7 +55,6 @@ def evaluate_held_out(run: Path, tta: bool = True) -> dict[str, Any]:
 
     from spinelab.tasks.cervical.seg3d.seg_stage import centroid_errors, dataset_cases, dice_per_class, read_case
     from spinelab.tasks.cervical.seg3d.segment import Segmenter
-    from spinelab.tasks.cervical.studies import prepare_cervical_volume
 
     segmenter = Segmenter(run, folds=[0], tta=tta)
     cfg, n = segmenter.cfg, segmenter.cfg.seg.n_classes
@@ -66,9 +65,7 @@ def evaluate_held_out(run: Path, tta: bool = True) -> dict[str, Any]:
         ct, truth = read_case(case, cfg)
         with torch.inference_mode():  # Segmenter.segment in its two parts, the network run once
             start = time.process_time()
-            check = segmenter.input_check(ct)
-            canonical = prepare_cervical_volume(ct)
-            grid, probs = segmenter.probabilities(canonical)
+            canonical, grid, probs, check = segmenter.checked_probabilities(ct)
             spent = time.process_time() - start
             grid_pred = probs.argmax(0).numpy().astype(np.uint8)
             start = time.process_time()

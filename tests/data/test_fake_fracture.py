@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from spinelab.data.fake_fracture import paint_cleft
+from spinelab.data.fake_fracture import paint_cleft, paint_intact
 from spinelab.data.transforms import window_stack
 
 WINDOWS = [(400.0, 1800.0), (40.0, 400.0)]
@@ -40,3 +40,19 @@ def test_no_bone_means_nothing_is_painted() -> None:
     before = images.copy()
     painted = paint_cleft(images, WINDOWS, np.random.default_rng(1))
     assert painted.size == 0 and np.array_equal(images, before)
+
+
+def test_paint_intact_paints_only_intact_vertebrae_and_reports_what_it_painted() -> None:
+    one, _ = _vertebra(steps=4, size=48)
+    images = np.repeat(one[None], 7, axis=0)
+    images[3] = window_stack(np.full((12, 48, 48), 40.0, np.float32), WINDOWS).reshape(4, 6, 48, 48)  # no bone
+    before = images.copy()
+    intact = np.array([True, False, True, True, True, False, True])
+    rng = np.random.default_rng(2)
+    painted = paint_intact(images, intact, 1.0, rng, lambda x: paint_cleft(x, WINDOWS, rng))
+    # every intact vertebra with bone gets a cleft; the fractured ones and the boneless one do not
+    assert sorted(painted) == [0, 2, 4, 6]
+    for i in range(7):
+        changed = np.flatnonzero(np.abs(images[i] - before[i]).reshape(4, -1).max(1) > 0.05)
+        np.testing.assert_array_equal(changed, painted.get(i, np.array([], dtype=np.int64)))
+    assert paint_intact(images, intact, 0.0, rng, lambda x: paint_cleft(x, WINDOWS, rng)) == {}

@@ -106,6 +106,8 @@ def test_probabilities_go_back_by_trilinear_interpolation_then_argmax(grid: str)
     back = si.probabilities_to_labels(torch.from_numpy(probs))
     assert back.shape == ct.shape and back.dtype == np.uint8
     np.testing.assert_array_equal(back, _brute_force_labels(si, probs))
+    given = torch.from_numpy(probs.argmax(0).astype(np.uint8))  # the caller's argmax, as Segmenter passes it
+    np.testing.assert_array_equal(si.probabilities_to_labels(torch.from_numpy(probs), given), back)
     background = torch.zeros(4, *si.grid_shape)
     background[0] = 1.0
     assert not si.probabilities_to_labels(background).any()

@@ -9,11 +9,11 @@ crosses, drifting slightly from step to step as an oblique fracture plane does.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["paint_cleft"]
+__all__ = ["paint_cleft", "paint_intact"]
 
 
 def paint_cleft(
@@ -76,3 +76,33 @@ def paint_cleft(
             images[step, c] = images[step, c] * (1 - cut) + (fill + noise) * cut
         painted.append(step)
     return np.array(painted, dtype=np.int64)
+
+
+def paint_intact(
+    images: np.ndarray,
+    intact: np.ndarray,
+    prob: float,
+    rng: np.random.Generator,
+    paint: Callable[[np.ndarray], np.ndarray],
+) -> dict[int, np.ndarray]:
+    """Paint a cleft into each intact vertebra of a study with probability ``prob``, in place.
+
+    Args:
+        images: per-vertebra inputs ``(7, steps, ...)``; ``paint(images[i])`` paints one vertebra's steps.
+        intact: ``(7,)`` bool, the vertebrae that may be painted (labelled intact and found).
+        prob: chance that an intact vertebra gets a cleft.
+        rng: random generator (one draw per intact vertebra, then ``paint``'s own).
+        paint: paints one vertebra's steps and returns the painted steps' indices (``paint_cleft`` with the
+            stage's windows).
+
+    Returns:
+        ``{vertebra: painted step indices}`` for the vertebrae that got a cleft (not those showing too little
+        bone to cut).
+    """
+    out: dict[int, np.ndarray] = {}
+    for i in np.flatnonzero(intact):
+        if rng.random() < prob:
+            painted = paint(images[i])
+            if len(painted):
+                out[int(i)] = painted
+    return out

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from spinelab.config.schema import CervicalConfig
-from spinelab.data.fake_fracture import paint_cleft
+from spinelab.data.fake_fracture import paint_cleft, paint_intact
 from spinelab.data.seeding import SeededDataset, stage_seed
 from spinelab.data.transforms import SequenceAugment, evenly_spaced
 from spinelab.errors import InputError
@@ -146,11 +146,11 @@ class FractureDataset(SeededDataset, Dataset):
         steps = step_targets(slices, target, canonical_fracture_slices(self.studies.fracture_slices.get(uid), vol))
         fake = np.zeros(len(VERTEBRAE), dtype=bool)
         if rng is not None and self.fake_prob > 0:
-            for i in np.flatnonzero((target[:len(VERTEBRAE)] < 0.5) & found):
-                if rng.random() < self.fake_prob:
-                    painted = paint_cleft(images[i], self.cfg.stage2.windows, rng)
-                    steps[i, painted] = 1.0
-                    fake[i] = len(painted) > 0
+            windows = self.cfg.stage2.windows
+            for i, painted in paint_intact(images, (target[:len(VERTEBRAE)] < 0.5) & found, self.fake_prob, rng,
+                                           lambda x: paint_cleft(x, windows, rng)).items():
+                steps[i, painted] = 1.0
+                fake[i] = True
         if self.augment is not None:
             v, t = images.shape[:2]
             flat, _, _ = self.augment(images.reshape(v * t, *images.shape[2:]), rng=rng)

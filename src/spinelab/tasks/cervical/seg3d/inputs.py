@@ -84,9 +84,10 @@ class SegInput:
         hi = np.minimum(lo + 1, n - 1)
         return torch.from_numpy(lo), torch.from_numpy(hi), torch.from_numpy((g - lo).astype(np.float32))
 
-    def probabilities_to_labels(self, probs: torch.Tensor) -> np.ndarray:
+    def probabilities_to_labels(self, probs: torch.Tensor, labels: torch.Tensor | None = None) -> np.ndarray:
         """Class probabilities ``(K, D, H, W)`` on the grid (class 0 background) -> uint8 labels on the canonical
         volume's grid: each voxel takes the argmax of the probabilities interpolated trilinearly at its position.
+        ``labels``, when given, is the grid's argmax of ``probs`` already computed by the caller (uint8).
 
         A convex mix of probability vectors that share an argmax keeps it, so only the voxels whose eight grid
         neighbours disagree are interpolated (a thin shell around each label); the rest take their neighbours'
@@ -96,7 +97,7 @@ class SegInput:
             raise ValueError(f"probabilities of shape {tuple(probs.shape)} are not on the grid {self.grid_shape}")
         out = np.zeros(self.volume_shape, dtype=np.uint8)
         p = probs.float()
-        labels = _argmax_classes(p)
+        labels = _argmax_classes(p) if labels is None else labels.to(device=p.device, dtype=torch.uint8)
         fg = (labels != 0).cpu().numpy()
         if not fg.any():
             return out

@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from spinelab.data.fake_fracture import paint_intact
 from spinelab.data.seeding import SeededDataset, stage_seed
 from spinelab.data.transforms import SequenceAugment
 from spinelab.registry import CERVICAL_TARGETS, CERVICAL_WEIGHTS, VERTEBRAE
@@ -63,9 +64,9 @@ class PatientDataset(SeededDataset, Dataset):
         rng = self.rng() if self.augment is not None or self.fake_prob > 0 else None
         fake = np.zeros(len(VERTEBRAE), dtype=bool)
         if rng is not None and self.fake_prob > 0:
-            for i in np.flatnonzero((target[:len(VERTEBRAE)] < 0.5) & crops.found):
-                if rng.random() < self.fake_prob:
-                    fake[i] = len(paint_crop_cleft(images[i], self.window, rng)) > 0
+            for i in paint_intact(images, (target[:len(VERTEBRAE)] < 0.5) & crops.found, self.fake_prob, rng,
+                                  lambda x: paint_crop_cleft(x, self.window, rng)):
+                fake[i] = True
         if self.augment is not None:
             images = augment_crops(self.augment, images, rng)
         return {"image": torch.from_numpy(np.ascontiguousarray(images)), "mask": torch.from_numpy(crops.found),

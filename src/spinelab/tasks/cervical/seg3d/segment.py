@@ -191,11 +191,20 @@ class Segmenter:
         Raises:
             StudyRefusedError: not a CT in HU, or a single slice.
         """
+        return self.labels_from_probabilities(volume, *self.checked_probabilities(volume))
+
+    def checked_probabilities(self, volume: Volume) -> tuple[Volume, SegInput, torch.Tensor, InputCheck]:
+        """The first half of ``segment``: the input check (refusals raised), the canonical volume, the network's
+        grid and its class probabilities there; ``labels_from_probabilities`` takes them as they come.
+
+        Raises:
+            StudyRefusedError: not a CT in HU, or a single slice.
+        """
         check = self.input_check(volume)
         check.raise_if_refused()
         canonical = prepare_cervical_volume(volume)
         grid, probs = self.probabilities(canonical)
-        return self.labels_from_probabilities(volume, canonical, grid, probs, check)
+        return canonical, grid, probs, check
 
     def labels_from_probabilities(self, volume: Volume, canonical: Volume, grid: SegInput, probs: torch.Tensor,
                                   check: InputCheck) -> SegmentResult:
@@ -207,7 +216,9 @@ class Segmenter:
         dropped = torch.from_numpy(np.asarray(kept.array) != argmax).to(probs.device)
         probs[:, dropped] = 0.0
         probs[0, dropped] = 1.0
-        on_canonical = canonical.with_array(grid.probabilities_to_labels(probs), is_label=True)
+        # kept is the argmax of the probabilities as changed here (ties go to the first class in both)
+        kept_labels = torch.from_numpy(np.ascontiguousarray(kept.array, dtype=np.uint8))
+        on_canonical = canonical.with_array(grid.probabilities_to_labels(probs, kept_labels), is_label=True)
         labels = resample_to(on_canonical, volume)  # the canonical grid is the stored one transposed and flipped
         # the canonical grid's meta (its axis map above all) does not describe the stored grid
         labels.meta = {"source": volume.meta.get("source"), "warnings": []}
