@@ -74,12 +74,13 @@ def main() -> None:
         "## `spinelab predict cervical` per study and route (`bench/route_time.py`)", "",
         f"Machine: {machine_description()}, torch {torch.__version__} ({torch.get_num_threads()} threads). Study: "
         f"{args.slices} slices of {args.size} px (JPEG Lossless, bench/predict.py's). Each trained run predicts "
-        "it with its own inference settings (fold 0's models, fp32), decode to study JSON included. "
+        "it with its own inference settings (every trained fold's models, fp32), decode to study JSON included. "
         f"Mean of {args.repeats} timed call(s) after one warm-up, in one process.", "",
         "| run | route | flip TTA | wall s | CPU s (user + system) |", "|---|---|---|---:|---:|",
         *rows, "",
         "Command: `python bench/route_time.py " + " ".join(os.path.relpath(r) for r in args.runs)
-        + f" --repeats {args.repeats} --write`.", *(["", args.note] if args.note else [])])
+        + f" --slices {args.slices} --size {args.size} --repeats {args.repeats} --write`.",
+        *(["", args.note] if args.note else [])])
     if args.write:
         replace_block("route_time", body)
     print(body)
