@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -27,11 +25,7 @@ from mdblock import machine_description, replace_block  # noqa: E402
 from predict import WORK, make_study  # noqa: E402
 from spinelab import api  # noqa: E402
 from spinelab.config.load import read_run_config  # noqa: E402
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+from timing import timed_calls  # noqa: E402
 
 
 def _tta(setting: bool | None) -> str:
@@ -40,17 +34,14 @@ def _tta(setting: bool | None) -> str:
 
 def time_predict(study: Path, run: Path, repeats: int) -> dict[str, float]:
     """Mean wall and CPU seconds of ``repeats`` predictions of ``study`` by ``run``, after one warm-up."""
-    walls, cpus = [], []
-    for rep in range(repeats + 1):  # the first call warms up (imports, allocator, thread pool)
-        out = WORK / f"route_out_{run.name}_{rep}"
-        t0, c0 = time.perf_counter(), cpu_seconds()
-        result = api.predict("cervical", model=run, input=study, out=out, progress=False)
+
+    def call(rep: int) -> None:
+        result = api.predict("cervical", model=run, input=study, out=WORK / f"route_out_{run.name}_{rep}",
+                             progress=False)
         if result["counts"].get("refused") or result["counts"].get("failed"):
             sys.exit(f"{run}: the benchmark study was not predicted ({result['counts']})")
-        if rep:
-            walls.append(time.perf_counter() - t0)
-            cpus.append(cpu_seconds() - c0)
-    return {"wall": sum(walls) / len(walls), "cpu": sum(cpus) / len(cpus)}
+
+    return timed_calls(call, repeats)
 
 
 def main() -> None:

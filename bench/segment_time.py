@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -30,6 +28,7 @@ from spinelab.config.load import load_config, save_config  # noqa: E402
 from spinelab.configs import recipe_path  # noqa: E402
 from spinelab.tasks.cervical.seg3d.seg_stage import SegStage  # noqa: E402
 from spinelab.train.run_folder import FORMAT_FILE, RUN_FORMAT  # noqa: E402
+from timing import timed_calls  # noqa: E402
 
 
 def make_seg_run(recipe: str) -> Path:
@@ -45,21 +44,12 @@ def make_seg_run(recipe: str) -> Path:
     return run
 
 
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def time_segment(study: Path, run: Path, tta: bool, repeats: int) -> dict[str, float]:
-    walls, cpus = [], []
-    for rep in range(repeats + 1):  # the first call warms up (imports, allocator, thread pool)
-        out = WORK / f"segment_out_{run.name}_{int(tta)}_{rep}"
-        t0, c0 = time.perf_counter(), cpu_seconds()
-        api.segment(study, out, run, device="cpu", precision="fp32", compile=False, tta=tta, progress=False)
-        if rep:
-            walls.append(time.perf_counter() - t0)
-            cpus.append(cpu_seconds() - c0)
-    return {"wall": sum(walls) / len(walls), "cpu": sum(cpus) / len(cpus)}
+    def call(rep: int) -> None:
+        api.segment(study, WORK / f"segment_out_{run.name}_{int(tta)}_{rep}", run, device="cpu", precision="fp32",
+                    compile=False, tta=tta, progress=False)
+
+    return timed_calls(call, repeats)
 
 
 def main() -> None:
