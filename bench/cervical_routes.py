@@ -186,13 +186,23 @@ def main() -> None:
                          "vertebra AUC " + ", ".join(f"{s.get('auc_vertebra', float('nan')):.3f}"
                                                      for s in slices_scores) + " (per seed).")
     if "fracseg" in runs:
-        frac_run = runs["fracseg"][1]
-        oofs["fracseg"] = pd.read_csv(frac_run / "oof.csv", dtype={"StudyInstanceUID": str})
+        from spinelab.config.fracseg import round_name
+
+        frac_cfg, frac_run, _ = runs["fracseg"]
+        # this route holds out every fold; the table scores fold 0, as for the other routes
+        folds = pd.read_csv(frac_run / "folds.csv", dtype={"StudyInstanceUID": str})
+        fold0 = set(folds.loc[folds.fold == 0, "StudyInstanceUID"])
+
+        def fold0_rows(path: Path) -> pd.DataFrame:
+            frame = pd.read_csv(path, dtype={"StudyInstanceUID": str})
+            return frame[frame.StudyInstanceUID.isin(fold0)]
+
+        oofs["fracseg"] = fold0_rows(frac_run / "oof.csv")
         rows[f"fracseg route (`{args.fracseg_recipe.name}`)"] = oofs["fracseg"]
-        rows["fracseg, percentile rule alone"] = pd.read_csv(frac_run / "percentile" / "oof.csv",
-                                                             dtype={"StudyInstanceUID": str})
-        frac_scores = json.loads((frac_run / "fracture_seg" / "cv_scores.json").read_text())
-        notes.append(f"fracseg fracture segmentation (out of fold, every trained fold): fracture Dice "
+        rows["fracseg, percentile rule alone"] = fold0_rows(frac_run / "percentile" / "oof.csv")
+        last_round = round_name(frac_cfg.rounds)
+        frac_scores = json.loads((frac_run / last_round / "cv_scores.json").read_text())
+        notes.append(f"fracseg fracture segmentation (`{last_round}`, out of fold, every trained fold): fracture Dice "
                      f"{frac_scores.get('dice', float('nan')):.3f} on {int(frac_scores.get('boxed_studies', 0))} "
                      f"boxed studies (their box pseudo-masks as truth); share of voxels called fracture in the "
                      f"held-out studies without a fracture {frac_scores.get('negative_fp_share', float('nan')):.4f}. "
