@@ -95,6 +95,16 @@ def _stage_minutes(run: Path, stages: list[str]) -> str:
     return ", ".join(parts)
 
 
+def _frames_note(run: Path, what: str, item: str) -> str | None:
+    """The held-out scores of a run's frame pre-training (fold 0), when it has one."""
+    path = run / "frames" / "fold_0" / "scores.json"
+    if not path.is_file():
+        return None
+    fs = json.loads(path.read_text())
+    return (f"{what} (held-out fold 0, every {item}): {item} AUC {fs.get('auc_step', float('nan')):.3f}, vertebra "
+            f"AUC from each vertebra's highest {item} {fs.get('auc_vertebra_max_step', float('nan')):.3f}.")
+
+
 def _command_line(argv: list[str]) -> str:
     """The arguments as given, without ``--note`` and its text."""
     out, skip = [], False
@@ -176,10 +186,14 @@ def main() -> None:
         notes.append(f"seg3d segmentation (held-out fold 0): mean Dice over C1-C7 "
                      f"{seg_scores.get('dice_mean', float('nan')):.3f}; held-out studies with all seven vertebrae "
                      f"in their mask {100 * complete:.0f} %.")
+        if (note := _frames_note(seg_run, "seg3d frame pre-training of type 1's CNN", "crop")) is not None:
+            notes.append(note)
     if "sequence" in runs:
         seq_run = runs["sequence"][1]
         oofs["sequence"] = pd.read_csv(seq_run / "oof.csv", dtype={"StudyInstanceUID": str})
         rows[f"sequence route (`{args.sequence_recipe.name}`)"] = oofs["sequence"]
+        if (note := _frames_note(seq_run, "sequence frame pre-training of the slice CNN", "slice")) is not None:
+            notes.append(note)
         slices_scores = [json.loads(p.read_text()) for p in sorted(seq_run.glob("slices_s*/fold_0/scores.json"))]
         if slices_scores:
             notes.append("sequence route, stage `slices` alone (held-out fold 0, each vertebra's highest slice): "
@@ -240,8 +254,8 @@ def main() -> None:
         s = _scores(frame[frame.StudyInstanceUID.astype(str).isin(ids)])
         lines.append(f"| {name} | {s['competition_score']:.4f} | {s['constant']:.4f} | {100 * s['reduction']:.1f} % | "
                      f"{s.get('auc_vertebra', float('nan')):.3f} | {s.get('auc_overall', float('nan')):.3f} |")
-    stage_names = {"slices": ["stage1", "frames", "stage2"], "seg3d": ["seg", "vertebra", "patient"],
-                   "sequence": ["stage1", *sorted(p.name for p in runs["sequence"][1].glob("slices_s*")),
+    stage_names = {"slices": ["stage1", "frames", "stage2"], "seg3d": ["seg", "frames", "vertebra", "patient"],
+                   "sequence": ["stage1", "frames", *sorted(p.name for p in runs["sequence"][1].glob("slices_s*")),
                                 *sorted(p.name for p in runs["sequence"][1].glob("study_s*"))]
                    if "sequence" in runs else [],
                    "fracseg": ["seg", *sorted(p.name for p in runs["fracseg"][1].glob("fracture_seg*")), "overall"]

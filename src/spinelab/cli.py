@@ -416,8 +416,10 @@ def train(
     run_dir: Annotated[Path | None, typer.Option("--run-dir", *_OUT, callback=_out_folder,
                                                  help="Run folder (default runs/<task>/<experiment>).")] = None,
     fold: Annotated[str, typer.Option(help="A fold number, 'all' (every fold in turn) or 'full'.")] = "all",
-    stage: Annotated[str, typer.Option(help="all; cervical: stage1, frames or stage2; lumbar: stage1 or stage2.")
-                     ] = "all",
+    stage: Annotated[str, typer.Option(help="all, or one stage of the recipe's route: cervical stage1, frames, stage2 "
+                                            "(seg3d: seg, frames, vertebra, patient; sequence: stage1, frames, "
+                                            "slices, study; fracseg: seg, fracture_seg[_rN], overall); lumbar "
+                                            "stage1, stage2.")] = "all",
     resume: Annotated[bool, typer.Option(help="Resume each fold from its last checkpoint.")] = False,
     keep: Annotated[str | None, typer.Option(
         help="Checkpoints a finished fold keeps beside model.pt: last, best, all or model (none) "

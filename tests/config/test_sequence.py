@@ -16,7 +16,7 @@ from spinelab.tasks.route import resolve
 def test_the_route_key_selects_the_sequence_config_and_its_stages() -> None:
     cfg = load_config("cervical", overrides=["route=sequence"])
     assert isinstance(cfg, SequenceConfig) and cfg.study.max_steps == 192 and cfg.slices.seeds == [0]
-    assert resolve(route_of(cfg).training).stage_names == ["stage1", "slices", "study"]
+    assert resolve(route_of(cfg).training).stage_names == ["stage1", "frames", "slices", "study"]
     assert cfg.stage1.model.name == "cervical_slice_localizer"  # the slice route's stage 1, same section
 
 

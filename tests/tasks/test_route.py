@@ -234,3 +234,24 @@ def test_the_cervical_steps_a_stage_option_runs(stage: str, expected: list[str])
     assert [s.name for s in steps if s.selected(stage, cfg)] == expected
     cfg.frames.enabled = True
     assert ("frames" in [s.name for s in steps if s.selected("all", cfg)]) is True
+
+
+@pytest.mark.parametrize(("route", "stage", "expected"), [
+    ("seg3d", "all", ["seg", "masks", "vertebra", "patient"]),
+    ("seg3d", "frames", ["masks", "frames"]),
+    ("seg3d", "vertebra", ["masks", "vertebra"]),
+    ("sequence", "all", ["stage1", "labels", "slices", "study"]),
+    ("sequence", "frames", ["labels", "frames"]),
+    ("sequence", "slices", ["labels", "slices"]),
+])
+def test_the_frame_step_of_the_seg3d_and_sequence_routes(route: str, stage: str, expected: list[str]) -> None:
+    from spinelab.config.load import load_config
+    from spinelab.tasks.route import resolve
+
+    cfg = load_config("cervical", overrides=[f"route={route}"])
+    steps = resolve(get_route("cervical", route).training).steps
+    assert [s.name for s in steps if s.selected(stage, cfg)] == expected
+    cfg.frames.enabled = True  # the optional pre-training then runs with the others, before the classifiers
+    with_frames = {"seg3d": ["seg", "masks", "frames", "vertebra", "patient"],
+                   "sequence": ["stage1", "labels", "frames", "slices", "study"]}[route]
+    assert [s.name for s in steps if s.selected("all", cfg)] == with_frames

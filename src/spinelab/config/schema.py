@@ -227,16 +227,19 @@ class CervicalStage2Config(StrictModel):
 
 
 class CervicalFramesConfig(StrictModel):
-    """Optional 2D pre-training of the stage-2 CNN (2nd place's first stage), run between stage 1 and stage 2.
+    """Optional 2D pre-training of a sequence classifier's CNN (2nd place's first stage): in the slice route
+    between stage 1 and stage 2, in the seg3d route between the crops and type 1 (``vertebra``).
 
-    Items are single stage-2 step images (a slice triplet of one vertebra, built exactly as stage 2 builds
-    them) drawn balanced: ``positive_share`` steps that a fracture box marks, ``fake_share`` intact steps with
-    a painted cleft, the rest intact steps. Balanced single images teach the CNN what a fracture looks like
-    far sooner than whole studies, where a few percent of the steps show one; stage 2 then starts from it.
+    Items are single images exactly as the sequence model sees them (a stage-2 step image, a slice triplet of
+    one vertebra; or one per-vertebra crop of the seg3d route) drawn balanced: ``positive_share`` images that a
+    fracture box marks, ``fake_share`` intact images with a painted cleft, the rest intact images. Balanced
+    single images teach the CNN what a fracture looks like far sooner than whole sequences, where a few percent
+    of the images show one; the sequence stage then starts from it.
     """
 
     enabled: bool = False
-    # backbone unset = stage 2's, so the weights carry over; windows, size and slices are stage 2's.
+    # backbone unset = the sequence stage's (stage 2, type 1), so the weights carry over; windows, size and
+    # slices are that stage's.
     model: ModelConfig = Field(default_factory=lambda: ModelConfig(name="cervical_frame_classifier"))
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=4, batch_size=32, ema=None))
     frames_per_epoch: int = Field(default=4096, ge=1)

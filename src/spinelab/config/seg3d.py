@@ -13,7 +13,15 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from spinelab.config.schema import DataConfig, InferConfig, ModelConfig, StrictModel, TrainConfig, TrainerConfig
+from spinelab.config.schema import (
+    CervicalFramesConfig,
+    DataConfig,
+    InferConfig,
+    ModelConfig,
+    StrictModel,
+    TrainConfig,
+    TrainerConfig,
+)
 from spinelab.tasks.cervical.seg3d.schemes import LabelScheme, check_scheme
 
 __all__ = ["SegInputConfig", "ExternalSegData", "SegAugmentConfig", "Seg3dSegConfig", "Seg3dCropConfig",
@@ -208,6 +216,8 @@ class Seg3dConfig(StrictModel):
     data: DataConfig = Field(default_factory=DataConfig)
     seg: Seg3dSegConfig = Field(default_factory=Seg3dSegConfig)
     crops: Seg3dCropConfig = Field(default_factory=Seg3dCropConfig)
+    # Optional pre-training of type 1's CNN on balanced single crops (``tasks.cervical.seg3d.frames_stage``).
+    frames: CervicalFramesConfig = Field(default_factory=CervicalFramesConfig)
     vertebra: Seg3dVertebraConfig = Field(default_factory=Seg3dVertebraConfig)
     patient: Seg3dPatientConfig = Field(default_factory=Seg3dPatientConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from spinelab.config.schema import (
+    CervicalFramesConfig,
     CervicalStage1Config,
     DataConfig,
     InferConfig,
@@ -95,6 +96,8 @@ class SequenceConfig(StrictModel):
     data: DataConfig = Field(default_factory=DataConfig)
     stage1: CervicalStage1Config = Field(default_factory=CervicalStage1Config)
     labels: SequenceLabelConfig = Field(default_factory=SequenceLabelConfig)
+    # Optional pre-training of the slice CNN on balanced single slices (``tasks.cervical.sequence.frames_stage``).
+    frames: CervicalFramesConfig = Field(default_factory=CervicalFramesConfig)
     slices: SequenceSlicesConfig = Field(default_factory=SequenceSlicesConfig)
     study: SequenceStudyConfig = Field(default_factory=SequenceStudyConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)

@@ -18,8 +18,8 @@ from spinelab.errors import InputError, SpinelabError
 from spinelab.io.atomic import atomic_write_csv, atomic_write_json
 from spinelab.tasks.route import Step, Training
 
-__all__ = ["TRAINING", "write_masks", "write_seg_scores", "seg_stages", "write_crops", "vertebra_stages",
-           "patient_stages"]
+__all__ = ["TRAINING", "write_masks", "write_seg_scores", "seg_stages", "write_crops", "frames_stages",
+           "vertebra_stages", "patient_stages"]
 
 log = logging.getLogger("spinelab")
 SEG_SCORES_SCHEMA_VERSION = 1
@@ -131,6 +131,13 @@ def write_crops(cfg: Seg3dConfig, run_dir: Path, context: Any = None, progress: 
     return write_training_crops(cfg, run_dir, context, progress)
 
 
+def frames_stages(cfg: Seg3dConfig, run_dir: Path, context: Any = None) -> list[Any]:
+    """The optional ``frames`` step's stage: type 1's CNN on balanced single crops (``frames.enabled``)."""
+    from spinelab.tasks.cervical.seg3d.frames_stage import CropFrameStage
+
+    return [CropFrameStage(cfg, run_dir)]
+
+
 def vertebra_stages(cfg: Seg3dConfig, run_dir: Path, context: Any = None) -> list[Any]:
     """The ``vertebra`` step's stage (type 1)."""
     from spinelab.tasks.cervical.seg3d.vertebra_stage import VertebraStage
@@ -145,13 +152,15 @@ def patient_stages(cfg: Seg3dConfig, run_dir: Path, context: Any = None) -> list
     return [PatientStage(cfg, run_dir)]
 
 
-#: Stage ``seg``; the out-of-fold masks and crops of every training study (for the classifiers); the 1st
-#: place's type 1 (``vertebra``) and type 2 (``patient``); then the segmentation and classifier CV scores.
+#: Stage ``seg``; the out-of-fold masks and crops of every training study (for the classifiers); the optional
+#: frame pre-training of type 1's CNN on single crops (``frames``); the 1st place's type 1 (``vertebra``) and
+#: type 2 (``patient``); then the segmentation and classifier CV scores.
 TRAINING = Training(
     setup=_setup,
     steps=(
         Step("seg", stages=seg_stages),
-        Step("masks", run=write_crops, needed_by=("vertebra", "patient")),
+        Step("masks", run=write_crops, needed_by=("frames", "vertebra", "patient")),
+        Step("frames", stages=frames_stages, optional=lambda cfg: cfg.frames.enabled),
         Step("vertebra", stages=vertebra_stages),
         Step("patient", stages=patient_stages),
     ),

@@ -8,6 +8,7 @@ segmentations), so training reads them instead of cropping every epoch.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +25,7 @@ from spinelab.errors import InputError
 from spinelab.registry import CERVICAL_WEIGHTS, VERTEBRAE
 from spinelab.tasks.cervical.seg3d.crops import CropCache, VertebraCrops
 from spinelab.tasks.cervical.studies import CervicalStudies, canonical_fracture_slices, step_targets
+from spinelab.train.run_folder import load_trained_backbone
 from spinelab.train.stage import Stage
 
 __all__ = ["VertebraStage", "TrainingCrops", "weighted_bce", "augment_crops", "paint_crop_cleft", "crop_slice_targets",
@@ -31,6 +33,7 @@ __all__ = ["VertebraStage", "TrainingCrops", "weighted_bce", "augment_crops", "p
 
 #: the crop cache's table of contents in the run folder: ``{"key": ..., "studies": {uid: {...}}}``
 CROPS_INDEX = "crops/index.json"
+log = logging.getLogger("spinelab")
 # Competition weights of a vertebra target (negative, positive); all seven vertebrae share them.
 _W_NEG, _W_POS = CERVICAL_WEIGHTS[VERTEBRAE[0]]
 
@@ -151,6 +154,14 @@ class VertebraStage(Stage):
 
     def model_kwargs(self) -> dict[str, Any]:
         return {"in_chans": self.cfg.crops.span + 1}
+
+    def initialize(self, model: torch.nn.Module, fold: int | None) -> None:
+        """With ``frames.enabled`` (and no ImageNet weights given), the per-crop CNN starts from the same fold's
+        frame pre-training on single crops (stage ``frames``)."""
+        if not self.cfg.frames.enabled or self.section.model.pretrained_path is not None:
+            return
+        if load_trained_backbone(model.encoder.backbone, self.run_dir, "frames", "backbone.", fold) is None:
+            log.warning("frames.enabled but no frame model fits type 1 in %s", self.run_dir / "frames")
 
     def training_ids(self, crops: TrainingCrops) -> list[str]:
         """Labelled studies that have crops."""

@@ -75,6 +75,12 @@ def _labels(cfg: Any, run_dir: Path, context: Any = None, progress: bool = True)
     return write_slice_labels(cfg, run_dir, context, progress)
 
 
+def _frames(cfg: Any, run_dir: Path, context: Any = None) -> list[Any]:
+    from spinelab.tasks.cervical.sequence.frames_stage import SliceFrameStage
+
+    return [SliceFrameStage(cfg, run_dir)]
+
+
 def _slices(cfg: Any, run_dir: Path, context: Any = None) -> list[Any]:
     from spinelab.tasks.cervical.sequence.slice_stage import slice_stages
 
@@ -124,12 +130,14 @@ def _finish(cfg: Any, run_dir: Path, context: Any, stage: str, folds: list[int |
 
 
 #: Stage 1 of the slice route; the slice-level labels (out-of-fold stage-1 ratios x labels, boxes, z-ranges);
-#: the slice models (one per seed); the study heads on their frozen, cached CNN embeddings; the CV scores.
+#: the optional frame pre-training of the slice CNN on single slices (``frames``); the slice models (one per
+#: seed); the study heads on their frozen, cached CNN embeddings; the CV scores.
 TRAINING = Training(
     setup=_setup,
     steps=(
         Step("stage1", stages=_stage1),
-        Step("labels", run=_labels, needed_by=("slices", "study")),
+        Step("labels", run=_labels, needed_by=("frames", "slices", "study")),
+        Step("frames", stages=_frames, optional=lambda cfg: cfg.frames.enabled),
         Step("slices", stages=_slices),
         Step("study", stages=_study),
     ),

@@ -12,6 +12,7 @@ Each seed of ``slices.seeds`` is one stage, ``slices_s<seed>``, with its own bac
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -27,9 +28,12 @@ from spinelab.registry import VERTEBRAE
 from spinelab.tasks.cervical.sequence.inputs import slice_images, study_positions, window_starts
 from spinelab.tasks.cervical.sequence.labels import read_slice_labels
 from spinelab.tasks.cervical.studies import CervicalStudies
+from spinelab.train.run_folder import load_trained_backbone
 from spinelab.train.stage import Stage
 
 __all__ = ["SliceWindowDataset", "SliceSequenceStage", "slice_stage_name", "slice_stages"]
+
+log = logging.getLogger("spinelab")
 
 
 def slice_stage_name(seed: int) -> str:
@@ -118,6 +122,14 @@ class SliceSequenceStage(Stage):
     def model_kwargs(self) -> dict[str, Any]:
         s = self.cfg.slices
         return {"in_chans": s.span * len(s.windows)}
+
+    def initialize(self, model: torch.nn.Module, fold: int | None) -> None:
+        """With ``frames.enabled`` (and no ImageNet weights given), the CNN starts from the same fold's frame
+        pre-training on single slices (stage ``frames``), when this seed's backbone is the frame model's."""
+        if not self.cfg.frames.enabled or self.model_config.pretrained_path is not None:
+            return
+        if load_trained_backbone(model.encoder.backbone, self.run_dir, "frames", "backbone.", fold) is None:
+            log.warning("%s: frames.enabled but no frame model fits in %s", self.name, self.run_dir / "frames")
 
     def datasets(self, fold: int | None) -> tuple[Dataset, Dataset | None]:
         from spinelab.tasks.cervical.fracture import read_localization
