@@ -9,7 +9,8 @@ place's fake fractures) and intact steps. Stage 2 then starts its CNN from this 
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -32,7 +33,22 @@ from spinelab.tasks.cervical.studies import CervicalStudies, canonical_fracture_
 from spinelab.train.run_folder import load_trained_backbone
 from spinelab.train.stage import Stage
 
-__all__ = ["FrameDataset", "FrameStage"]
+__all__ = ["FrameDataset", "FrameStage", "draw_frame"]
+
+T = TypeVar("T")
+U = TypeVar("U")
+
+
+def draw_frame(rng: np.random.Generator, frames: Any, positive: Sequence[T], intact: Sequence[U]
+               ) -> tuple[str, T | U]:
+    """One balanced training draw of the frame pre-training (every route's): ``("positive", item)`` with
+    probability ``frames.positive_share`` (when there are positives), else an intact item, ``"fake"`` (to be
+    painted) with probability ``frames.fake_share`` and ``"intact"`` otherwise."""
+    draw = rng.random()
+    if draw < frames.positive_share and positive:
+        return "positive", positive[rng.integers(len(positive))]
+    kind = "fake" if draw < frames.positive_share + frames.fake_share else "intact"
+    return kind, intact[rng.integers(len(intact))]
 
 
 class FrameDataset(SeededDataset, Dataset):
@@ -79,22 +95,19 @@ class FrameDataset(SeededDataset, Dataset):
             return {"image": torch.from_numpy(image), "target": torch.tensor(float(targets[s])),
                     "uid": uid, "vertebra": v, "step": s, "fractured": torch.tensor(float(self.targets[uid][v]))}
         rng = self.rng()
-        fc = self.cfg.frames
-        draw = rng.random()
-        if draw < fc.positive_share and self.positive:
-            uid, v = self.positive[rng.integers(len(self.positive))]
+        kind, (uid, v) = draw_frame(rng, self.cfg.frames, self.positive, self.intact)
+        if kind == "positive":
             vol, slices, targets = self._step(uid, v, rng)
             marked = np.flatnonzero(targets > 0.5)
             s = int(rng.choice(marked)) if len(marked) else int(rng.integers(len(targets)))
             image = step_images(vol, slices[s], self.loc[uid], self.cfg)
             target = float(targets[s] > 0.5)
         else:
-            uid, v = self.intact[rng.integers(len(self.intact))]
             vol, slices, _ = self._step(uid, v, rng)
             s = int(rng.integers(len(slices)))
             image = step_images(vol, slices[s], self.loc[uid], self.cfg)
             target = 0.0
-            if draw < fc.positive_share + fc.fake_share:
+            if kind == "fake":
                 painted = paint_cleft(image[None], self.cfg.stage2.windows, rng, max_steps=1)
                 target = float(len(painted) > 0)
         if self.augment is not None:

@@ -21,7 +21,7 @@ from spinelab.config.seg3d import Seg3dConfig
 from spinelab.data.seeding import SeededDataset, stage_seed
 from spinelab.data.transforms import SequenceAugment
 from spinelab.errors import InputError
-from spinelab.tasks.cervical.frames import FrameStage
+from spinelab.tasks.cervical.frames import FrameStage, draw_frame
 from spinelab.tasks.cervical.seg3d.vertebra_stage import (
     TrainingCrops,
     augment_crops,
@@ -76,16 +76,15 @@ class CropFrameDataset(SeededDataset, Dataset):
             return {"image": torch.from_numpy(self._crop(uid, v, c)), "target": torch.tensor(target),
                     "uid": uid, "vertebra": v, "step": c, "fractured": torch.tensor(label)}
         rng = self.rng()
-        fc = self.cfg.frames
-        draw = rng.random()
-        if draw < fc.positive_share and self.positive:
-            uid, v, c = self.positive[rng.integers(len(self.positive))]
+        kind, drawn = draw_frame(rng, self.cfg.frames, self.positive, self.intact)
+        if kind == "positive":
+            uid, v, c = drawn
             image, target = self._crop(uid, v, c), 1.0
         else:
-            uid, v = self.intact[rng.integers(len(self.intact))]
+            uid, v = drawn
             image = self._crop(uid, v, int(rng.integers(self.cfg.crops.n_slices)))
             target = 0.0
-            if draw < fc.positive_share + fc.fake_share:
+            if kind == "fake":
                 target = float(len(paint_crop_cleft(image[None], self.cfg.crops.window, rng, max_steps=1)) > 0)
         if self.augment is not None:
             image = augment_crops(self.augment, image[None], rng)[0]

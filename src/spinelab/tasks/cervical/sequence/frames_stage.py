@@ -21,7 +21,7 @@ from spinelab.data.fake_fracture import paint_cleft
 from spinelab.data.seeding import SeededDataset, stage_seed
 from spinelab.data.transforms import SequenceAugment
 from spinelab.errors import InputError
-from spinelab.tasks.cervical.frames import FrameStage
+from spinelab.tasks.cervical.frames import FrameStage, draw_frame
 from spinelab.tasks.cervical.sequence.inputs import slice_images, study_positions
 from spinelab.tasks.cervical.sequence.labels import read_slice_labels
 from spinelab.tasks.cervical.studies import CervicalStudies, canonical_fracture_slices
@@ -75,16 +75,10 @@ class SliceFrameDataset(SeededDataset, Dataset):
             return {"image": torch.from_numpy(self._image(uid, z)), "target": torch.tensor(target), "uid": uid,
                     "vertebra": vertebra, "step": z, "fractured": torch.tensor(label)}
         rng = self.rng()
-        fc = self.cfg.frames
-        draw = rng.random()
-        if draw < fc.positive_share and self.positive:
-            uid, z = self.positive[rng.integers(len(self.positive))]
-            image, target = self._image(uid, z), 1.0
-        else:
-            uid, z = self.intact[rng.integers(len(self.intact))]
-            image, target = self._image(uid, z), 0.0
-            if draw < fc.positive_share + fc.fake_share:
-                target = float(len(paint_cleft(image[None], self.cfg.slices.windows, rng, max_steps=1)) > 0)
+        kind, (uid, z) = draw_frame(rng, self.cfg.frames, self.positive, self.intact)
+        image, target = self._image(uid, z), float(kind == "positive")
+        if kind == "fake":
+            target = float(len(paint_cleft(image[None], self.cfg.slices.windows, rng, max_steps=1)) > 0)
         if self.augment is not None:
             image = self.augment(image[None], rng=rng)[0][0]
         return {"image": torch.from_numpy(np.ascontiguousarray(image)), "target": torch.tensor(target)}
