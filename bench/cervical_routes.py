@@ -5,6 +5,10 @@ rule and the 3D post-processing classifier) and their ensembles, on the held-out
 accuracy benchmark's synthetic dataset (the same studies as ``bench/cervical_accuracy.py``; a run folder it left
 is reused).
 
+``--write`` also keeps each trained route's held-out rows in ``bench/results/cervical_routes/<route>.csv`` (with
+the recipe, the commit and a fingerprint of the dataset's labels beside it), so that a later call can put a route
+trained in an earlier session into the table and the ensembles without training it again: ``--saved seg3d``.
+
 Every route is scored on its out-of-fold predictions of fold 0 (``oof.csv``: models that never saw those
 studies; the seg3d crops of a held-out study come from the fold-0 segmentation model). The ensembles average the
 routes' probabilities per study. ``--routes`` picks the routes to train and compare (all four by default); the
@@ -14,7 +18,7 @@ sequence route starts from the slice run's stage 1 when both run (``--own-stage1
     python bench/cervical_routes.py [--studies 100 --size 256] [--routes slices,seg3d,sequence,fracseg]
                                     [--slice-recipe R.yaml] [--seg3d-recipe R.yaml] [--sequence-recipe R.yaml]
                                     [--fracseg-recipe R.yaml] [--slice-set k=v ...] [--seg3d-set k=v ...]
-                                    [--sequence-set k=v ...] [--fracseg-set k=v ...] [--write]
+                                    [--sequence-set k=v ...] [--fracseg-set k=v ...] [--saved ROUTES] [--write]
 """
 
 from __future__ import annotations
@@ -37,6 +41,42 @@ from spinelab.registry import CERVICAL_TARGETS  # noqa: E402
 
 RECIPES = REPO / "src/spinelab/configs/cervical"
 ROUTES = ("slices", "seg3d", "sequence", "fracseg")
+SAVED = REPO / "bench/results/cervical_routes"
+
+
+def _fingerprint(data: Path) -> str:
+    """The dataset's labels and folds as one short hash: saved rows are only mixed with rows of the same set."""
+    from spinelab.io.files import file_sha256
+
+    return file_sha256(data / "train.csv")[:16]
+
+
+def _commit() -> str:
+    import subprocess
+
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
+
+
+def _save_rows(route: str, frame: pd.DataFrame, data: Path, recipe: Path, sets: list[str]) -> None:
+    """Keep a route's held-out rows for later calls (``--saved``)."""
+    SAVED.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(SAVED / f"{route}.csv", index=False)
+    where = recipe.relative_to(REPO) if recipe.is_relative_to(REPO) else recipe
+    (SAVED / f"{route}.json").write_text(json.dumps(
+        {"route": route, "recipe": str(where), "sets": sets, "data": _fingerprint(data), "studies": len(frame),
+         "commit": _commit(), "date": time.strftime("%Y-%m-%d")}, indent=1) + "\n")
+
+
+def _load_rows(route: str, data: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """A route's held-out rows that an earlier ``--write`` kept; refused when they belong to another dataset."""
+    csv, meta_path = SAVED / f"{route}.csv", SAVED / f"{route}.json"
+    if not (csv.is_file() and meta_path.is_file()):
+        sys.exit(f"--saved {route}: {csv} not found (an earlier --write call that trained the route keeps it)")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("data") != _fingerprint(data):
+        sys.exit(f"--saved {route}: {csv} was made on another dataset than {data} (labels differ)")
+    return pd.read_csv(csv, dtype={"StudyInstanceUID": str}), meta
 
 
 def _scores(frame: pd.DataFrame) -> dict[str, float]:
@@ -133,6 +173,8 @@ def main() -> None:
     parser.add_argument("--seg-from", type=Path, default=None,
                         help="a run whose stage seg the seg3d and fracseg routes reuse (same seg settings)")
     parser.add_argument("--own-stage1", action="store_true", help="the sequence route trains its own stage 1")
+    parser.add_argument("--saved", default="",
+                        help="comma-separated routes whose held-out rows an earlier --write kept (not trained here)")
     parser.add_argument("--weight", type=float, default=0.5, help="the seg3d route's share of the slice + seg3d row")
     parser.add_argument("--work", type=Path, default=REPO / "bench/_work/cervical_accuracy")
     parser.add_argument("--note", default="", help="a paragraph added under the table (what the numbers mean)")
@@ -141,9 +183,12 @@ def main() -> None:
                         help="the BENCHMARKS.md block --write replaces (a partial comparison can keep its own)")
     args = parser.parse_args()
     routes = [r.strip() for r in args.routes.split(",") if r.strip()]
+    saved = [r.strip() for r in args.saved.split(",") if r.strip()]
     unknown = set(routes) - set(ROUTES)
     if unknown or not routes:
         parser.error(f"--routes: choose from {', '.join(ROUTES)} (got {args.routes!r})")
+    if set(saved) - set(ROUTES) or set(saved) & set(routes):
+        parser.error(f"--saved: routes of {', '.join(ROUTES)} that --routes does not train (got {args.saved!r})")
     recipes = {"slices": (args.slice_recipe.resolve(), args.slice_set),
                "seg3d": (args.seg3d_recipe.resolve(), args.seg3d_set),
                "sequence": (args.sequence_recipe.resolve(), args.sequence_set),
@@ -222,6 +267,11 @@ def main() -> None:
                      f"held-out studies without a fracture {frac_scores.get('negative_fp_share', float('nan')):.4f}. "
                      "The fracseg route trains all five folds: its percentile rule is fitted on the out-of-fold "
                      "maps of all 100 studies (fold 0's included, as the route does), its classifier per fold.")
+    saved_meta: dict[str, dict[str, Any]] = {}
+    for route in saved:
+        oofs[route], saved_meta[route] = _load_rows(route, data)
+        m = saved_meta[route]
+        rows[f"{route} route (`{Path(m['recipe']).name}`, saved {m['date']} at {m['commit']})"] = oofs[route]
     ids = sorted(set.intersection(*(set(f.StudyInstanceUID.astype(str)) for f in oofs.values())))
     cols = list(CERVICAL_TARGETS)
 
@@ -238,14 +288,18 @@ def main() -> None:
         names = list(oofs)
         rows[f"all routes ({' + '.join(names)}, equal weights)"] = mean_of(names, [1 / len(names)] * len(names))
     lines = [
-        "## Cervical routes side by side (`bench/cervical_routes.py`)" if len(runs) == len(ROUTES) else
-        f"## Cervical routes: {', '.join(runs)} (`bench/cervical_routes.py --routes {','.join(runs)}`)",
+        "## Cervical routes side by side (`bench/cervical_routes.py`)" if len(oofs) == len(ROUTES) else
+        f"## Cervical routes: {', '.join(oofs)} (`bench/cervical_routes.py --routes {','.join(runs)}"
+        + (f" --saved {','.join(saved)}" if saved else "") + "`)",
         "",
         f"Machine: {machine_description()}. Dataset: {args.studies} synthetic studies at {args.size} px (seed "
         f"{args.seed}), fold 0 held out ({len(ids)} studies scored by every route); recipes "
         + "; ".join(f"{r} {_recipe_text(*recipes[r])}" for r in runs)
         + ("; the sequence route starts from the slice run's stage 1" if "sequence" in runs and "slices" in runs
-           and not args.own_stage1 else "") + ".",
+           and not args.own_stage1 else "")
+        + "".join(f"; {r} from its held-out rows of an earlier run (`bench/results/cervical_routes/{r}.csv`: "
+                  f"{_recipe_text(REPO / m['recipe'], m.get('sets', []))}, commit {m['commit']}, {m['date']})"
+                  for r, m in saved_meta.items()) + ".",
         "",
         "| held-out fold 0 | competition metric | prevalence constant | reduction | vertebra AUC | patient AUC |",
         "|---|---:|---:|---:|---:|---:|",
@@ -270,6 +324,8 @@ def main() -> None:
     print(text)
     if args.write:
         replace_block(args.block, text)
+        for route in runs:
+            _save_rows(route, oofs[route], data, *recipes[route])
 
 
 if __name__ == "__main__":

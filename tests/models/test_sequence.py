@@ -37,3 +37,41 @@ def test_the_study_head_gives_seven_vertebrae_and_the_patient() -> None:
     assert out["vertebra"].shape == (3, 7) and out["overall"].shape == (3,)
     assert out["attention"].shape == (3, 12, 8)
     torch.testing.assert_close(out["attention"].sum(1), torch.ones(3, 8))
+
+
+def _steps_with_curves(fracture: np.ndarray, in_features: int = 10) -> torch.Tensor:
+    """``(1, T, in_features + 14)``: random embeddings, the given fracture logits, zero ratio logits."""
+    t = fracture.shape[0]
+    emb = np.random.default_rng(1).normal(size=(t, in_features))
+    return torch.from_numpy(np.concatenate([emb, fracture, np.zeros((t, 7))], axis=1).astype(np.float32))[None]
+
+
+def test_a_head_with_curves_starts_from_each_vertebra_s_highest_fracture_logit() -> None:
+    torch.manual_seed(0)
+    head = create_model("test_sequence_study_head", in_features=10, curve_features=14).eval()
+    fracture = np.full((6, 7), -4.0)
+    fracture[2, 3] = 1.5  # C4's strongest slice
+    fracture[4, 0] = -1.0
+    fracture[5, 6] = 9.0  # a padded step: masked out below
+    x, mask = _steps_with_curves(fracture), torch.tensor([[True] * 5 + [False]])
+    with torch.no_grad():
+        out = head(x, mask)
+    expected = np.full(7, -4.0)
+    expected[3], expected[0] = 1.5, -1.0
+    np.testing.assert_allclose(out["vertebra"][0].numpy(), expected, atol=1e-6)
+    assert abs(float(out["overall"][0]) - 1.5) < 1e-6  # the highest vertebra
+    # the embeddings reach the logits once the attention branch has weights (it starts at zero)
+    with torch.no_grad():
+        head.weight.normal_()
+        moved = head(x, mask)
+    assert not torch.allclose(moved["vertebra"], out["vertebra"])
+
+
+def test_a_head_with_curves_learns_from_the_curves() -> None:
+    torch.manual_seed(0)
+    head = create_model("test_sequence_study_head", in_features=10, curve_features=14)
+    x = _steps_with_curves(np.zeros((6, 7)))
+    out = head(x, torch.ones(1, 6, dtype=torch.bool))
+    (out["vertebra"].sum() + out["overall"].sum()).backward()
+    assert head.evidence_scale.grad is not None and head.weight.grad is not None
+    assert float(head.weight.grad.abs().sum()) > 0  # the attention branch gets a gradient from the first step

@@ -77,14 +77,19 @@ class SequenceSlicesConfig(StrictModel):
 
 
 class SequenceStudyConfig(StrictModel):
-    """Stage ``study``: the frozen slice CNN's embeddings of every slice of the z-range (cached, fp16), resampled
-    to ``max_steps`` when longer and padded + masked when shorter; BiGRU + attention -> 7 vertebrae + patient."""
+    """Stage ``study``: the frozen slice CNN's embeddings of every slice of the z-range (cached, fp16), with the
+    slice model's per-slice logits (``slice_curves``), resampled to ``max_steps`` when longer and padded + masked
+    when shorter; BiGRU + attention -> 7 vertebrae + patient."""
 
     model: ModelConfig = Field(default_factory=lambda: ModelConfig(name="sequence_study_head"))
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=20, batch_size=8, ema=None))
     max_steps: int = Field(default=192, ge=2)
     #: read the cached embeddings (``false`` re-runs the frozen CNN for every item: the benchmark's baseline)
     cache: bool = True
+    #: append the slice model's windowed per-slice fracture and ratio logits to each step and start each target
+    #: from its vertebra's highest fracture logit (``models.sequence.StudyHead``); ``false``: embeddings alone,
+    #: as the seed's study model
+    slice_curves: bool = True
 
 
 class SequenceConfig(StrictModel):

@@ -90,10 +90,13 @@ def test_cache_round_trip_one_vertebra_and_stale_keys(tmp_path) -> None:
     assert back.found.tolist() == crops.found.tolist() and (back.slices == crops.slices).all()
     one = cache.get("s1", vertebra=2)
     assert one.images.shape == (1, 5, 4, 16, 16) and np.allclose(one.images[0], back.images[2])
+    np.testing.assert_array_equal(cache.centre_slices("s1"), crops.slices)  # from the metadata alone
     other = CropCache(tmp_path, crop_key(SETTINGS, "oof:abc"))
     assert not other.has("s1")
     with pytest.raises(InputError, match="other settings"):
         other.get("s1")
+    with pytest.raises(InputError, match="other settings"):
+        other.centre_slices("s1")
     calls = []
     other.ensure("s1", lambda: calls.append(1) or crops)
     other.ensure("s1", lambda: calls.append(1) or crops)

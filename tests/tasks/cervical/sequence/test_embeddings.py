@@ -45,3 +45,17 @@ def test_the_cache_is_reused_for_the_same_cnn_and_rebuilt_for_another(tmp_path: 
     assert EmbeddingCache(tmp_path, "slices_s0", 0, weights, cfg, "other labels").dir != retrained.dir
     cfg.slices.image_size = 64
     assert EmbeddingCache(tmp_path, "slices_s0", 0, weights, cfg, "labels").dir != retrained.dir
+
+
+def test_the_slice_curves_and_their_windows_are_part_of_the_key(tmp_path: Path) -> None:
+    cfg = load_config("cervical", overrides=["route=sequence"])
+    weights = tmp_path / "model.pt"
+    weights.write_bytes(b"weights")
+    with_curves = EmbeddingCache(tmp_path, "slices_s0", 0, weights, cfg, "labels")
+    assert with_curves.parts["inputs"]["curves"] == {"window_len": cfg.slices.window_len,
+                                                     "window_stride": cfg.slices.window_stride}
+    cfg.slices.window_stride = 7
+    assert EmbeddingCache(tmp_path, "slices_s0", 0, weights, cfg, "labels").dir != with_curves.dir
+    cfg.study.slice_curves = False
+    plain = EmbeddingCache(tmp_path, "slices_s0", 0, weights, cfg, "labels")
+    assert "curves" not in plain.parts["inputs"] and plain.dir != with_curves.dir

@@ -61,6 +61,19 @@ def test_pools_hold_the_boxed_slices_and_the_slices_of_intact_studies(tmp_path) 
     assert ds.intact == [("a", z) for z in POSITIONS]
 
 
+def test_only_the_boxed_studies_volumes_are_read_to_build_the_pools(tmp_path) -> None:
+    studies, read = _studies(), []
+    volume = studies.volume
+
+    def counted(uid: str) -> Volume:
+        read.append(uid)
+        return volume(uid)
+
+    studies.volume = counted
+    ds = SliceFrameDataset(studies, list("abc"), _cfg(), _run(tmp_path), {u: LOC for u in "abc"}, train=True)
+    assert read == ["b"] and ds.positive == [("b", 12)]
+
+
 @pytest.mark.parametrize(("shares", "expected"), [(("1.0", "0.0"), 1.0), (("0.0", "1.0"), 1.0),
                                                   (("0.0", "0.0"), 0.0)])
 def test_training_items_follow_the_shares(tmp_path, shares: tuple[str, str], expected: float) -> None:

@@ -6,7 +6,13 @@ import numpy as np
 import torch
 
 from spinelab.models import create_model
-from spinelab.tasks.cervical.sequence.inputs import fit_steps, study_positions, window_starts
+from spinelab.tasks.cervical.sequence.inputs import (
+    CURVE_FEATURES,
+    fit_steps,
+    head_steps,
+    study_positions,
+    window_starts,
+)
 
 
 def test_a_study_longer_than_max_steps_is_resampled_to_it() -> None:
@@ -47,3 +53,16 @@ def test_windows_cover_every_slice_and_end_on_the_last() -> None:
     starts = window_starts(22, 8, 5)
     assert starts == [0, 5, 10, 14] and starts[-1] + 8 == 22
     assert study_positions((3, 12), 2).tolist() == [3, 5, 7, 9, 11]
+
+
+def test_head_steps_append_the_curves_as_logits() -> None:
+    feats = np.ones((4, 3), np.float32)
+    fracture = np.array([[0.5] * 7, [0.9] * 7, [0.1] * 7, [0.0] * 7])
+    ratio = np.full((4, 7), 0.5)
+    steps = head_steps(feats, {"fracture": fracture, "ratio": ratio})
+    assert steps.shape == (4, 3 + CURVE_FEATURES) and steps.dtype == np.float32
+    np.testing.assert_array_equal(steps[:, :3], feats)
+    np.testing.assert_allclose(steps[:3, 3], [0.0, np.log(9), -np.log(9)], atol=1e-5)
+    assert np.isfinite(steps).all() and steps[3, 3] < -13  # a zero probability is clipped, not -inf
+    np.testing.assert_allclose(steps[:, 10:], 0.0, atol=1e-6)  # ratio logits after the fracture logits
+    assert head_steps(feats, None) is not None and head_steps(feats, None).shape == (4, 3)

@@ -148,6 +148,19 @@ class CropCache:
                                "boxes": crops.boxes.tolist()})
         return npy
 
+    def centre_slices(self, uid: str) -> np.ndarray:
+        """``(7, n_slices)`` centre slices of ``uid``'s stored crops (``VertebraCrops.slices``), without reading
+        their images.
+
+        Raises:
+            InputError: no crops made with these settings.
+        """
+        meta = self._meta(uid)
+        if meta is None or "slices" not in meta:
+            raise InputError(self._paths(uid)[1], "crops not found or made with other settings; run the masks "
+                                                  "step (spinelab train cervical --stage vertebra)")
+        return np.asarray(meta["slices"], np.int64)
+
     def get(self, uid: str, vertebra: int | None = None) -> VertebraCrops:
         """The stored crops of ``uid`` as float32 in [0, 1]; with ``vertebra`` (0..6) only that one's images
         ``(1, n_slices, span + 1, S, S)`` are read (the other fields stay whole).

@@ -21,6 +21,7 @@ from spinelab.config.seg3d import Seg3dConfig
 from spinelab.data.seeding import SeededDataset, stage_seed
 from spinelab.data.transforms import SequenceAugment
 from spinelab.errors import InputError
+from spinelab.registry import VERTEBRAE
 from spinelab.tasks.cervical.frames import FrameStage, draw_frame
 from spinelab.tasks.cervical.seg3d.vertebra_stage import (
     TrainingCrops,
@@ -51,6 +52,8 @@ class CropFrameDataset(SeededDataset, Dataset):
         self.items: list[tuple[str, int, int, float, float]] = []  # validation: uid, vertebra, crop, target, label
         for uid in ids:
             labels = studies.targets(uid)
+            # the centre slices (crop metadata) are needed only to place the boxes of a fractured vertebra
+            centres = crops.centre_slices(uid) if (labels[:len(VERTEBRAE)] >= 0.5).any() else None
             for v, ok in enumerate(crops.found(uid)):
                 if not ok:
                     continue
@@ -58,8 +61,7 @@ class CropFrameDataset(SeededDataset, Dataset):
                     self.intact.append((uid, v))
                     per_crop = np.zeros(cfg.crops.n_slices, np.float32)
                 else:
-                    centres = crops.get(uid, v).slices[v]
-                    per_crop = crop_slice_targets(studies, uid, labels, v, centres, span)
+                    per_crop = crop_slice_targets(studies, uid, labels, v, centres[v], span)
                     self.positive += [(uid, v, int(c)) for c in np.flatnonzero(per_crop > 0.5)]
                 self.items += [(uid, v, c, float(t), float(labels[v])) for c, t in enumerate(per_crop)]
         self.augment = SequenceAugment(affine=0.3) if train and cfg.vertebra.augment else None

@@ -56,6 +56,10 @@ class TrainingCrops:
     def get(self, uid: str, vertebra: int | None = None) -> VertebraCrops:
         return self.cache.get(uid, vertebra)
 
+    def centre_slices(self, uid: str) -> np.ndarray:
+        """``(7, n_slices)`` centre slices of ``uid``'s crops (their metadata alone)."""
+        return self.cache.centre_slices(uid)
+
 
 def weighted_bce(logits: torch.Tensor, target: torch.Tensor, w_neg: float, w_pos: float,
                  keep: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """The embedding cache of stage ``study``: the frozen slice CNN's per-slice features, once per study, on disk.
 
-``RUN/embeddings/<slices stage>/<fold>/<key>/<uid>.npy``: fp16 ``(T, F)`` for the route slices of the study's
+``RUN/embeddings/<slices stage>/<fold>/<key>/<uid>.npy``: fp16 ``(T, F)`` (``(T, F + 14)`` with the slice model's
+per-slice logits, ``study.slice_curves``) for the route slices of the study's
 z-range (``inputs.study_positions``), read back memory-mapped (``np.load(..., mmap_mode="r")``), so an epoch of
 the study head reads a few kilobytes per study instead of running a CNN over hundreds of slices. ``key`` is
 made of the CNN weights' SHA-256 (``model.pt`` of that fold of the slices stage), the input settings and the
@@ -33,9 +34,11 @@ log = logging.getLogger("spinelab")
 def cache_key(weights: str | Path, cfg: Any, labels_key: str | None) -> tuple[str, dict[str, Any]]:
     """The cache folder name and what it is made of: CNN weights, input settings, slice-label key."""
     s = cfg.slices
-    parts = {"weights_sha256": file_sha256(weights), "labels_key": labels_key,
-             "inputs": {"windows": [list(w) for w in s.windows], "image_size": s.image_size, "span": s.span,
-                        "slice_step": s.slice_step}}
+    inputs: dict[str, Any] = {"windows": [list(w) for w in s.windows], "image_size": s.image_size, "span": s.span,
+                              "slice_step": s.slice_step}
+    if cfg.study.slice_curves:  # the appended curves depend on how the slice model's windows tile the study
+        inputs["curves"] = {"window_len": s.window_len, "window_stride": s.window_stride}
+    parts = {"weights_sha256": file_sha256(weights), "labels_key": labels_key, "inputs": inputs}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16], parts
 
 

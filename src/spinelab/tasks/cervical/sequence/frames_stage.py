@@ -51,7 +51,9 @@ class SliceFrameDataset(SeededDataset, Dataset):
             labels = read_slice_labels(run_dir, uid)
             positions = study_positions(labels["z_range"], cfg.slices.slice_step)
             targets = studies.targets(uid)
-            boxes = canonical_fracture_slices(studies.fracture_slices.get(uid), studies.volume(uid))
+            stored = studies.fracture_slices.get(uid)
+            # only a study with boxes needs its volume here (the boxes' slices on its canonical grid)
+            boxes = canonical_fracture_slices(stored, studies.volume(uid)) if stored else None
             boxed = set().union(*boxes.values()) if boxes else set()
             intact = not targets.any()
             per_slice = np.array([1.0 if z in boxed else 0.0 if intact or boxed else -1.0 for z in positions])

@@ -15,7 +15,10 @@ from spinelab.io.volume import Volume
 from spinelab.tasks.cervical.slices import stack_images
 
 __all__ = ["study_positions", "slice_images", "window_starts", "study_embeddings", "fit_steps",
-           "windowed_outputs"]
+           "windowed_outputs", "head_steps", "CURVE_FEATURES"]
+
+#: slice-model values per step that ``head_steps`` appends: 7 fracture logits, then 7 ratio logits
+CURVE_FEATURES = 14
 
 
 def study_positions(z_range: tuple[int, int] | np.ndarray, step: int) -> np.ndarray:
@@ -106,3 +109,21 @@ def windowed_outputs(model: torch.nn.Module, feats: np.ndarray, length: int, str
             acc[k][s:s + length] += torch.sigmoid(out[k][0].float()).cpu().numpy()
         count[s:s + length] += 1
     return {k: (v / np.maximum(count, 1)[:, None]).astype(np.float32) for k, v in acc.items()}
+
+
+def head_steps(feats: np.ndarray, curves: dict[str, np.ndarray] | None) -> np.ndarray:
+    """What the study head reads per slice: the CNN features ``(T, F)``, then, with ``curves`` (from
+    ``windowed_outputs``), the slice model's fracture and ratio logits ``(T, F + 14)``.
+
+    Logits rather than probabilities: the head takes the highest fracture logit of each vertebra as its starting
+    evidence, and a logit keeps the ranking among the many near-zero probabilities of intact vertebrae.
+    """
+    feats = np.asarray(feats, dtype=np.float32)
+    if curves is None:
+        return feats
+
+    def logit(p: np.ndarray) -> np.ndarray:
+        p = np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6)
+        return np.log(p / (1 - p)).astype(np.float32)
+
+    return np.concatenate([feats, logit(curves["fracture"]), logit(curves["ratio"])], axis=1)

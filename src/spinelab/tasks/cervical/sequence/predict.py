@@ -2,8 +2,9 @@
 
 Per study: the input rules, stage 1 (the slice route's localiser: ranges, box), the z-range, the route slices'
 2.5D images, then for every seed and fold the slice CNN once over those slices; its features go (a) through the
-slice model's GRU and heads in sliding windows (overlaps averaged: the per-slice fracture curves) and (b) as
-``study.max_steps`` steps into that seed's study head of the same fold (the probabilities). Seeds, folds and,
+slice model's GRU and heads in sliding windows (overlaps averaged: the per-slice fracture curves) and (b), with
+those curves' logits appended when ``study.slice_curves``, as ``study.max_steps`` steps into that seed's study head
+of the same fold (the probabilities). Seeds, folds and,
 with TTA, left-right mirrored images are averaged.
 """
 
@@ -27,6 +28,7 @@ from spinelab.tasks.cervical.localization import LocalizerStage, localize, summa
 from spinelab.tasks.cervical.predict import CONVENTIONS, localized_result
 from spinelab.tasks.cervical.sequence.inputs import (
     fit_steps,
+    head_steps,
     slice_images,
     study_embeddings,
     study_positions,
@@ -120,7 +122,8 @@ class SequencePredictor(CervicalStudyPredictor):
                 curves = windowed_outputs(slice_model, feats, s.window_len, s.window_stride)
                 fracture.append(curves["fracture"])
                 ratio.append(curves["ratio"])
-                emb, mask = fit_steps(feats, self.cfg.study.max_steps)
+                steps = head_steps(feats, curves if self.cfg.study.slice_curves else None)
+                emb, mask = fit_steps(steps, self.cfg.study.max_steps)
                 out = self.runtime.run(head, torch.from_numpy(emb)[None], torch.from_numpy(mask)[None])
                 logits = torch.cat([out["vertebra"], out["overall"][:, None]], 1)
                 probs.append(torch.sigmoid(logits)[0].cpu().numpy())

@@ -1,9 +1,10 @@
 """Stage ``study`` of the sequence route: the frozen slice CNN's embeddings of a whole study -> 8 targets.
 
 For fold k, the CNN of the same fold of the seed's slice stage (it never saw fold k) embeds every route slice of
-every study once (``embeddings.EmbeddingCache``); an item is one study's embeddings as ``study.max_steps`` steps
-(``inputs.fit_steps``: resampled when longer, padded and masked when shorter) and its 8 labels. Loss: the
-competition-weighted BCE normalised per study (``fracture.competition_bce``, the weights of
+every study once (``embeddings.EmbeddingCache``), with the slice model's windowed per-slice fracture and ratio
+logits appended when ``study.slice_curves`` (``inputs.head_steps``); an item is one study's steps as
+``study.max_steps`` steps (``inputs.fit_steps``: resampled when longer, padded and masked when shorter) and its 8
+labels. Loss: the competition-weighted BCE normalised per study (``fracture.competition_bce``, the weights of
 ``metrics/cervical.py``). ``study.cache: false`` runs the frozen CNN for every item instead (what the cache
 saves: ``bench/embedding_cache.py``).
 """
@@ -25,7 +26,15 @@ from torch.utils.data import Dataset
 from spinelab.config.schema import TrainConfig
 from spinelab.errors import InputError
 from spinelab.tasks.cervical.sequence.embeddings import EmbeddingCache
-from spinelab.tasks.cervical.sequence.inputs import fit_steps, slice_images, study_embeddings, study_positions
+from spinelab.tasks.cervical.sequence.inputs import (
+    CURVE_FEATURES,
+    fit_steps,
+    head_steps,
+    slice_images,
+    study_embeddings,
+    study_positions,
+    windowed_outputs,
+)
 from spinelab.tasks.cervical.sequence.labels import labels_dir, read_slice_labels
 from spinelab.tasks.cervical.sequence.slice_stage import SliceSequenceStage
 from spinelab.tasks.cervical.studies import CervicalStudies
@@ -51,13 +60,17 @@ def _feature_size(name: str, args: str) -> int:
 
 def embedder(cfg: Any, run_dir: Path, model: torch.nn.Module, studies: CervicalStudies,
              localization: dict[str, Any]) -> Callable[[str], np.ndarray]:
-    """``uid -> (T, F)``: the frozen CNN over a training study's route slices (the cache's and the uncached
-    dataset's one definition)."""
+    """``uid -> (T, F [+ 14])``: the frozen slice model over a training study's route slices, as the predictor
+    feeds the study head (the cache's and the uncached dataset's one definition)."""
+    s = cfg.slices
+
     def embed(uid: str) -> np.ndarray:
         z = read_slice_labels(run_dir, uid)["z_range"]
         vol = studies.volume(uid)
-        images = slice_images(vol, study_positions(z, cfg.slices.slice_step), localization[uid]["box"], cfg)
-        return study_embeddings(model, images)
+        images = slice_images(vol, study_positions(z, s.slice_step), localization[uid]["box"], cfg)
+        feats = study_embeddings(model, images)
+        curves = windowed_outputs(model, feats, s.window_len, s.window_stride) if cfg.study.slice_curves else None
+        return head_steps(feats, curves)
 
     return embed
 
@@ -109,7 +122,8 @@ class StudyHeadStage(Stage):
         args = {**mc.builder_args(), **self.slice_stage.model_kwargs()}
         args.pop("pretrained_path", None)  # the size does not depend on the weights
         args.pop("pretrained_sha256", None)
-        return {"in_features": _feature_size(mc.name, json.dumps(args, sort_keys=True, default=str))}
+        return {"in_features": _feature_size(mc.name, json.dumps(args, sort_keys=True, default=str)),
+                "curve_features": CURVE_FEATURES if self.section.slice_curves else 0}
 
     def slice_model(self, fold: int | None) -> tuple[torch.nn.Module, Path]:
         """The frozen CNN of ``fold`` (its slice stage's model of the same fold)."""
