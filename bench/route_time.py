@@ -18,14 +18,12 @@ import os
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mdblock import machine_description, replace_block  # noqa: E402
+from mdblock import replace_block  # noqa: E402
 from predict import WORK, make_study  # noqa: E402
 from spinelab import api  # noqa: E402
 from spinelab.config.load import read_run_config  # noqa: E402
-from timing import timed_calls  # noqa: E402
+from timing import per_study_block, timed_calls  # noqa: E402
 
 
 def _tta(setting: bool | None) -> str:
@@ -61,17 +59,13 @@ def main() -> None:
         rows.append(f"| `{run.name}` | {cfg.route} | {_tta(cfg.infer.tta)} | {t['wall']:.1f} | "
                     f"{t['cpu']:.1f} |")
         print(rows[-1], flush=True)
-    body = "\n".join([
-        "## `spinelab predict cervical` per study and route (`bench/route_time.py`)", "",
-        f"Machine: {machine_description()}, torch {torch.__version__} ({torch.get_num_threads()} threads). Study: "
-        f"{args.slices} slices of {args.size} px (JPEG Lossless, bench/predict.py's). Each trained run predicts "
-        "it with its own inference settings (every trained fold's models, fp32), decode to study JSON included. "
-        f"Mean of {args.repeats} timed call(s) after one warm-up, in one process.", "",
-        "| run | route | flip TTA | wall s | CPU s (user + system) |", "|---|---|---|---:|---:|",
-        *rows, "",
-        "Command: `python bench/route_time.py " + " ".join(os.path.relpath(r) for r in args.runs)
-        + f" --slices {args.slices} --size {args.size} --repeats {args.repeats} --write`.",
-        *(["", args.note] if args.note else [])])
+    body = per_study_block(
+        "## `spinelab predict cervical` per study and route (`bench/route_time.py`)", args.slices, args.size,
+        "Each trained run predicts it with its own inference settings (every trained fold's models, fp32), decode "
+        "to study JSON included.", args.repeats,
+        ("| run | route | flip TTA | wall s | CPU s (user + system) |", "|---|---|---|---:|---:|"), rows,
+        "python bench/route_time.py " + " ".join(os.path.relpath(r) for r in args.runs)
+        + f" --slices {args.slices} --size {args.size} --repeats {args.repeats} --write", args.note)
     if args.write:
         replace_block("route_time", body)
     print(body)

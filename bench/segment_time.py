@@ -21,14 +21,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mdblock import machine_description, replace_block  # noqa: E402
+from mdblock import replace_block  # noqa: E402
 from predict import WORK, make_study  # noqa: E402
 from spinelab import api  # noqa: E402
 from spinelab.config.load import load_config, save_config  # noqa: E402
 from spinelab.configs import recipe_path  # noqa: E402
 from spinelab.tasks.cervical.seg3d.seg_stage import SegStage  # noqa: E402
 from spinelab.train.run_folder import FORMAT_FILE, RUN_FORMAT  # noqa: E402
-from timing import timed_calls  # noqa: E402
+from timing import per_study_block, timed_calls  # noqa: E402
 
 
 def make_seg_run(recipe: str) -> Path:
@@ -73,22 +73,19 @@ def main() -> None:
             rows.append(f"| {name} ({cfg.seg.model.name}, grid {cfg.seg.grid} {grid}) | "
                         f"{'on' if tta else 'off'} | {t['wall']:.1f} | {t['cpu']:.1f} |")
             print(rows[-1], flush=True)
-    body = "\n".join([
-        "## `spinelab segment` per study (`bench/segment_time.py`)", "",
-        f"Machine: {machine_description()}, torch {torch.__version__} ({torch.get_num_threads()} threads). Study: "
-        f"{args.slices} slices of {args.size} px (JPEG Lossless, bench/predict.py's). Recipes run at random weights: "
+    body = per_study_block(
+        "## `spinelab segment` per study (`bench/segment_time.py`)", args.slices, args.size,
+        "Recipes run at random weights: "
         "the time is the network's and the pipeline's (decode, resampling, sliding window, connected components, "
         "the mask back on the DICOM grid, NIfTI, vertebrae.json, preview.png). Their class probabilities are "
         "nearly uniform, so nearly every CT voxel lies between grid points of different argmax and takes the "
         "slow, interpolating branch of the way back (`SegInput.probabilities_to_labels`): these rows are its "
         "worst case, not a model in use. Trained runs segment the vertebrae for real: only the voxels at the "
-        "borders between labels are interpolated. "
-        f"Mean of {args.repeats} timed call(s) after one warm-up, in one process.", "",
-        "| recipe (seg network, grid) | flip TTA | wall s | CPU s (user + system) |", "|---|---|---:|---:|",
-        *rows, "",
-        f"Command: `python bench/segment_time.py --recipes {args.recipes}"
+        "borders between labels are interpolated.", args.repeats,
+        ("| recipe (seg network, grid) | flip TTA | wall s | CPU s (user + system) |", "|---|---|---:|---:|"), rows,
+        f"python bench/segment_time.py --recipes {args.recipes}"
         + (" --runs " + " ".join(os.path.relpath(r) for r in args.runs) if args.runs else "")
-        + f" --repeats {args.repeats} --write`."])
+        + f" --repeats {args.repeats} --write")
     if args.write:
         replace_block("segment_time", body)
     print(body)

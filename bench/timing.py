@@ -24,3 +24,20 @@ def timed_calls(call: Callable[[int], object], repeats: int) -> dict[str, float]
             walls.append(time.perf_counter() - t0)
             cpus.append(cpu_seconds() - c0)
     return {"wall": sum(walls) / len(walls), "cpu": sum(cpus) / len(cpus)}
+
+
+def per_study_block(title: str, slices: int, size: int, how: str, repeats: int, table: tuple[str, str],
+                    rows: list[str], command: str, note: str = "") -> str:
+    """A BENCHMARKS.md block of per-study timings: the machine, the study, ``how`` it was timed, the table
+    (``table``: its header and alignment lines) and the command."""
+    import torch
+
+    from mdblock import machine_description
+
+    return "\n".join([
+        title, "",
+        f"Machine: {machine_description()}, torch {torch.__version__} ({torch.get_num_threads()} threads). Study: "
+        f"{slices} slices of {size} px (JPEG Lossless, bench/predict.py's). {how} "
+        f"Mean of {repeats} timed call(s) after one warm-up, in one process.", "",
+        *table, *rows, "",
+        f"Command: `{command}`.", *(["", note] if note else [])])
