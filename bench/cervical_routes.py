@@ -51,21 +51,16 @@ def _fingerprint(data: Path) -> str:
     return file_sha256(data / "train.csv")[:16]
 
 
-def _commit() -> str:
-    import subprocess
-
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    return out.stdout.strip() or "unknown"
-
-
 def _save_rows(route: str, frame: pd.DataFrame, data: Path, recipe: Path, sets: list[str]) -> None:
     """Keep a route's held-out rows for later calls (``--saved``)."""
+    from spinelab.train.provenance import git_commit
+
     SAVED.mkdir(parents=True, exist_ok=True)
     frame.to_csv(SAVED / f"{route}.csv", index=False)
     where = recipe.relative_to(REPO) if recipe.is_relative_to(REPO) else recipe
     (SAVED / f"{route}.json").write_text(json.dumps(
         {"route": route, "recipe": str(where), "sets": sets, "data": _fingerprint(data), "studies": len(frame),
-         "commit": _commit(), "date": time.strftime("%Y-%m-%d")}, indent=1) + "\n")
+         "commit": git_commit(REPO) or "unknown", "date": time.strftime("%Y-%m-%d")}, indent=1) + "\n")
 
 
 def _load_rows(route: str, data: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
