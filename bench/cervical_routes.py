@@ -51,16 +51,14 @@ def _fingerprint(data: Path) -> str:
     return file_sha256(data / "train.csv")[:16]
 
 
-def _save_rows(route: str, frame: pd.DataFrame, data: Path, recipe: Path, sets: list[str]) -> None:
+def _save_rows(route: str, frame: pd.DataFrame, data: Path, recipe: Path, sets: list[str], commit: str) -> None:
     """Keep a route's held-out rows for later calls (``--saved``)."""
-    from spinelab.train.provenance import git_commit
-
     SAVED.mkdir(parents=True, exist_ok=True)
     frame.to_csv(SAVED / f"{route}.csv", index=False)
     where = recipe.relative_to(REPO) if recipe.is_relative_to(REPO) else recipe
     (SAVED / f"{route}.json").write_text(json.dumps(
         {"route": route, "recipe": str(where), "sets": sets, "data": _fingerprint(data), "studies": len(frame),
-         "commit": git_commit(REPO) or "unknown", "date": time.strftime("%Y-%m-%d")}, indent=1) + "\n")
+         "commit": commit, "date": time.strftime("%Y-%m-%d")}, indent=1) + "\n")
 
 
 def _load_rows(route: str, data: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -318,9 +316,12 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.write:
+        from spinelab.train.provenance import git_commit
+
+        commit = git_commit(REPO) or "unknown"  # before this call's own writes make the checkout dirty
         replace_block(args.block, text)
         for route in runs:
-            _save_rows(route, oofs[route], data, *recipes[route])
+            _save_rows(route, oofs[route], data, *recipes[route], commit)
 
 
 if __name__ == "__main__":
