@@ -12,8 +12,8 @@ ratio logits, appended to each step's embedding) the curves also enter the GRU, 
 the slice model's evidence: a learned scale of the highest fracture logit of its vertebra over the valid steps (of
 any vertebra for the patient), plus the attention branch, which starts at zero. Trained on ~80 study labels, a head
 that must re-learn fractures from the embeddings alone ranked vertebrae worse than the slice model it sits on
-(vertebra AUC 0.889 against 0.940 on the benchmark); starting from that ranking, it only has to calibrate and
-correct it.
+(on the benchmark, one frozen slice model of vertebra AUC 0.919: 0.798 with embeddings alone, 0.937 with the
+curves); starting from that ranking, it only has to calibrate and correct it.
 """
 
 from __future__ import annotations
