@@ -99,6 +99,18 @@ def _copy_seg(cfg: Any, source: Path, run: Path) -> None:
         shutil.copytree(source / "seg", run / "seg", dirs_exist_ok=True)
 
 
+def _train_fracseg(cfg: Any, run: Path) -> None:
+    """The fracseg route on every fold, except its vertebra segmentation: that stage only fills in the vertebrae
+    of studies without an RSNA segmentation (none of which it trained on), so fold 0's model serves every fold
+    and the four other segmentations (about an hour each on this CPU) are not trained."""
+    from spinelab.config.fracseg import round_name
+
+    if cfg.seg is not None:
+        api.train(cfg, run_dir=run, fold="0", stage="seg", resume=True)
+    for stage in [round_name(k) for k in range(1, cfg.rounds + 1)] + ["overall"]:
+        api.train(cfg, run_dir=run, fold="all", stage=stage, resume=True)
+
+
 def _train(recipe: Path, sets: list[str], data: Path, work: Path, stage1_from: Path | None = None,
            seg_from: Path | None = None, fold: str = "0") -> tuple[Any, Path, float]:
     cfg = load_config("cervical", [recipe], [f"data.dataset_dir={data}", *sets])
@@ -109,7 +121,10 @@ def _train(recipe: Path, sets: list[str], data: Path, work: Path, stage1_from: P
     if seg_from is not None:
         _copy_seg(cfg, seg_from, run)
     start = time.perf_counter()
-    api.train(cfg, run_dir=run, fold=fold, resume=True)
+    if cfg.route == "fracseg" and fold == "all":
+        _train_fracseg(cfg, run)
+    else:
+        api.train(cfg, run_dir=run, fold=fold, resume=True)
     return cfg, run, time.perf_counter() - start
 
 

@@ -8,7 +8,7 @@ stretches the wall time, not the CPU time. The runs should be trained (bench/cer
 cost depends on what its models find (the fracseg route crops to the vertebrae its segmentation finds, the
 seg3d route crops each vertebra), so random weights would time the wrong work.
 
-    python bench/route_time.py RUN_DIR [RUN_DIR ...] [--slices 300 --size 512 --repeats 1] [--write]
+    python bench/route_time.py RUN_DIR [RUN_DIR ...] [--slices 300 --size 512 --repeats 1] [--block NAME] [--write]
 """
 
 from __future__ import annotations
@@ -49,7 +49,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--note", default="", help="a paragraph added under the table")
-    ap.add_argument("--write", action="store_true", help="rewrite the route_time block of BENCHMARKS.md")
+    ap.add_argument("--write", action="store_true", help="rewrite the --block block of BENCHMARKS.md")
+    ap.add_argument("--block", default="route_time",
+                    help="the BENCHMARKS.md block to write (another name adds rows of runs timed in another session)")
     args = ap.parse_args()
     study = make_study(args.slices, args.size)
     rows = []
@@ -65,9 +67,10 @@ def main() -> None:
         "to study JSON included.", args.repeats,
         ("| run | route | flip TTA | wall s | CPU s (user + system) |", "|---|---|---|---:|---:|"), rows,
         "python bench/route_time.py " + " ".join(os.path.relpath(r) for r in args.runs)
-        + f" --slices {args.slices} --size {args.size} --repeats {args.repeats} --write", args.note)
+        + f" --slices {args.slices} --size {args.size} --repeats {args.repeats}"
+        + (f" --block {args.block}" if args.block != "route_time" else "") + " --write", args.note)
     if args.write:
-        replace_block("route_time", body)
+        replace_block(args.block, body)
     print(body)
 
 
