@@ -269,12 +269,18 @@ def main() -> None:
         rows["fracseg, percentile rule alone"] = fold0_rows(frac_run / "percentile" / "oof.csv")
         last_round = round_name(frac_cfg.rounds)
         frac_scores = json.loads((frac_run / last_round / "cv_scores.json").read_text())
+        rule_info = json.loads((frac_run / "percentile_rule.json").read_text())
         notes.append(f"fracseg fracture segmentation (`{last_round}`, out of fold, every trained fold): fracture Dice "
                      f"{frac_scores.get('dice', float('nan')):.3f} on {int(frac_scores.get('boxed_studies', 0))} "
                      f"boxed studies (their box pseudo-masks as truth); share of voxels called fracture in the "
                      f"held-out studies without a fracture {frac_scores.get('negative_fp_share', float('nan')):.4f}. "
-                     "The fracseg route trains all five folds: its percentile rule is fitted on the out-of-fold "
-                     "maps of all 100 studies (fold 0's included, as the route does), its classifier per fold.")
+                     "The fracseg route trains all five folds. The rule's rows are cross-fitted: each fold's "
+                     "studies are scored by a rule fitted on the other folds' out-of-fold maps (the saved rule, "
+                     f"fitted on all {rule_info.get('studies', '?')}, scores "
+                     f"{rule_info.get('oof_score', float('nan')):.4f} on them in sample, "
+                     f"{rule_info.get('cross_fitted_score', float('nan')):.4f} cross-fitted"
+                     f"{', vertebrae sharing one rule' if rule_info.get('search', {}).get('shared_vertebrae') else ''}"
+                     "); the classifier is trained per fold.")
     saved_meta: dict[str, dict[str, Any]] = {}
     for route in saved:
         oofs[route], saved_meta[route] = _load_rows(route, data)

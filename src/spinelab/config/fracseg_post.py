@@ -24,6 +24,9 @@ class PercentileFitConfig(StrictModel):
     seed: int = 0
     refine: int = Field(default=100, ge=0)
     max_voxels: int = Field(default=2048, ge=16)
+    #: one rule for C1..C7 fitted on all their (study, vertebra) pairs (the seed tuned one per vertebra; with a
+    #: few fractured examples per vertebra, 28 fitted numbers follow the noise)
+    shared_vertebrae: bool = False
 
 
 class OverallConfig(StrictModel):

@@ -85,6 +85,18 @@ def test_fit_recovers_known_parameters() -> None:
     assert rule.info["seed"] == 0 and rule.info["studies"] == len(labels)
 
 
+def test_shared_fit_recovers_one_rule_for_every_vertebra() -> None:
+    shared = _rule(0.15, 0.5, 0.1)
+    truth = {**{v: shared for v in VERTEBRAE}, "patient_overall": TRUTH["patient_overall"]}
+    summaries, labels = _toy_case(truth, copies=60)
+    rule = fit_percentile_rule(summaries, labels, seed=0, refine=10, shared_vertebrae=True)
+    fitted = {rule.parameters[v] for v in VERTEBRAE}
+    assert len(fitted) == 1  # one set of numbers, not seven
+    got = fitted.pop()
+    assert abs(got.beta - shared.beta) <= 0.02 and abs(got.lo - shared.lo) <= 0.01 and abs(got.hi - shared.hi) <= 0.01
+    assert rule.parameters["patient_overall"] != got and rule.info["search"]["shared_vertebrae"] is True
+
+
 def test_fit_is_seeded_and_round_trips(tmp_path) -> None:
     summaries, labels = _toy_case(TRUTH, copies=4, vertebrae=("C2",))
     a = fit_percentile_rule(summaries, labels, seed=3, refine=10, alphas=[0.1])

@@ -50,6 +50,8 @@ def test_training_fits_the_rule_and_writes_the_route_scores(fracseg_run: Path) -
     rule = json.loads((fracseg_run / "percentile_rule.json").read_text())
     assert set(rule["parameters"]) == set(CERVICAL_TARGETS)
     assert rule["studies"] == 8 and rule["seed"] == 0 and rule["stage"] == "fracture_seg"
+    # the rule's rows of the CV score come from rules fitted on the other fold (data.folds=2)
+    assert rule["cross_fitted_folds"] == 2 and 0 < rule["cross_fitted_score"] < 10
     index = json.loads((fracseg_run / "fracture_seg" / "oof_vertebrae" / "index.json").read_text())["studies"]
     assert {r["vertebrae"] for r in index.values()} == {"mask", "segmented"}  # studies without a mask segmented
     oof = pd.read_csv(fracseg_run / "oof.csv")

@@ -9,8 +9,9 @@ crop's affine: the folder the rounds' labels use), its vertebra labels on the sa
 is kept (``oof_vertebrae/index.json``), so a killed step resumes.
 
 The rule is then fitted on those maps (``percentile.fit_percentile_rule``, section ``percentile``) and written as
-``RUN/percentile_rule.json``; its out-of-fold probabilities go to ``RUN/percentile/oof.csv`` (the stage
-``overall`` and the route's CV score read them).
+``RUN/percentile_rule.json``. Its out-of-fold probabilities go to ``RUN/percentile/oof.csv`` (the stage
+``overall`` and the route's CV score read them): cross-fitted, each fold's studies by a rule fitted on the other
+folds' maps, since a rule fitted on every study would score studies whose labels tuned it.
 """
 
 from __future__ import annotations
@@ -144,7 +145,9 @@ def fit_rule_on_oof(cfg: FracsegConfig, run_dir: Path) -> dict[str, Any]:
     Raises:
         InputError: no out-of-fold map has labels.
     """
+    from spinelab.data.folds import read_folds
     from spinelab.io.nifti import read_nifti
+    from spinelab.metrics import cervical_score, cervical_submission_frame
     from spinelab.tasks.cervical.fracseg.percentile import fit_percentile_rule, summarize_map
     from spinelab.tasks.cervical.studies import CervicalStudies
 
@@ -157,15 +160,34 @@ def fit_rule_on_oof(cfg: FracsegConfig, run_dir: Path) -> dict[str, Any]:
     summaries = {u: summarize_map(np.asarray(read_nifti(m).array), np.asarray(read_nifti(v, is_label=True).array),
                                   max_voxels=sec.max_voxels) for u, (m, v) in pairs.items()}
     truth = labels.loc[list(summaries), list(CERVICAL_TARGETS)].reset_index()
-    rule = fit_percentile_rule(summaries, truth, seed=sec.seed, refine=sec.refine)
-    rule.info["stage"] = round_name(cfg.rounds)
-    rule.save(run_dir)
-    wide = pd.DataFrame([rule.predict_summary(summaries[u]) for u in truth.StudyInstanceUID],
-                        index=truth.StudyInstanceUID)
+
+    def fit(ids: list[str]) -> Any:
+        return fit_percentile_rule({u: summaries[u] for u in ids}, truth[truth.StudyInstanceUID.isin(ids)],
+                                   seed=sec.seed, refine=sec.refine, shared_vertebrae=sec.shared_vertebrae)
+
+    rule = fit(list(summaries))
+    # The rule's rows of the CV score are cross-fitted: each fold's studies get a rule fitted on the other
+    # folds' maps, so their labels never tuned the numbers that score them (the saved rule uses every study).
+    folds = read_folds(run_dir).reindex(list(summaries))
+    wide_parts = []
+    for k in sorted(folds.dropna().unique()):
+        held = [u for u in summaries if folds[u] == k]
+        rest = [u for u in summaries if folds[u] != k]
+        fold_rule = fit(rest) if rest else rule
+        wide_parts.append(pd.DataFrame([fold_rule.predict_summary(summaries[u]) for u in held], index=held))
+    unfolded = [u for u in summaries if pd.isna(folds[u])]  # not in the run's folds: the full rule
+    wide_parts.append(pd.DataFrame([rule.predict_summary(summaries[u]) for u in unfolded], index=unfolded))
+    wide = pd.concat(wide_parts).loc[truth.StudyInstanceUID]
+    wide.index.name = "StudyInstanceUID"
     oof = oof_frame(wide, truth)
+    solution = truth.copy()
+    rule.info.update(stage=round_name(cfg.rounds), cross_fitted_folds=len(wide_parts) - 1,
+                     cross_fitted_score=float(cervical_score(solution, cervical_submission_frame(wide))))
+    rule.save(run_dir)
     atomic_write_csv(Path(run_dir) / PERCENTILE_DIR / "oof.csv", oof)
-    log.info("percentile rule fitted on %d studies: out-of-fold score %.4f (the seed's numbers: %.4f)",
-             rule.info["studies"], rule.info["oof_score"], rule.info["seed_parameters_score"])
+    log.info("percentile rule fitted on %d studies: in-sample score %.4f, cross-fitted over %d folds %.4f (the "
+             "seed's numbers: %.4f)", rule.info["studies"], rule.info["oof_score"], len(wide_parts) - 1,
+             rule.info["cross_fitted_score"], rule.info["seed_parameters_score"])
     return rule.to_json()
 
 
