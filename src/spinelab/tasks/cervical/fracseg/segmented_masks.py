@@ -1,7 +1,7 @@
 """Vertebra masks that a trained ``seg`` stage makes for boxed studies without one (step ``vertebra_masks``).
 
-A box pseudo-mask needs the study's vertebrae, and the RSNA segmentations cover few boxed studies (on Kaggle 87
-of 2019 studies are segmented, 235 boxed). With a ``seg`` section and ``pseudo.segment_missing`` (default), the
+A box pseudo-mask needs the study's vertebrae, and the RSNA segmentations cover 87 of the 2019 Kaggle studies, so
+most boxed studies have none. With a ``seg`` section and ``pseudo.segment_missing`` (default), the
 route's step ``vertebra_masks`` runs after stage ``seg``: every boxed study whose pseudo-mask is recorded
 ``no_vertebra_mask`` is segmented by the run's ``seg`` models (every trained fold averaged: none of them trained
 on a study without a mask), written as ``<derived>/segmented_masks/<UID>.nii.gz`` (uint8 C1-C7 labels with the
