@@ -356,19 +356,20 @@ def labels_cervical(
     cache: Annotated[Path | None, typer.Option(help="Volume cache to read instead of DICOM.")] = None,
     fracture_masks: Annotated[bool, typer.Option(
         "--fracture-masks", help="Also write the box pseudo-masks of the fracture route (fracture_masks/, on "
-                                 "the cervical/fracseg default crop grid) and the vertebra masks they use "
-                                 "(masks/).")] = False,
+                                 "the cervical/fracseg default crop grid) and the vertebra masks they use.")] = False,
+    vertebra_model: Annotated[Path | None, typer.Option(
+        help="With --fracture-masks: a run whose seg stage segments the boxed studies without a mask.")] = None,
 ) -> None:
     """Per-slice vertebra ratios and C1-C7 boxes from segmentations, and per-slice fracture boxes."""
     from spinelab.data.cervical_labels import derive_cervical_labels
 
-    paths = derive_cervical_labels(dataset_dir, out=out, cache_dir=cache)
-    for p in paths:
+    for p in derive_cervical_labels(dataset_dir, out=out, cache_dir=cache):
         typer.echo(f"wrote {p}")
     if fracture_masks:
         from spinelab.tasks.cervical.fracseg.pseudo_masks import derive_fracture_masks
 
-        typer.echo(f"wrote {derive_fracture_masks(dataset_dir, out=out, cache_dir=cache)}")
+        written = derive_fracture_masks(dataset_dir, out=out, cache_dir=cache, vertebra_model=vertebra_model)
+        typer.echo(f"wrote {written}")
 
 
 @app.command()

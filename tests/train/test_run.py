@@ -65,6 +65,19 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path: Path) -> None:
     assert log["epoch"].min() == 0 and log["epoch"].max() == 2
 
 
+def test_resuming_past_fewer_epochs_is_one_clear_error(tmp_path: Path) -> None:
+    from spinelab.errors import InputError
+
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train_stage(BoringStage(tmp_path, epochs=4, fail_at_step=2 * 8 + 3), trainer_cfg=CPU, fold=None,
+                    progress=False)
+    with pytest.raises(InputError, match=r"checkpoint_last.ckpt.*finished 2 epochs, more than train.epochs=1"):
+        train_stage(BoringStage(tmp_path, epochs=1), trainer_cfg=CPU, fold=None, resume=True, progress=False)
+    # as many epochs as finished, or more, resumes
+    result = train_stage(BoringStage(tmp_path, epochs=3), trainer_cfg=CPU, fold=None, resume=True, progress=False)
+    assert result["scores"]["epochs"] == 3
+
+
 def test_last_checkpoint_follows_every_epoch_when_the_best_stays(tmp_path: Path) -> None:
     """Lightning refreshes save_last only with a new best; a resume must not go back to the best epoch."""
     steps_per_epoch = 64 // 8

@@ -59,11 +59,14 @@ class PseudoMaskConfig(StrictModel):
 
     ``vertebra_masks`` are more folders of vertebra label maps (``<UID>.nii.gz`` or ``<UID>/vertebrae.nii.gz``,
     the output of ``spinelab segment``) for boxed studies without an RSNA segmentation; ``derived/masks`` (the
-    RSNA segmentations on their CT grids) is read first.
+    RSNA segmentations on their CT grids) is read first. With ``segment_missing`` and a ``seg`` section, the
+    route's step ``vertebra_masks`` segments the boxed studies that still have no vertebra mask with the run's
+    ``seg`` stage (``derived/segmented_masks``), so they get pseudo-masks too.
     """
 
     dilate_mm: float = Field(default=2.0, ge=0.0)
     vertebra_masks: list[Path] = Field(default_factory=list)
+    segment_missing: bool = True
     #: keep only voxels of vertebrae labelled fractured in train.csv (a box often grazes a neighbour)
     fractured_only: bool = True
 

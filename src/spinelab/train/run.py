@@ -87,7 +87,8 @@ def train_stage(stage: Stage, *, trainer_cfg: TrainerConfig, fold: int | None, r
         summed over the resumed parts that finished}``.
 
     Raises:
-        InputError: ``checkpoint_last.ckpt`` holds more than tensors and plain data, or cannot be read.
+        InputError: ``checkpoint_last.ckpt`` holds more than tensors and plain data, cannot be read, or has
+            finished more epochs than the stage now trains.
     """
     from spinelab.train.ranks import is_global_zero, on_rank_zero
 
@@ -104,7 +105,10 @@ def train_stage(stage: Stage, *, trainer_cfg: TrainerConfig, fold: int | None, r
     resuming = resume and on_rank_zero(last.is_file)
     if resuming:
         # Lightning loads it again below, also with weights_only=True; this load gives the one-line error.
-        safe_torch_load(last)
+        finished = int(safe_torch_load(last).get("epoch", -1)) + 1
+        if finished > tc.epochs:  # Lightning would stop with a traceback on the restored epoch counter
+            raise InputError(last, f"the killed run already finished {finished} epochs, more than train.epochs="
+                                   f"{tc.epochs}; set train.epochs to {finished} or more, or train without --resume")
     import lightning as L
     from lightning.pytorch.callbacks import EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger

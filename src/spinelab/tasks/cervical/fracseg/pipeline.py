@@ -7,11 +7,14 @@ the box pseudo-masks; for ``k = 2 .. rounds`` the step ``labels_r<k>`` (round ``
 thresholded and kept on the vertebrae labelled fractured) and stage ``fracture_seg_r<k>`` on them. Each round
 is a stage of the route: ``--stage fracture_seg_r2`` trains that round alone and ``--resume`` continues it.
 With a ``seg`` section, seg3d's vertebra stage ``seg`` trains first (the run then segments the vertebrae it needs
-at inference). Finish: each trained round's held-out fracture Dice (``<stage>/cv_scores.json``).
+at inference), and with ``pseudo.segment_missing`` the step ``vertebra_masks`` segments the boxed studies without
+a vertebra mask and writes their pseudo-masks (``segmented_masks``) before round 1. Finish: each trained
+round's held-out fracture Dice (``<stage>/cv_scores.json``).
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,8 @@ from spinelab.errors import InputError
 from spinelab.tasks.route import Step, Training
 
 __all__ = ["TRAINING", "round_stages"]
+
+log = logging.getLogger("spinelab")
 
 
 def _setup(cfg: FracsegConfig, run_dir: Path, progress: bool) -> tuple[FracsegConfig, None]:
@@ -84,8 +89,24 @@ def _seg_stages(cfg: FracsegConfig, run_dir: Path, context: Any = None) -> list[
     return seg_stages(cfg, run_dir, context)  # type: ignore[arg-type]
 
 
+def _segment_missing(cfg: FracsegConfig, run_dir: Path, context: Any, progress: bool) -> Any:
+    """Before round 1: the run's ``seg`` stage segments the boxed studies without a vertebra mask."""
+    from spinelab.tasks.cervical.fracseg.segmented_masks import missing_vertebra_masks, segment_missing_vertebrae
+    from spinelab.train.run_folder import trained_folds
+
+    missing = missing_vertebra_masks(cfg) if cfg.seg is not None and cfg.pseudo.segment_missing else []
+    if not missing:
+        return None
+    if not trained_folds(run_dir, "seg"):
+        log.warning("stage seg is not trained: %d boxed studies without a vertebra mask get no pseudo-mask "
+                    "(train --stage seg first, or set pseudo.segment_missing=false)", len(missing))
+        return None
+    return segment_missing_vertebrae(cfg, run_dir, progress=progress)
+
+
 def _steps() -> tuple[Step, ...]:
     steps = [Step("seg", stages=_seg_stages, optional=lambda cfg: cfg.seg is not None),
+             Step("vertebra_masks", run=_segment_missing, needed_by=(round_name(1),)),
              Step(round_name(1), stages=round_stages(1))]
     for k in range(2, MAX_ROUNDS + 1):
         steps.append(Step(f"labels_r{k}", run=_round_labels(k), needed_by=(round_name(k),)))

@@ -14,7 +14,8 @@ Written to ``<derived>/fracture_masks/<UID>.nii.gz`` (uint8, on the crop grid, w
 studies enter the voxel loss), ``incomplete`` (a fractured vertebra without a box: the study keeps its study
 labels but stays out of the voxel loss), ``no_vertebra_mask`` or ``failed`` (with the error). The vertebra mask
 is the RSNA segmentation on its CT grid (``derived/masks``, written by seg3d's ``write_masks``), else a label map
-from ``pseudo.vertebra_masks`` (e.g. ``spinelab segment`` output).
+from ``pseudo.vertebra_masks`` (e.g. ``spinelab segment`` output), else the route's own segmentation of the study
+(``derived/segmented_masks``, ``segmented_masks.segment_missing_vertebrae``).
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ from spinelab.io.volume import Volume
 from spinelab.registry import VERTEBRAE
 from spinelab.tasks.cervical.fracseg.crop import N_CERVICAL, CropGrid, crop_grid
 
-__all__ = ["PSEUDO_SCHEMA_VERSION", "fracture_masks_dir", "vertebra_mask_path", "study_vertebrae", "box_volume",
-           "nearest_vertebra", "pseudo_mask", "write_fracture_masks", "read_mask_index", "usable_studies",
-           "fractured_vertebrae", "derive_fracture_masks"]
+__all__ = ["PSEUDO_SCHEMA_VERSION", "fracture_masks_dir", "segmented_masks_dir", "vertebra_mask_path",
+           "study_vertebrae", "box_volume", "nearest_vertebra", "pseudo_mask", "write_fracture_masks",
+           "read_mask_index", "usable_studies", "fractured_vertebrae", "derive_fracture_masks"]
 
 log = logging.getLogger("spinelab")
 PSEUDO_SCHEMA_VERSION = 1
@@ -49,12 +50,19 @@ def fracture_masks_dir(cfg: FracsegConfig) -> Path:
     return Path(derived) / "fracture_masks"
 
 
+def segmented_masks_dir(cfg: FracsegConfig) -> Path:
+    """``<derived>/segmented_masks``: vertebra masks a trained ``seg`` stage made for boxed studies without one."""
+    return fracture_masks_dir(cfg).parent / "segmented_masks"
+
+
 def vertebra_mask_path(cfg: FracsegConfig, uid: str) -> Path | None:
     """The study's vertebra label map: ``derived/masks/<UID>.nii.gz``, else the first of
-    ``pseudo.vertebra_masks`` holding ``<UID>.nii.gz`` or ``<UID>/vertebrae.nii.gz``; ``None`` when none has it."""
+    ``pseudo.vertebra_masks`` holding ``<UID>.nii.gz`` or ``<UID>/vertebrae.nii.gz``, else
+    ``derived/segmented_masks/<UID>.nii.gz``; ``None`` when none has it."""
     from spinelab.tasks.cervical.seg3d.seg_stage import masks_dir
 
-    folders = [masks_dir(cfg), *map(Path, cfg.pseudo.vertebra_masks)]  # type: ignore[arg-type]
+    folders = [masks_dir(cfg), *map(Path, cfg.pseudo.vertebra_masks),  # type: ignore[arg-type]
+               segmented_masks_dir(cfg)]
     for folder in folders:
         for path in (folder / f"{uid}.nii.gz", folder / uid / "vertebrae.nii.gz"):
             if path.is_file():
@@ -178,14 +186,27 @@ def _one_study(cfg: FracsegConfig, uid: str, rows: pd.DataFrame, label_row: pd.S
     covered = sorted(int(v) for v in np.unique(mask) if v)
     complete = bool(fractured) and fractured <= set(covered) if cfg.pseudo.fractured_only else bool(covered)
     return {**record, "status": "ok" if complete else "incomplete", "covered": covered,
-            "voxels": int(np.count_nonzero(mask)), "vertebra_mask": str(path)}
+            "voxels": int(np.count_nonzero(mask)), "vertebra_mask": str(path.resolve())}
+
+
+def _stale(cfg: FracsegConfig, uid: str, record: dict[str, Any], out: Path) -> bool:
+    """Whether a recorded study must be written again: its mask or its vertebra mask is gone, or it had no
+    vertebra mask and now has one."""
+    status = record.get("status")
+    if status == "no_vertebra_mask":
+        return vertebra_mask_path(cfg, uid) is not None
+    if status in ("ok", "incomplete"):
+        source = record.get("vertebra_mask")
+        return not (out / f"{uid}.nii.gz").is_file() or (source is not None and not Path(source).is_file())
+    return False
 
 
 def write_fracture_masks(cfg: FracsegConfig, *, progress: bool = True) -> dict[str, Any]:
     """Write the pseudo-mask of every study with boxes into ``<derived>/fracture_masks`` (see the module).
 
-    Studies already written with the same settings are kept; changed settings rewrite every mask. A study
-    whose CT or vertebra mask cannot be used is recorded (``failed``) and left out.
+    Studies already written with the same settings are kept, unless the vertebra mask they were made from is
+    gone; a study recorded without a vertebra mask is tried again once one exists; changed settings rewrite
+    every mask. A study whose CT or vertebra mask cannot be used is recorded (``failed``) and left out.
 
     Returns:
         The index: ``{"settings": ..., "studies": {uid: record}}``.
@@ -211,8 +232,7 @@ def write_fracture_masks(cfg: FracsegConfig, *, progress: bool = True) -> dict[s
     index = read_mask_index(out)
     studies: dict[str, Any] = index.get("studies", {}) if index.get("settings") == settings else {}
     uids = sorted(u for u in boxes["StudyInstanceUID"].unique() if u in labels.index)
-    todo = [u for u in uids if u not in studies or (studies[u].get("status") in ("ok", "incomplete")
-                                                    and not (out / f"{u}.nii.gz").is_file())]
+    todo = [u for u in uids if u not in studies or _stale(cfg, u, studies[u], out)]
     if todo or not index:
         make_writable_folder(out)
     with progress_bar() as bar:
@@ -232,11 +252,14 @@ def write_fracture_masks(cfg: FracsegConfig, *, progress: bool = True) -> dict[s
 
 
 def derive_fracture_masks(dataset_dir: str | Path, *, out: Path | None = None, cache_dir: Path | None = None,
-                          cfg: FracsegConfig | None = None, progress: bool = True) -> Path:
+                          cfg: FracsegConfig | None = None, vertebra_model: str | Path | None = None,
+                          progress: bool = True) -> Path:
     """``spinelab labels cervical DATASET --fracture-masks``: the vertebra masks on their CT grids
     (``<out>/masks``, seg3d's ``write_masks``) and the box pseudo-masks (``<out>/fracture_masks``) with the grid
-    of ``cfg`` (default: the route's defaults, the seed's grid). ``out`` defaults to ``DATASET/derived`` and must
-    already hold ``fracture_boxes.csv`` (the CLI derives the labels first).
+    of ``cfg`` (default: the route's defaults, the seed's grid). With ``vertebra_model`` (a run with a trained
+    ``seg`` stage) the boxed studies without a vertebra mask are segmented first (``<out>/segmented_masks``,
+    ``segmented_masks.segment_missing_vertebrae``). ``out`` defaults to ``DATASET/derived`` and must already
+    hold ``fracture_boxes.csv`` (the CLI derives the labels first).
 
     Returns:
         The ``index.json`` written.
@@ -250,4 +273,8 @@ def derive_fracture_masks(dataset_dir: str | Path, *, out: Path | None = None, c
     cfg = base.model_copy(update={"data": data})
     write_masks(cfg, progress=progress)  # type: ignore[arg-type]
     write_fracture_masks(cfg, progress=progress)
+    if vertebra_model is not None:
+        from spinelab.tasks.cervical.fracseg.segmented_masks import segment_missing_vertebrae
+
+        segment_missing_vertebrae(cfg, vertebra_model, progress=progress)
     return fracture_masks_dir(cfg) / "index.json"
