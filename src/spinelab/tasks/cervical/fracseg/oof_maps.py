@@ -148,7 +148,7 @@ def fit_rule_on_oof(cfg: FracsegConfig, run_dir: Path) -> dict[str, Any]:
     from spinelab.data.folds import read_folds
     from spinelab.io.nifti import read_nifti
     from spinelab.metrics import cervical_score, cervical_submission_frame
-    from spinelab.tasks.cervical.fracseg.percentile import fit_percentile_rule, summarize_map
+    from spinelab.tasks.cervical.fracseg.percentile import PercentileRule, fit_percentile_rule, summarize_map
     from spinelab.tasks.cervical.studies import CervicalStudies
 
     labels = CervicalStudies(cfg).labels  # type: ignore[arg-type]
@@ -161,7 +161,7 @@ def fit_rule_on_oof(cfg: FracsegConfig, run_dir: Path) -> dict[str, Any]:
                                   max_voxels=sec.max_voxels) for u, (m, v) in pairs.items()}
     truth = labels.loc[list(summaries), list(CERVICAL_TARGETS)].reset_index()
 
-    def fit(ids: list[str]) -> Any:
+    def fit(ids: list[str]) -> PercentileRule:
         return fit_percentile_rule({u: summaries[u] for u in ids}, truth[truth.StudyInstanceUID.isin(ids)],
                                    seed=sec.seed, refine=sec.refine, shared_vertebrae=sec.shared_vertebrae)
 
@@ -169,8 +169,9 @@ def fit_rule_on_oof(cfg: FracsegConfig, run_dir: Path) -> dict[str, Any]:
     # The rule's rows of the CV score are cross-fitted: each fold's studies get a rule fitted on the other
     # folds' maps, so their labels never tuned the numbers that score them (the saved rule uses every study).
     folds = read_folds(run_dir).reindex(list(summaries))
+    fold_ids = sorted(folds.dropna().unique())
     wide_parts = []
-    for k in sorted(folds.dropna().unique()):
+    for k in fold_ids:
         held = [u for u in summaries if folds[u] == k]
         rest = [u for u in summaries if folds[u] != k]
         fold_rule = fit(rest) if rest else rule
@@ -180,13 +181,12 @@ def fit_rule_on_oof(cfg: FracsegConfig, run_dir: Path) -> dict[str, Any]:
     wide = pd.concat(wide_parts).loc[truth.StudyInstanceUID]
     wide.index.name = "StudyInstanceUID"
     oof = oof_frame(wide, truth)
-    solution = truth.copy()
-    rule.info.update(stage=round_name(cfg.rounds), cross_fitted_folds=len(wide_parts) - 1,
-                     cross_fitted_score=float(cervical_score(solution, cervical_submission_frame(wide))))
+    rule.info.update(stage=round_name(cfg.rounds), cross_fitted_folds=len(fold_ids),
+                     cross_fitted_score=float(cervical_score(truth, cervical_submission_frame(wide))))
     rule.save(run_dir)
     atomic_write_csv(Path(run_dir) / PERCENTILE_DIR / "oof.csv", oof)
     log.info("percentile rule fitted on %d studies: in-sample score %.4f, cross-fitted over %d folds %.4f (the "
-             "seed's numbers: %.4f)", rule.info["studies"], rule.info["oof_score"], len(wide_parts) - 1,
+             "seed's numbers: %.4f)", rule.info["studies"], rule.info["oof_score"], len(fold_ids),
              rule.info["cross_fitted_score"], rule.info["seed_parameters_score"])
     return rule.to_json()
 

@@ -314,6 +314,7 @@ def fit_percentile_rule(summaries: Mapping[str, VoxelSummary], labels: pd.DataFr
             groups[id(summaries[s])] = len(listed)
             listed.append(summaries[s])
     row = np.array([groups[id(summaries[s])] for s in ids])
+
     def weights(j: int) -> tuple[np.ndarray, np.ndarray]:
         return (np.bincount(row, weights=y_all[:, j] * w_all[:, j], minlength=len(listed)),
                 np.bincount(row, weights=(1 - y_all[:, j]) * w_all[:, j], minlength=len(listed)))
