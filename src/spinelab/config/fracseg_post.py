@@ -41,6 +41,15 @@ class OverallConfig(StrictModel):
     #: weight of the 7 vertebra terms against the patient term in the loss (the metric weighs the patient 7:1)
     vertebra_weight: float = Field(default=1.0, ge=0.0)
     flip_prob: float = Field(default=0.5, ge=0.0, le=1.0)
+    #: chance of a random rotation and scaling per training item (the seed's 0.3)
+    affine_prob: float = Field(default=0.3, ge=0.0, le=1.0)
+    #: rotation range about each axis, degrees (the seed's ±30)
+    rotate_deg: float = Field(default=30.0, ge=0.0, le=180.0)
+    #: scaling by 1 ± this (the seed's 0.6..1.4)
+    scale: float = Field(default=0.4, ge=0.0, lt=1.0)
+    #: random shift up to this fraction of ``size`` along each axis: pad by it on every side, then crop ``size``
+    #: at random (the seed pads 96 to 128 and crops 96 back, 1/6)
+    shift_frac: float = Field(default=1 / 6, ge=0.0, le=0.5)
 
     @model_validator(mode="after")
     def _size_positive(self) -> OverallConfig:

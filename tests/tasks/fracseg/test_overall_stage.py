@@ -8,10 +8,17 @@ import pytest
 import torch
 
 from spinelab.config.fracseg import FracsegConfig
+from spinelab.config.fracseg_post import OverallConfig
 from spinelab.io.nifti import write_nifti
 from spinelab.io.volume import Volume
 from spinelab.registry import CERVICAL_TARGETS, VERTEBRAE
-from spinelab.tasks.cervical.fracseg.overall_stage import OverallDataset, OverallStage, combine, overall_input
+from spinelab.tasks.cervical.fracseg.overall_stage import (
+    OverallDataset,
+    OverallStage,
+    combine,
+    overall_augment,
+    overall_input,
+)
 
 
 def test_input_channels_and_size() -> None:
@@ -39,9 +46,40 @@ def test_dataset_flips_and_targets(tmp_path) -> None:
                             "patient_overall": 1}]).set_index("StudyInstanceUID")
     pairs = {"s": (tmp_path / "s.nii.gz", tmp_path / "v.nii.gz")}
     plain = OverallDataset(pairs, labels, (6, 6, 6))[0]
-    flipped = OverallDataset(pairs, labels, (6, 6, 6), flip_prob=1.0, seed=1)[0]
+    only_flip = OverallConfig(size=(6, 6, 6), flip_prob=1.0, affine_prob=0.0, shift_frac=0.0)
+    flipped = OverallDataset(pairs, labels, (6, 6, 6), augment=overall_augment(only_flip), seed=1)[0]
     assert plain["image"][0, ..., 0].min() == 1.0 and flipped["image"][0, ..., -1].min() == 1.0
     assert plain["target"].tolist() == [0, 1, 0, 0, 0, 0, 0, 1]  # CERVICAL_TARGETS order: C1..C7, overall
+
+
+
+def _pairs(tmp_path, size: int = 16) -> tuple[dict, pd.DataFrame]:
+    prob = np.zeros((size,) * 3, np.float32)
+    prob[4:12, 4:12, 4:8] = 0.8
+    verts = np.zeros((size,) * 3, np.uint8)
+    for k in range(1, 8):
+        verts[2 * k - 1: 2 * k + 1, 3:13, 3:13] = k
+    write_nifti(Volume(prob, np.eye(4)), tmp_path / "s.nii.gz")
+    write_nifti(Volume(verts, np.eye(4), is_label=True), tmp_path / "v.nii.gz")
+    labels = pd.DataFrame([{"StudyInstanceUID": "s", **dict.fromkeys(CERVICAL_TARGETS, 0)}]).set_index(
+        "StudyInstanceUID")
+    return {"s": (tmp_path / "s.nii.gz", tmp_path / "v.nii.gz")}, labels
+
+
+def test_augmentation_moves_the_map_keeps_labels_exact_and_is_seeded(tmp_path) -> None:
+    pairs, labels = _pairs(tmp_path)
+    sec = OverallConfig(size=(16, 16, 16), affine_prob=1.0, flip_prob=0.0)  # the seed's rotation, scale, shift
+    plain = OverallDataset(pairs, labels, sec.size)[0]["image"]
+    draws = [OverallDataset(pairs, labels, sec.size, augment=overall_augment(sec), seed=s)[0]["image"]
+             for s in (3, 3, 4)]
+    assert all(d.shape == (2, 16, 16, 16) and d.dtype == torch.float32 for d in draws)
+    assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])  # same seed, same draw
+    assert not torch.equal(draws[0], plain)
+    for d in draws:  # nearest for the labels: only the 8 values k / 7, never a blend of two vertebrae
+        k = d[1] * 7  # the cache holds float16, so k / 7 comes back to within 1e-3
+        assert float((k - k.round()).abs().max()) < 0.01 and len(set(k.round().unique().tolist())) > 2
+        assert float(d[0].min()) >= 0.0 and float(d[0].max()) <= 0.8 + 1e-5
+    assert overall_augment(OverallConfig(flip_prob=0.0, affine_prob=0.0, shift_frac=0.0)) is None
 
 
 def test_loss_and_predictions() -> None:

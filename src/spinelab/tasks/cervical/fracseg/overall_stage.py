@@ -3,8 +3,9 @@
 Input (``overall_input``, the one function training and inference share): two channels on the crop, the fracture
 probability and the vertebra labels divided by 7, resized to ``overall.size`` (trilinear for the probability,
 nearest for the labels). Training reads the last round's out-of-fold maps (``oof_maps.oof_pairs``: a study is
-held out by the fracture model too, so the classifier learns on maps like the ones it will see). Augmentation:
-left-right flips (a mirror changes no label). Loss: BCE on ``patient_overall`` plus, with ``overall.vertebrae``,
+held out by the fracture model too, so the classifier learns on maps like the ones it will see). Augmentation
+(``overall_augment``, the seed's): rotation and scaling, a random shift, left-right flips (a mirror changes no
+label). Loss: BCE on ``patient_overall`` plus, with ``overall.vertebrae``,
 ``vertebra_weight`` times the mean BCE of C1..C7.
 
 The route's out-of-fold probabilities (``RUN/oof.csv``, what ``spinelab ensemble fit`` reads) are the classifier's
@@ -25,13 +26,14 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from spinelab.config.fracseg import FracsegConfig
+from spinelab.config.fracseg_post import OverallConfig
 from spinelab.data.seeding import SeededDataset, stage_seed
 from spinelab.errors import InputError
 from spinelab.registry import CERVICAL_TARGETS, VERTEBRAE
 from spinelab.train.stage import Stage
 
-__all__ = ["OverallStage", "OverallDataset", "overall_input", "combine", "write_route_scores", "STAGE",
-           "CV_SCHEMA_VERSION"]
+__all__ = ["OverallStage", "OverallDataset", "overall_input", "overall_augment", "combine", "write_route_scores",
+           "STAGE", "CV_SCHEMA_VERSION"]
 
 STAGE = "overall"
 CV_SCHEMA_VERSION = 1
@@ -48,6 +50,28 @@ def overall_input(prob: np.ndarray, vertebrae: np.ndarray, size: tuple[int, int,
     return torch.cat([p.clamp(0, 1), v / 7.0], 1)[0].numpy()
 
 
+def overall_augment(sec: OverallConfig) -> Any | None:
+    """MONAI dictionary transforms on ``prob`` and ``vert`` (each ``(1, *size)``) together: with probability
+    ``affine_prob`` a rotation (``±rotate_deg`` about each axis) and scaling (``1 ± scale``), bilinear for the map
+    and nearest for the labels; a shift of up to ``shift_frac`` of the size (pad, then crop ``size`` at random);
+    a left-right flip with ``flip_prob``. None when nothing is drawn."""
+    from monai import transforms as T
+
+    keys = ["prob", "vert"]
+    steps: list[Any] = []
+    if sec.affine_prob > 0 and (sec.rotate_deg > 0 or sec.scale > 0):
+        rad = float(np.deg2rad(sec.rotate_deg))
+        steps.append(T.RandAffined(keys, prob=sec.affine_prob, rotate_range=(rad, rad, rad),
+                                   scale_range=(sec.scale,) * 3, mode=("bilinear", "nearest"), padding_mode="zeros"))
+    pad = [int(round(s * sec.shift_frac)) for s in sec.size]
+    if any(pad):
+        steps += [T.BorderPadd(keys, spatial_border=[p for p in pad for _ in (0, 1)], mode="constant"),
+                  T.RandSpatialCropd(keys, roi_size=sec.size, random_size=False)]
+    if sec.flip_prob > 0:
+        steps.append(T.RandFlipd(keys, prob=sec.flip_prob, spatial_axis=2))
+    return T.Compose(steps) if steps else None
+
+
 class OverallDataset(SeededDataset, Dataset):
     """Studies' out-of-fold maps as classifier inputs (prepared on first use, kept in memory as float16).
 
@@ -55,14 +79,14 @@ class OverallDataset(SeededDataset, Dataset):
         pairs: study id -> (probability map, vertebra labels) NIfTI paths.
         labels: train.csv rows indexed by study.
         size: the input grid.
-        flip_prob: chance of a left-right flip per training item (0 for validation).
-        seed: base seed of the flips.
+        augment: ``overall_augment``'s transforms for training items (None: the inputs as they are).
+        seed: base seed of the augmentation.
     """
 
     def __init__(self, pairs: dict[str, tuple[Path, Path]], labels: pd.DataFrame, size: tuple[int, int, int], *,
-                 flip_prob: float = 0.0, seed: int = 0) -> None:
+                 augment: Any | None = None, seed: int = 0) -> None:
         self.ids = list(pairs)
-        self.pairs, self.size, self.flip_prob, self.seed = pairs, size, flip_prob, int(seed)
+        self.pairs, self.size, self.augment, self.seed = pairs, size, augment, int(seed)
         self.targets = np.array(labels.loc[self.ids, list(CERVICAL_TARGETS)].to_numpy(np.float32))  # writable
         self._cache: dict[int, np.ndarray] = {}
 
@@ -79,10 +103,14 @@ class OverallDataset(SeededDataset, Dataset):
         return self._cache[i]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        x = self.image(i).astype(np.float32)
-        if self.flip_prob and self.rng().random() < self.flip_prob:
-            x = np.ascontiguousarray(x[..., ::-1])
-        return {"image": torch.from_numpy(x), "target": torch.from_numpy(self.targets[i]), "id": self.ids[i]}
+        x = torch.from_numpy(self.image(i).astype(np.float32))
+        if self.augment is not None:
+            from spinelab.tasks.cervical.seg3d.seg_stage import _plain
+
+            self.augment.set_random_state(seed=int(self.rng().integers(2**31 - 1)))
+            out = self.augment({"prob": x[:1], "vert": x[1:]})
+            x = torch.cat([_plain(out["prob"]), _plain(out["vert"])]).float().contiguous()
+        return {"image": x, "target": torch.from_numpy(self.targets[i]), "id": self.ids[i]}
 
 
 class OverallStage(Stage):
@@ -107,8 +135,8 @@ class OverallStage(Stage):
                                            "step percentile first: --stage all or --stage overall)")
         train_ids, val_ids = studies.split(list(pairs), fold)
         sec, seed = self.section, stage_seed(self.train_config.seed, fold)
-        train = OverallDataset({u: pairs[u] for u in train_ids}, studies.labels, sec.size, flip_prob=sec.flip_prob,
-                               seed=seed)
+        train = OverallDataset({u: pairs[u] for u in train_ids}, studies.labels, sec.size,
+                               augment=overall_augment(sec), seed=seed)
         val = OverallDataset({u: pairs[u] for u in val_ids}, studies.labels, sec.size) if val_ids else None
         return train, val
 
