@@ -1,17 +1,20 @@
-"""Training throughput and memory of the seed-sized 3D recipes, and their inference per study, on one device.
+"""Training throughput and memory of the seed-sized recipes, and their inference per study, on one device.
 
-Made for a session with a GPU: one short run times every network at the seeds' sizes. Each row is one stage of a
-recipe: the stage's own model (``Stage.build_model``), ``forward`` and ``loss`` (the code ``spinelab train``
-runs) on random batches of the recipe's patch and batch size, AdamW steps under the recipe's training precision;
-then the route's inference on a volume the size of a neck CT on the recipe's grid (fracture crop:
-``crop_probability``, Gaussian sliding windows and the left-right mirror; vertebra grid: the same windows as
-``Segmenter``). Random weights and random inputs: the time and memory are the networks', not a trained model's.
-Peak memory is ``torch.cuda.max_memory_allocated`` (GPU only). ``--tiny`` swaps in the tiny recipes, so the
-same code runs in seconds on a CPU (the test does).
+Made for a session with a GPU: one short run times every network at the seeds' sizes (512 px slices, the seeds'
+backbones, the 3D recipes). Each row is one stage of a recipe: the stage's own model (``Stage.build_model``),
+``forward`` and ``loss`` (the code ``spinelab train`` runs) on random batches of the recipe's input and batch
+size, AdamW steps under the recipe's training precision. Then one study's inference: for the 3D stages on a
+volume the size of a neck CT on the recipe's grid along the route's path (fracture crop: ``crop_probability``,
+Gaussian sliding windows and the left-right mirror; vertebra grid: the same windows as ``Segmenter``); for the
+2D stages one study's input in one forward pass (cervical stage 1: ``infer_offsets`` sequences of ``seq_len``
+slices; stage 2: the seven vertebrae's slices; lumbar: one image per point model, the 25 crop pairs), no TTA.
+Random weights and inputs: the time and memory are the networks', not a trained model's. Peak memory is
+``torch.cuda.max_memory_allocated`` (GPU only). ``--tiny`` swaps in the tiny recipes, so the same code runs in
+seconds on a CPU (the test does).
 
 The nominal study: a C1-C7 box of 110 x 60 x 80 mm (z, y, x) and a neck CT of 240 x 250 x 250 mm.
 
-    python bench/gpu_recipes.py [--recipes fracseg_7th,seg3d_1st] [--steps 20] [--device cuda] [--write]
+    python bench/gpu_recipes.py [--recipes cervical/fracseg_7th,lumbar/seed_like,...] [--steps 20] [--write]
 """
 
 from __future__ import annotations
@@ -39,14 +42,22 @@ from spinelab.precision import inference_precision  # noqa: E402
 from spinelab.tasks.cervical.fracseg.fracture_map import crop_probability  # noqa: E402
 from spinelab.tasks.cervical.fracseg.fracture_stage import FractureSegStage  # noqa: E402
 from spinelab.tasks.cervical.fracseg.overall_stage import OverallStage  # noqa: E402
+from spinelab.tasks.cervical.fracture import FractureStage  # noqa: E402
+from spinelab.tasks.cervical.localization import LocalizerStage  # noqa: E402
 from spinelab.tasks.cervical.seg3d.seg_stage import SegStage  # noqa: E402
+from spinelab.tasks.lumbar.grading import GradingStage  # noqa: E402
+from spinelab.tasks.lumbar.points import SagT2PointStage  # noqa: E402
 from spinelab.train.stage import Stage  # noqa: E402
 
 #: the C1-C7 box (z, y, x) mm the fracture crop covers, before its margin, and the CT the vertebra grid covers
 CERVICAL_BOX_MM = (110.0, 60.0, 80.0)
 NECK_CT_MM = (240.0, 250.0, 250.0)
-SEED_RECIPES = "fracseg_7th,seg3d_1st"  # fracseg_7th's seg section is seg3d_7th's
-TINY_RECIPES = {"fracseg_7th": "fracseg_tiny", "seg3d_7th": "seg3d_tiny", "seg3d_1st": "seg3d_tiny"}
+# fracseg_7th's seg section is seg3d_7th's, so seg3d_7th needs no row of its own
+SEED_RECIPES = ("cervical/fracseg_7th,cervical/seg3d_1st,cervical/rsna3rd_effnet,cervical/trantuan_convnext,"
+                "lumbar/seed_like")
+TINY_RECIPES = {"cervical/fracseg_7th": "cervical/fracseg_tiny", "cervical/seg3d_7th": "cervical/seg3d_tiny",
+                "cervical/seg3d_1st": "cervical/seg3d_tiny", "cervical/rsna3rd_effnet": "cervical/tiny",
+                "cervical/trantuan_convnext": "cervical/tiny", "lumbar/seed_like": "lumbar/tiny"}
 
 
 @dataclass
@@ -109,11 +120,88 @@ def _vertebra_case(recipe: str, cfg: Any, run: Path) -> Case:
     return Case(recipe, SegStage(cfg, run), f"{'x'.join(map(str, roi))} x {b}", batch, infer)
 
 
+def _forward_once(stage: Stage, batch: Callable[[int, torch.device], dict[str, Any]], n: int, what: str
+                  ) -> Callable[[torch.nn.Module, Runtime], tuple[str, Callable[[], object]]]:
+    """One study's inference of a 2D stage: its input (``n`` items of ``batch``) in one eval forward pass."""
+
+    def infer(model: torch.nn.Module, rt: Runtime) -> tuple[str, Callable[[], object]]:
+        inputs = batch(n, torch.device("cpu"))
+        prepared = rt.prepare(model)
+
+        @torch.inference_mode()
+        def call() -> object:
+            with rt.autocast():
+                return stage.forward(prepared, {k: v.to(rt.device) for k, v in inputs.items()})
+
+        return what, call
+
+    return infer
+
+
+def _slice_cases(recipe: str, cfg: Any, run: Path) -> list[Case]:
+    """The cervical slice route: stage 1 (slice sequences: vertebra ratios and boxes), stage 2 (per vertebra)."""
+    s1, s2 = cfg.stage1, cfg.stage2
+    c1, c2, t, steps = 3 * len(s1.windows), 3 * len(s2.windows), s1.seq_len, s2.n_slices // 3
+    size1, size2 = s1.image_size, s2.image_size
+
+    def batch1(n: int, dev: torch.device) -> dict[str, Any]:
+        return {"image": torch.rand(n, t, c1, size1, size1, device=dev), "pos": torch.rand(n, t, device=dev),
+                "ratio": torch.rand(n, t, 7, device=dev), "box": torch.rand(n, t, 4, device=dev),
+                "box_mask": torch.rand(n, t, device=dev) > 0.5, "valid": torch.ones(n, t, device=dev)}
+
+    def batch2(n: int, dev: torch.device) -> dict[str, Any]:
+        return {"image": torch.rand(n, 7, steps, c2, size2, size2, device=dev),
+                "mask": torch.ones(n, 7, dtype=torch.bool, device=dev),
+                "target": torch.randint(0, 2, (n, 8), device=dev),
+                "step_target": torch.randint(0, 2, (n, 7, steps), device=dev),
+                "fake": torch.zeros(n, 7, dtype=torch.bool, device=dev)}
+
+    st1, st2 = LocalizerStage(cfg, run), FractureStage(cfg, run)
+    b1, b2 = s1.train.batch_size, s2.train.batch_size
+    return [Case(recipe, st1, f"{t} x {size1}px x {b1}", lambda dev: batch1(b1, dev),
+                 _forward_once(st1, batch1, s1.infer_offsets, f"{s1.infer_offsets} x {t} slices")),
+            Case(recipe, st2, f"7x{steps} x {size2}px x {b2}", lambda dev: batch2(b2, dev),
+                 _forward_once(st2, batch2, 1, f"7 x {steps} steps"))]
+
+
+def _lumbar_cases(recipe: str, cfg: Any, run: Path) -> list[Case]:
+    """The lumbar route: a stage-1 heatmap model (sagittal T2) and the stage-2 grader."""
+    s1, s2 = cfg.stage1, cfg.stage2
+    points = SagT2PointStage(cfg, run)
+    n_points, size = len(points.point_names), s1.image_size
+
+    def batch1(n: int, dev: torch.device) -> dict[str, Any]:
+        return {"image": torch.rand(n, s1.in_slices, size, size, device=dev),
+                "xy": torch.rand(n, n_points, 2, device=dev) * size,
+                "valid": torch.ones(n, n_points, dtype=torch.bool, device=dev)}
+
+    def batch2(n: int, dev: torch.device) -> dict[str, Any]:
+        crop = (n, 25, s2.in_slices, s2.crop_size, s2.crop_size)
+        return {"sag": torch.rand(*crop, device=dev), "axial": torch.rand(*crop, device=dev),
+                "mask": torch.ones(n, 25, 2, dtype=torch.bool, device=dev),
+                "condition": torch.arange(25, device=dev).repeat(n, 1) // 5,
+                "level": torch.arange(25, device=dev).repeat(n, 1) % 5,
+                "target": torch.randint(0, 3, (n, 25), device=dev)}
+
+    grader = GradingStage(cfg, run)
+    b1, b2 = s1.train.batch_size, s2.train.batch_size
+    return [Case(recipe, points, f"{size}px x {b1}", lambda dev: batch1(b1, dev),
+                 _forward_once(points, batch1, 1, "1 image")),
+            Case(recipe, grader, f"25x2 x {s2.crop_size}px x {b2}", lambda dev: batch2(b2, dev),
+                 _forward_once(grader, batch2, 1, "25 crop pairs"))]
+
+
 def recipe_cases(recipe: str, file: str, run: Path) -> list[Case]:
-    """The timed stages of ``recipe`` (its file ``file``: the recipe itself or, with ``--tiny``, a tiny one)."""
-    cfg = load_config("cervical", [recipe_path(f"cervical/{file}.yaml")])
+    """The timed stages of ``recipe`` (``task/name``; read from ``file``: the recipe itself or, with
+    ``--tiny``, a tiny one)."""
+    task = recipe.split("/")[0]
+    cfg = load_config(task, [recipe_path(f"{file}.yaml")])
+    if task == "lumbar":
+        return _lumbar_cases(recipe, cfg, run)
     if cfg.route == "fracseg":
         return _fracture_cases(recipe, cfg, run) + ([_vertebra_case(recipe, cfg, run)] if cfg.seg else [])
+    if cfg.route == "slices":
+        return _slice_cases(recipe, cfg, run)
     return [_vertebra_case(recipe, cfg, run)]
 
 
@@ -205,14 +293,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 print(table_row(rows[-1]), flush=True)
     if args.write:
         replace_block("gpu_recipes", "\n".join([
-            "## Seed-sized 3D recipes: training throughput and inference (`bench/gpu_recipes.py`)", "",
+            "## Seed-sized recipes: training throughput and inference (`bench/gpu_recipes.py`)", "",
             f"Machine: {machine_description()}, torch {torch.__version__}, device `{dev}`. Each stage's own model, "
-            f"forward and loss on random batches of the recipe's patch and batch size, AdamW, {args.steps} timed "
-            "steps after 2 warm-up; inference: one study on the route's path (Gaussian sliding windows and the "
-            "left-right mirror) after one warm-up call, on a nominal neck CT (C1-C7 box 110 x 60 x 80 mm plus the "
-            "margin; the CT 240 x 250 x 250 mm) on the recipe's grid. Random weights. Peak memory: "
-            "`torch.cuda.max_memory_allocated`.", "",
-            "| recipe | stage | network (parameters) | patch x batch | precision | train steps/s | samples/s | "
+            f"forward and loss on random batches of the recipe's input and batch size, AdamW, {args.steps} timed "
+            "steps after 2 warm-up. Inference, after one warm-up call: the 3D stages one study on the route's path "
+            "(Gaussian sliding windows and the left-right mirror) on a nominal neck CT (C1-C7 box 110 x 60 x 80 mm "
+            "plus the margin; the CT 240 x 250 x 250 mm) on the recipe's grid; the 2D stages one study's input in "
+            "one forward pass, no TTA. Random weights. Peak memory: `torch.cuda.max_memory_allocated`.", "",
+            "| recipe | stage | network (parameters) | input x batch | precision | train steps/s | samples/s | "
             "train peak GiB | inference volume | inference s | inference peak GiB |",
             "|---|---|---|---|---|---:|---:|---:|---|---:|---:|",
             *(table_row(r) for r in rows), "",
