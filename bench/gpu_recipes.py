@@ -4,10 +4,11 @@ Made for a session with a GPU: one short run times every network at the seeds' s
 backbones, the 3D recipes). Each row is one stage of a recipe: the stage's own model (``Stage.build_model``),
 ``forward`` and ``loss`` (the code ``spinelab train`` runs) on random batches of the recipe's input and batch
 size, AdamW steps under the recipe's training precision. Then one study's inference: for the 3D stages on a
-volume the size of a neck CT on the recipe's grid along the route's path (fracture crop: ``crop_probability``,
-Gaussian sliding windows and the left-right mirror; vertebra grid: the same windows as ``Segmenter``); for the
-2D stages one study's input in one forward pass (cervical stage 1: ``infer_offsets`` sequences of ``seq_len``
-slices; stage 2: the seven vertebrae's slices; lumbar: one image per point model, the 25 crop pairs), no TTA.
+volume the size of a neck CT on the recipe's grid along the route's path (Gaussian sliding windows and the
+left-right mirror: ``crop_probability`` on the fracture crop, ``grid_probabilities`` on the vertebra grid, the
+functions ``spinelab segment`` calls); for the 2D stages one study's input in one forward pass (cervical
+stage 1: ``infer_offsets`` sequences of ``seq_len`` slices; stage 2: the seven vertebrae's slices; lumbar: one
+image per point model, the 25 crop pairs), no TTA.
 Random weights and inputs: the time and memory are the networks', not a trained model's. Peak memory is
 ``torch.cuda.max_memory_allocated`` (GPU only). ``--tiny`` swaps in the tiny recipes, so the same code runs in
 seconds on a CPU (the test does).
@@ -37,7 +38,6 @@ from mdblock import machine_description, replace_block  # noqa: E402
 from spinelab.config.load import load_config  # noqa: E402
 from spinelab.configs import recipe_path  # noqa: E402
 from spinelab.infer.runtime import Runtime  # noqa: E402
-from spinelab.infer.tta import flip_outputs  # noqa: E402
 from spinelab.precision import inference_precision  # noqa: E402
 from spinelab.tasks.cervical.fracseg.fracture_map import crop_probability  # noqa: E402
 from spinelab.tasks.cervical.fracseg.fracture_stage import FractureSegStage  # noqa: E402
@@ -45,6 +45,7 @@ from spinelab.tasks.cervical.fracseg.overall_stage import OverallStage  # noqa: 
 from spinelab.tasks.cervical.fracture import FractureStage  # noqa: E402
 from spinelab.tasks.cervical.localization import LocalizerStage  # noqa: E402
 from spinelab.tasks.cervical.seg3d.seg_stage import SegStage  # noqa: E402
+from spinelab.tasks.cervical.seg3d.segment import grid_probabilities  # noqa: E402
 from spinelab.tasks.lumbar.grading import GradingStage  # noqa: E402
 from spinelab.tasks.lumbar.points import SagT2PointStage  # noqa: E402
 from spinelab.train.stage import Stage  # noqa: E402
@@ -62,13 +63,23 @@ TINY_RECIPES = {"cervical/fracseg_7th": "cervical/fracseg_tiny", "cervical/seg3d
 
 @dataclass
 class Case:
-    """One stage of one recipe: how to build it, a random training batch, and one study's inference."""
+    """One stage of one recipe: how to build it, a random training batch (``item``: one item's input, e.g.
+    ``96x192x192``; ``batch_size`` of them), and one study's inference."""
 
     recipe: str
     stage: Stage
-    shape: str
+    item: str
+    batch_size: int
     batch: Callable[[torch.device], dict[str, Any]]
     infer: Callable[[torch.nn.Module, Runtime], tuple[str, Callable[[], object]]]
+
+    @property
+    def shape(self) -> str:
+        return f"{self.item} x {self.batch_size}"
+
+
+def _dims(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape))
 
 
 def _fracture_cases(recipe: str, cfg: Any, run: Path) -> list[Case]:
@@ -83,7 +94,7 @@ def _fracture_cases(recipe: str, cfg: Any, run: Path) -> list[Case]:
 
     def seg_infer(model: torch.nn.Module, rt: Runtime) -> tuple[str, Callable[[], object]]:
         image = np.random.default_rng(0).random((c, *crop), dtype=np.float32)
-        return f"crop {'x'.join(map(str, crop))}", lambda: crop_probability([model], image, seg_sec, rt, tta=True)
+        return f"crop {_dims(crop)}", lambda: crop_probability([model], image, seg_sec, rt, tta=True)
 
     bo = ov.train.batch_size
 
@@ -92,11 +103,10 @@ def _fracture_cases(recipe: str, cfg: Any, run: Path) -> list[Case]:
 
     def ov_infer(model: torch.nn.Module, rt: Runtime) -> tuple[str, Callable[[], object]]:
         x = torch.rand(1, 2, *ov.size)
-        return f"{'x'.join(map(str, ov.size))}", lambda: rt.run(model, x)
+        return _dims(ov.size), lambda: rt.run(model, x)
 
-    return [Case(recipe, FractureSegStage(cfg, run), f"{'x'.join(map(str, seg_sec.patch))} x {b}", seg_batch,
-                 seg_infer),
-            Case(recipe, OverallStage(cfg, run), f"{'x'.join(map(str, ov.size))} x {bo}", ov_batch, ov_infer)]
+    return [Case(recipe, FractureSegStage(cfg, run), _dims(seg_sec.patch), b, seg_batch, seg_infer),
+            Case(recipe, OverallStage(cfg, run), _dims(ov.size), bo, ov_batch, ov_infer)]
 
 
 def _vertebra_case(recipe: str, cfg: Any, run: Path) -> Case:
@@ -110,14 +120,9 @@ def _vertebra_case(recipe: str, cfg: Any, run: Path) -> Case:
 
     def infer(model: torch.nn.Module, rt: Runtime) -> tuple[str, Callable[[], object]]:
         x = torch.rand(1, sec.in_chans, *grid)
+        return f"{sec.grid} {_dims(grid)}", lambda: grid_probabilities([model], x, sec, rt, tta=True)
 
-        def forward(m: torch.nn.Module, inp: torch.Tensor) -> object:
-            return rt.sliding_window(m, inp, sec.roi, sw_batch_size=sec.sw_batch_size, overlap=sec.sw_overlap,
-                                     mode="gaussian")["mask"].softmax(1)
-
-        return f"{sec.grid} {'x'.join(map(str, grid))}", lambda: flip_outputs([model], x, forward, tta=True)
-
-    return Case(recipe, SegStage(cfg, run), f"{'x'.join(map(str, roi))} x {b}", batch, infer)
+    return Case(recipe, SegStage(cfg, run), _dims(roi), b, batch, infer)
 
 
 def _forward_once(stage: Stage, batch: Callable[[int, torch.device], dict[str, Any]], n: int, what: str
@@ -158,9 +163,9 @@ def _slice_cases(recipe: str, cfg: Any, run: Path) -> list[Case]:
 
     st1, st2 = LocalizerStage(cfg, run), FractureStage(cfg, run)
     b1, b2 = s1.train.batch_size, s2.train.batch_size
-    return [Case(recipe, st1, f"{t} x {size1}px x {b1}", lambda dev: batch1(b1, dev),
+    return [Case(recipe, st1, f"{t} x {size1}px", b1, lambda dev: batch1(b1, dev),
                  _forward_once(st1, batch1, s1.infer_offsets, f"{s1.infer_offsets} x {t} slices")),
-            Case(recipe, st2, f"7x{steps} x {size2}px x {b2}", lambda dev: batch2(b2, dev),
+            Case(recipe, st2, f"7x{steps} x {size2}px", b2, lambda dev: batch2(b2, dev),
                  _forward_once(st2, batch2, 1, f"7 x {steps} steps"))]
 
 
@@ -185,9 +190,9 @@ def _lumbar_cases(recipe: str, cfg: Any, run: Path) -> list[Case]:
 
     grader = GradingStage(cfg, run)
     b1, b2 = s1.train.batch_size, s2.train.batch_size
-    return [Case(recipe, points, f"{size}px x {b1}", lambda dev: batch1(b1, dev),
+    return [Case(recipe, points, f"{size}px", b1, lambda dev: batch1(b1, dev),
                  _forward_once(points, batch1, 1, "1 image")),
-            Case(recipe, grader, f"25x2 x {s2.crop_size}px x {b2}", lambda dev: batch2(b2, dev),
+            Case(recipe, grader, f"25x2 x {s2.crop_size}px", b2, lambda dev: batch2(b2, dev),
                  _forward_once(grader, batch2, 1, "25 crop pairs"))]
 
 
@@ -253,7 +258,7 @@ def time_case(case: Case, dev: torch.device, precision: str, steps: int, warmup:
     _sync(dev)
     row = {"recipe": case.recipe, "stage": stage.name, "model": stage.model_config.name, "patch": case.shape,
            "precision": precision, "step_s": step_s,
-           "samples_s": int(case.shape.rsplit("x", 1)[1]) / step_s, "train_gib": train_peak,
+           "samples_s": case.batch_size / step_s, "train_gib": train_peak,
            "volume": volume, "infer_s": time.perf_counter() - t0, "infer_gib": _peak_gib(dev),
            "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
     del model

@@ -20,7 +20,7 @@ import datetime as dt
 import logging
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from spinelab import __version__
+from spinelab.config.seg3d import Seg3dSegConfig
 from spinelab.errors import ConfigError, InputError, SpinelabError
 from spinelab.infer.batch import progress_bar, status_counts, weights_sha256
 from spinelab.infer.checks import CT_MAX_P1_HU, InputCheck, StudyRefusedError, check_cervical_input
@@ -52,8 +53,8 @@ from spinelab.tasks.cervical.seg3d.vertebrae import (
 from spinelab.tasks.cervical.studies import prepare_cervical_volume
 from spinelab.train.run_folder import fold_dir, load_stage_models, read_run_config, select_folds
 
-__all__ = ["Segmenter", "SegmentResult", "segment_studies", "SEGMENT_SCHEMA_VERSION", "MASK_FILE", "JSON_FILE",
-           "PREVIEW_FILE", "CONVENTIONS"]
+__all__ = ["Segmenter", "grid_probabilities", "SegmentResult", "segment_studies", "SEGMENT_SCHEMA_VERSION",
+           "MASK_FILE", "JSON_FILE", "PREVIEW_FILE", "CONVENTIONS"]
 
 log = logging.getLogger("spinelab")
 
@@ -73,6 +74,27 @@ CONVENTIONS = {
     "world": "centroid_lps_mm and box_lps_mm are patient coordinates in mm, DICOM LPS (x to the patient's left, "
              "y posterior, z to the head); box_lps_mm spans the voxels' edges",
 }
+
+
+def grid_probabilities(models: Sequence[torch.nn.Module], x: torch.Tensor, seg: Seg3dSegConfig, runtime: Runtime,
+                       *, tta: bool) -> torch.Tensor:
+    """Class probabilities ``(K, d, h, w)`` of an image ``(1, C, d, h, w)`` on the network's grid: Gaussian
+    sliding windows of ``seg.roi``, averaged over the models and (with ``tta``) their left-right mirrors."""
+    total: list[torch.Tensor] = []
+
+    def forward(model: torch.nn.Module, inp: tuple[torch.Tensor, bool]) -> None:
+        image, mirrored = inp
+        logits = runtime.sliding_window(model, image, seg.roi, sw_batch_size=seg.sw_batch_size,
+                                        overlap=seg.sw_overlap, mode="gaussian")["mask"]
+        probs = torch.softmax(logits[0], dim=0)
+        probs = probs.flip(-1) if mirrored else probs  # a mirrored input's map, mirrored back
+        if total:  # a running sum: one volume of probabilities in memory, however many folds
+            total[0] += probs
+        else:
+            total.append(probs)
+
+    flip_outputs(models, (x, False), forward, tta=tta, mirror=lambda inp: (inp[0].flip(-1), True))
+    return total[0] / (len(models) * (2 if tta else 1))
 
 
 @dataclass
@@ -156,22 +178,7 @@ class Segmenter:
         """Class probabilities ``(K, d, h, w)`` on the network's grid, averaged over folds and mirrors."""
         grid = seg_input(canonical, self.cfg.seg)
         x = torch.from_numpy(grid.image)[None]
-        total: list[torch.Tensor] = []
-
-        def forward(model: torch.nn.Module, inp: tuple[torch.Tensor, bool]) -> None:
-            image, mirrored = inp
-            seg = self.cfg.seg
-            logits = self.runtime.sliding_window(model, image, seg.roi, sw_batch_size=seg.sw_batch_size,
-                                                 overlap=seg.sw_overlap, mode="gaussian")["mask"]
-            probs = torch.softmax(logits[0], dim=0)
-            probs = probs.flip(-1) if mirrored else probs  # a mirrored input's map, mirrored back
-            if total:  # a running sum: one volume of probabilities in memory, however many folds
-                total[0] += probs
-            else:
-                total.append(probs)
-
-        flip_outputs(self.models, (x, False), forward, tta=self.tta, mirror=lambda inp: (inp[0].flip(-1), True))
-        return grid, total[0] / (len(self.models) * (2 if self.tta else 1))
+        return grid, grid_probabilities(self.models, x, self.cfg.seg, self.runtime, tta=self.tta)
 
     def input_check(self, volume: Volume) -> InputCheck:
         """The cervical input rules, as far as they concern a segmentation: a non-CT image or a single slice is
